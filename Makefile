@@ -1,0 +1,33 @@
+# Everything a fresh machine needs: `make demo` runs the demo job, `make test` the checks.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first; the project's range then installs nothing more for torch.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: browser tests will skip"; }
+
+demo: setup
+	$(BIN)/spartan demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy spartan costmodels jobs worker service benchmarks
+
+test: lint
+	$(BIN)/pytest -q -ra
+
+clean:
+	rm -rf $(VENV) spartan-data .pytest_cache .mypy_cache .ruff_cache
