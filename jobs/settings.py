@@ -1,0 +1,73 @@
+"""Settings from the environment (prefix SPARTAN_), shared by the API, the CLI and the workers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPARTAN_", extra="ignore")
+
+    data_dir: Path = Path("spartan-data")
+    database_url: str | None = None
+    broker_url: str | None = None
+    # "tenant:token,tenant:token"; empty means open access as tenant "default".
+    api_tokens: str | None = None
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # torch threads per worker process; 0 = leave one core to the API.
+    worker_threads: int = Field(default=0, ge=0)
+    progress_interval_s: float = Field(default=1.0, gt=0)
+    # A running job whose heartbeat is older than this is taken to have lost its worker.
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_tokens(cls, value: str | None) -> str | None:
+        if value:
+            for pair in value.split(","):
+                tenant, sep, token = pair.strip().partition(":")
+                if not sep or not tenant or not token:
+                    raise ValueError("SPARTAN_API_TOKENS must look like 'tenant:token,tenant:token'")
+        return value or None
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'spartan.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir.resolve() / "broker"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir.resolve() / "artifacts"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir.resolve() / "uploads"
+
+    def tokens(self) -> dict[str, str]:
+        """token -> tenant."""
+        if not self.api_tokens:
+            return {}
+        pairs = (p.strip().partition(":") for p in self.api_tokens.split(","))
+        return {token: tenant for tenant, _, token in pairs}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,165 @@
+"""The job spec: what a client submits. Pydantic v2, no torch; unknown fields are refused."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from jobs import catalog
+
+ALLOWED_BLOCKS = {(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32)}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    arch: str = Field(
+        default="mlp",
+        description="Built-in architecture, 'torchvision:NAME', 'timm:NAME', or a factory "
+        "registered under the 'spartan.models' entry-point group.",
+        examples=["mlp"],
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of the factory.")
+    weights: str | None = Field(
+        default=None, description="Id of an uploaded .safetensors file with initial weights."
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        catalog.check_model(value)
+        return value
+
+
+class DataSpec(_Strict):
+    dataset: str = Field(
+        default="digits",
+        description="Built-in dataset, 'upload' (with upload=ID, an .npz/.safetensors holding x "
+        "and y), or a factory under the 'spartan.datasets' entry-point group.",
+        examples=["digits"],
+    )
+    upload: str | None = Field(default=None, description="Upload id when dataset is 'upload'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> DataSpec:
+        catalog.check_dataset(self.dataset)
+        if self.dataset == "upload" and not self.upload:
+            raise ValueError("dataset 'upload' needs 'upload': the id of an uploaded file")
+        if self.dataset != "upload" and self.upload:
+            raise ValueError("'upload' is only used with dataset 'upload'")
+        return self
+
+
+class SparsitySpec(_Strict):
+    method: Literal["spartan", "dual_averaging", "imp", "dense"] = "spartan"
+    budget: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of the total cost the final model keeps (0.05 = 95% sparse with "
+        "the default per-weight cost).",
+    )
+    block: tuple[int, int] = (1, 1)
+    allocation: Literal["global", "uniform", "erk"] = "global"
+    prefixes: list[str] | None = Field(
+        default=None, description="Only parameters whose names start with one of these."
+    )
+    schedule: Literal["linear", "cosine"] = "linear"
+    beta_init: float = Field(default=1.0, gt=0.0)
+    beta_final: float = Field(default=20.0, gt=0.0)
+    warmup_frac: float = Field(default=0.2, ge=0.0, lt=1.0)
+    finetune_frac: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+    @field_validator("block")
+    @classmethod
+    def _known_block(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if tuple(value) not in ALLOWED_BLOCKS:
+            allowed = ", ".join(f"[{r}, {c}]" for r, c in sorted(ALLOWED_BLOCKS))
+            raise ValueError(f"block {list(value)} is not supported; use one of {allowed}")
+        return value
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> SparsitySpec:
+        if self.warmup_frac + self.finetune_frac >= 1.0:
+            raise ValueError("warmup_frac + finetune_frac must be < 1")
+        return self
+
+
+class CostSpec(_Strict):
+    kind: Literal["params", "flops", "fitted"] = "params"
+    id: str | None = Field(default=None, description="Stored cost-model id when kind is 'fitted'.")
+    budget_ms: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Latency budget in the cost model's unit; replaces sparsity.budget.",
+    )
+
+    @model_validator(mode="after")
+    def _fitted_needs_id(self) -> CostSpec:
+        if self.kind == "fitted" and not self.id:
+            raise ValueError("kind 'fitted' needs 'id': the id of a stored cost model")
+        if self.kind != "fitted" and self.id:
+            raise ValueError("'id' is only used with kind 'fitted'")
+        if self.budget_ms is not None and self.kind != "fitted":
+            raise ValueError("'budget_ms' needs a fitted latency cost model (kind 'fitted')")
+        return self
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(default=5, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0.0, le=10.0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints.")
+
+
+class JobSpec(_Strict):
+    """A sparse-training job. Only model, data, sparsity and training are usually given."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"arch": "mlp"},
+                    "data": {"dataset": "digits"},
+                    "sparsity": {"method": "spartan", "budget": 0.1},
+                    "training": {"epochs": 2},
+                }
+            ]
+        },
+    )
+
+    name: str | None = Field(default=None, max_length=200)
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    sparsity: SparsitySpec = Field(default_factory=SparsitySpec)
+    cost_model: CostSpec = Field(default_factory=CostSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    queue: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto", description="'auto': gpu when training.device is 'cuda', else cpu."
+    )
+
+    def warnings(self) -> list[str]:
+        """Known before training: layers whose shape the block does not divide (they fall back
+        to 1x1 blocks), for built-in models whose shapes are known without building them."""
+        return catalog.block_problems(
+            self.model.arch, self.model.kwargs, self.data.dataset, self.sparsity.block,
+            self.sparsity.prefixes,
+        )
+
+    def resolved_queue(self) -> str:
+        if self.queue != "auto":
+            return self.queue
+        return "gpu" if self.training.device == "cuda" else "cpu"

@@ -1,0 +1,276 @@
+"""The job store: jobs, cost models and uploads in SQLite (default) or PostgreSQL.
+
+Every state change is one short transaction; transitions are conditional UPDATEs so that two
+workers (or a worker and a cancel request) cannot both win.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.models import CostModel, Job, Upload, utcnow
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", *TERMINAL)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+            # WAL lets the API read while a worker writes progress.
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema to the newest Alembic revision."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class JobStore:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.engine = make_engine(url)
+        if create:
+            migrate(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # jobs
+    def create_job(
+        self, tenant: str, spec: dict[str, Any], queue: str, name: str | None,
+        warnings: list[str] | None = None,
+    ) -> Job:
+        now = utcnow()
+        job = Job(
+            id=new_id(), tenant=tenant, name=name, status="queued", queue=queue, spec=spec,
+            progress={"step": 0, "total_steps": None}, metrics={}, warnings=warnings or [],
+            attempts=0, cancel_requested=False, created_at=now, updated_at=now,
+        )
+        with self.session() as s:
+            s.add(job)
+        return job
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or (tenant is not None and job.tenant != tenant):
+                return None
+            return job
+
+    def list_jobs(
+        self, tenant: str | None = None, status: str | None = None, limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        query = select(Job)
+        if tenant is not None:
+            query = query.where(Job.tenant == tenant)
+        if status is not None:
+            query = query.where(Job.status == status)
+        with self.session() as s:
+            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(
+                query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+            ).all()
+            return list(rows), int(count)
+
+    def claim_job(self, job_id: str, worker: str, max_attempts: int) -> Job | None:
+        """queued -> running for this worker; also takes over a running job whose worker died
+        (the reaper requeued it). Returns None when the job is not there to run."""
+        now = utcnow()
+        with self.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.status in TERMINAL:
+                return None
+            if job.cancel_requested:
+                self._finish(job, "cancelled", None, now)
+                return None
+            if job.attempts >= max_attempts:
+                self._finish(
+                    job, "failed",
+                    f"gave up after {job.attempts} attempts: the worker was lost each time", now,
+                )
+                return None
+            job.status = "running"
+            job.attempts += 1
+            job.worker = worker
+            job.started_at = job.started_at or now
+            job.heartbeat_at = now
+            job.updated_at = now
+            return job
+
+    def heartbeat(
+        self, job_id: str, progress: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None, resumed_from_step: int | None = None,
+    ) -> bool:
+        """Store progress; returns True when a cancel was requested."""
+        now = utcnow()
+        values: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
+        if progress is not None:
+            values["progress"] = progress
+        if metrics is not None:
+            values["metrics"] = metrics
+        if resumed_from_step is not None:
+            values["resumed_from_step"] = resumed_from_step
+        with self.session() as s:
+            s.execute(
+                update(Job).where(Job.id == job_id, Job.status == "running").values(**values)
+            )
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def finish_job(
+        self, job_id: str, status: str, error: str | None = None,
+        metrics: dict[str, Any] | None = None, progress: dict[str, Any] | None = None,
+    ) -> None:
+        if status not in TERMINAL:
+            raise ValueError(f"not a final status: {status}")
+        with self.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.status in TERMINAL:
+                return
+            if metrics is not None:
+                job.metrics = metrics
+            if progress is not None:
+                job.progress = progress
+            self._finish(job, status, error, utcnow())
+
+    @staticmethod
+    def _finish(job: Job, status: str, error: str | None, now: datetime) -> None:
+        job.status = status
+        job.error = error
+        job.finished_at = now
+        job.updated_at = now
+
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """A queued job is cancelled at once; a running one when its worker next reports."""
+        with self.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or (tenant is not None and job.tenant != tenant):
+                return None
+            if job.status in TERMINAL:
+                return job
+            job.cancel_requested = True
+            job.updated_at = utcnow()
+            if job.status == "queued":
+                self._finish(job, "cancelled", None, job.updated_at)
+            return job
+
+    def stale_jobs(self, timeout_s: float) -> list[Job]:
+        """Running jobs whose worker has not reported for timeout_s seconds."""
+        limit = utcnow() - timedelta(seconds=timeout_s)
+        with self.session() as s:
+            rows = s.scalars(
+                select(Job).where(
+                    Job.status == "running",
+                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < limit),
+                )
+            ).all()
+            return list(rows)
+
+    def requeue(self, job_id: str, heartbeat_before: datetime | None) -> bool:
+        """running -> queued for a job whose worker was lost (only if still stale)."""
+        with self.session() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running",
+                       Job.heartbeat_at == heartbeat_before)
+                .values(status="queued", worker=None, updated_at=utcnow())
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # cost models
+    def create_cost_model(
+        self, tenant: str, data: dict[str, Any], profile: dict[str, Any] | None,
+        name: str | None,
+    ) -> CostModel:
+        row = CostModel(id=new_id(), tenant=tenant, name=name, data=data, profile=profile,
+                        created_at=utcnow())
+        with self.session() as s:
+            s.add(row)
+        return row
+
+    def get_cost_model(self, model_id: str, tenant: str | None = None) -> CostModel | None:
+        with self.session() as s:
+            row = s.get(CostModel, model_id)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                return None
+            return row
+
+    def list_cost_models(
+        self, tenant: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[CostModel], int]:
+        query = select(CostModel)
+        if tenant is not None:
+            query = query.where(CostModel.tenant == tenant)
+        with self.session() as s:
+            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(
+                query.order_by(CostModel.created_at.desc()).limit(limit).offset(offset)
+            ).all()
+            return list(rows), int(count)
+
+    # uploads
+    def create_upload(
+        self, tenant: str, filename: str, kind: str, size: int, sha256: str,
+        tensors: dict[str, Any], upload_id: str | None = None,
+    ) -> Upload:
+        row = Upload(id=upload_id or new_id(), tenant=tenant, filename=filename, kind=kind,
+                     size=size, sha256=sha256, tensors=tensors, created_at=utcnow())
+        with self.session() as s:
+            s.add(row)
+        return row
+
+    def get_upload(self, upload_id: str, tenant: str | None = None) -> Upload | None:
+        with self.session() as s:
+            row = s.get(Upload, upload_id)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                return None
+            return row
+
+    def list_uploads(self, tenant: str | None = None) -> list[Upload]:
+        query = select(Upload)
+        if tenant is not None:
+            query = query.where(Upload.tenant == tenant)
+        with self.session() as s:
+            return list(s.scalars(query.order_by(Upload.created_at.desc())).all())
