@@ -1,12 +1,16 @@
-"""Names of the built-in models and datasets, known without importing torch.
+"""Names, arguments and weight shapes of the built-in models and datasets, without torch.
 
-The worker builds them (worker/models.py, worker/data.py); the API validates names here so that a
-typo is refused at submit time with the list of valid names.
+The worker builds them (worker/models.py, worker/data.py) from the defaults defined here; the
+API validates names and kwargs here so that a typo is refused at submit time with the valid
+choices, and warns about layers a block does not divide before any training
+(tests/worker/test_models.py checks these shapes against the torch models).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -14,6 +18,51 @@ BUILTIN_MODELS = ("mlp", "cnn", "resnet", "vit")
 BUILTIN_DATASETS = ("digits", "mnist1d", "teacher", "upload")
 MODEL_GROUP = "spartan.models"
 DATASET_GROUP = "spartan.datasets"
+
+Shape = tuple[int, ...]
+Check = Callable[[str, Any], None]
+
+
+def _pos_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"'{key}' must be a positive integer, got {value!r}")
+
+
+def _pos_ints(key: str, value: Any) -> None:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"'{key}' must be a non-empty list of positive integers, got {value!r}")
+    for v in value:
+        _pos_int(key, v)
+
+
+def _opt_pos_int(key: str, value: Any) -> None:
+    if value is not None:
+        _pos_int(key, value)
+
+
+def _any_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"'{key}' must be a non-negative integer, got {value!r}")
+
+
+# kwarg -> (default, check). Defaults are small: the built-ins are for demos and tests.
+MODEL_KWARGS: dict[str, dict[str, tuple[Any, Check]]] = {
+    "mlp": {"hidden": ([256, 128], _pos_ints)},
+    "cnn": {"channels": ([16, 32], _pos_ints), "kernel": (3, _pos_int)},
+    # depth counts conv and linear layers as in He et al. (2016): 6n + 2 (8, 14, 20, ...).
+    "resnet": {"width": (16, _pos_int), "depth": (8, _pos_int)},
+    # patch None: 4 if that gives at least 8 tokens, else 2, else 1.
+    "vit": {"dim": (64, _pos_int), "depth": (2, _pos_int), "heads": (4, _pos_int),
+            "mlp_ratio": (2, _pos_int), "patch": (None, _opt_pos_int)},
+}
+DATASET_KWARGS: dict[str, dict[str, tuple[Any, Check]]] = {
+    "digits": {},
+    "mnist1d": {"num_samples": (2000, _pos_int), "length": (40, _pos_int),
+                "seed": (42, _any_int)},
+    "teacher": {"num_samples": (2000, _pos_int), "dim": (32, _pos_int),
+                "classes": (10, _pos_int), "hidden": (64, _pos_int), "seed": (0, _any_int)},
+    "upload": {},
+}
 
 
 def _plugins(group: str) -> list[str]:
@@ -33,7 +82,9 @@ def check_model(arch: str) -> None:
     prefix, sep, name = arch.partition(":")
     if sep:
         if prefix not in ("torchvision", "timm") or not name:
-            raise ValueError(f"unknown model source '{prefix}'; use 'torchvision:NAME' or 'timm:NAME'")
+            raise ValueError(
+                f"unknown model source '{prefix}'; use 'torchvision:NAME' or 'timm:NAME'"
+            )
         if importlib.util.find_spec(prefix) is None:
             raise ValueError(f"'{arch}' needs the '{prefix}' package, which is not installed")
         return
@@ -46,12 +97,179 @@ def check_dataset(name: str) -> None:
         raise ValueError(f"unknown dataset '{name}'; valid: {', '.join(dataset_names())}")
 
 
+def _resolve(table: dict[str, tuple[Any, Check]], what: str, kwargs: dict[str, Any]
+             ) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - set(table))
+    if unknown:
+        valid = ", ".join(table) or "none"
+        raise ValueError(f"unknown kwargs for {what}: {', '.join(unknown)}; valid: {valid}")
+    out = {key: kwargs.get(key, default) for key, (default, _) in table.items()}
+    for key, (_, check) in table.items():
+        if key in kwargs:
+            check(key, kwargs[key])
+    return out
+
+
+def model_kwargs(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A built-in model's kwargs with defaults filled in; ValueError naming bad ones.
+
+    Other archs (plugins, torchvision, timm) are passed through: their factory checks them.
+    """
+    if arch not in MODEL_KWARGS:
+        return dict(kwargs)
+    out = _resolve(MODEL_KWARGS[arch], f"model '{arch}'", kwargs)
+    if arch == "resnet" and (out["depth"] < 8 or (out["depth"] - 2) % 6):
+        raise ValueError(f"resnet 'depth' must be 6n + 2 with n >= 1 (8, 14, 20, ...), "
+                         f"got {out['depth']}")
+    if arch == "vit" and out["dim"] % out["heads"]:
+        raise ValueError(f"vit 'dim' ({out['dim']}) must be divisible by 'heads' ({out['heads']})")
+    return out
+
+
+def dataset_kwargs(dataset: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A built-in dataset's kwargs with defaults filled in; plugins' are passed through."""
+    if dataset not in DATASET_KWARGS:
+        return dict(kwargs)
+    out = _resolve(DATASET_KWARGS[dataset], f"dataset '{dataset}'", kwargs)
+    if dataset == "teacher" and out["classes"] < 2:
+        raise ValueError("teacher 'classes' must be at least 2")
+    if dataset == "mnist1d" and out["num_samples"] < 10:
+        raise ValueError("mnist1d 'num_samples' must be at least 10 (one per class)")
+    return out
+
+
+def dataset_shape(dataset: str, kwargs: dict[str, Any]) -> tuple[Shape, int] | None:
+    """(input shape of one example, number of classes) of a built-in dataset; None when only
+    the data can tell (uploads, plugins)."""
+    if dataset == "digits":
+        return (1, 8, 8), 10
+    if dataset == "mnist1d":
+        return (1, dataset_kwargs(dataset, kwargs)["length"]), 10
+    if dataset == "teacher":
+        kw = dataset_kwargs(dataset, kwargs)
+        return (kw["dim"],), kw["classes"]
+    return None
+
+
+def as_image(input_shape: Shape) -> Shape:
+    """(C, H, W) view of an example for the conv and ViT models: (D,) -> (1, 1, D),
+    (C, L) -> (C, 1, L); a sequence is an image of height 1."""
+    if len(input_shape) == 1:
+        return (1, 1, input_shape[0])
+    if len(input_shape) == 2:
+        return (input_shape[0], 1, input_shape[1])
+    if len(input_shape) == 3:
+        return tuple(input_shape)
+    raise ValueError(f"cnn, resnet and vit need inputs of 1 to 3 dims, got shape {input_shape}")
+
+
+def vit_patch(hw: tuple[int, int], patch: int | None) -> tuple[int, int]:
+    """Patch height and width for an H x W input (height 1 for sequences)."""
+    h, w = hw
+    if patch is None:
+        for p in (4, 2, 1):
+            ph = 1 if h == 1 else p
+            if h % ph == 0 and w % p == 0 and (h // ph) * (w // p) >= 8:
+                return ph, p
+        return (1, 1)
+    ph = 1 if h == 1 else patch
+    if h % ph or w % patch:
+        raise ValueError(f"vit 'patch' {patch} does not divide the input's {h}x{w}")
+    return ph, patch
+
+
+def weight_shapes(arch: str, kwargs: dict[str, Any], input_shape: Shape, num_classes: int
+                  ) -> dict[str, Shape]:
+    """Shapes of the default-maskable weights of a built-in model (Linear, Conv2d and attention
+    projection weights), by parameter name, as worker/models.py builds them."""
+    kw = model_kwargs(arch, kwargs)
+    shapes: dict[str, Shape] = {}
+    if arch == "mlp":
+        prev = math.prod(input_shape)
+        for i, h in enumerate(kw["hidden"]):
+            shapes[f"layers.{i}.weight"], prev = (h, prev), h
+        shapes["head.weight"] = (num_classes, prev)
+    elif arch == "cnn":
+        c, h, _ = as_image(input_shape)
+        k = kw["kernel"]
+        for i, out in enumerate(kw["channels"]):
+            shapes[f"convs.{i}.weight"], c = (out, c, 1 if h == 1 else k, k), out
+        shapes["head.weight"] = (num_classes, c)
+    elif arch == "resnet":
+        c, h, _ = as_image(input_shape)
+        kh, width, n = (1 if h == 1 else 3), kw["width"], (kw["depth"] - 2) // 6
+        shapes["stem.weight"], c = (width, c, kh, 3), width
+        for s, out in enumerate((width, 2 * width, 4 * width)):
+            for b in range(n):
+                name = f"stages.{s}.{b}"
+                shapes[f"{name}.conv1.weight"] = (out, c, kh, 3)
+                shapes[f"{name}.conv2.weight"] = (out, out, kh, 3)
+                if c != out or (s > 0 and b == 0):
+                    shapes[f"{name}.shortcut.0.weight"] = (out, c, 1, 1)
+                c = out
+        shapes["head.weight"] = (num_classes, c)
+    elif arch == "vit":
+        c, h, w = as_image(input_shape)
+        ph, pw = vit_patch((h, w), kw["patch"])
+        d, hidden = kw["dim"], kw["dim"] * kw["mlp_ratio"]
+        shapes["patch_embed.weight"] = (d, c * ph * pw)
+        for i in range(kw["depth"]):
+            shapes[f"blocks.{i}.attn.in_proj_weight"] = (3 * d, d)
+            shapes[f"blocks.{i}.attn.out_proj.weight"] = (d, d)
+            shapes[f"blocks.{i}.mlp.0.weight"] = (hidden, d)
+            shapes[f"blocks.{i}.mlp.2.weight"] = (d, hidden)
+        shapes["head.weight"] = (num_classes, d)
+    else:
+        raise ValueError(f"'{arch}' is not a built-in model; its shapes are known once built")
+    return shapes
+
+
+# Parameters of 2+ dims that a prefix may name exactly although they are not masked by default.
+_OTHER_2D = {"vit": ("cls_token", "pos_embed")}
+
+
+def _under(name: str, prefix: str) -> bool:
+    p = prefix.rstrip(".")
+    return p == "" or name == p or name.startswith(p + ".")
+
+
 def block_problems(
     arch: str,
     kwargs: dict[str, Any],
     dataset: str,
     block: tuple[int, int],
     prefixes: list[str] | None,
+    data_kwargs: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Messages for maskable layers of a built-in model whose shape `block` does not divide."""
-    return []
+    """Messages for maskable layers of a built-in model whose shape `block` does not divide
+    (the Sparsifier uses 1x1 blocks for those), and for prefixes that select no weight.
+
+    Empty when the shapes cannot be known before building the model (plugins, torchvision,
+    timm, uploaded data) or the kwargs are invalid (that error is reported on its own).
+    """
+    r, c = block
+    if arch not in MODEL_KWARGS:
+        return []
+    try:
+        known = dataset_shape(dataset, data_kwargs or {})
+        if known is None:
+            return []
+        shapes = weight_shapes(arch, kwargs, *known)
+    except ValueError:
+        return []
+    problems: list[str] = []
+    chosen = list(shapes)
+    if prefixes is not None:
+        chosen = [n for n in shapes if any(_under(n, p) for p in prefixes)]
+        for p in prefixes:
+            if not any(_under(n, p) for n in shapes) and p not in _OTHER_2D.get(arch, ()):
+                problems.append(f"prefix '{p}' selects no maskable weight of '{arch}' "
+                                f"(maskable: {', '.join(shapes)})")
+    if (r, c) == (1, 1):
+        return problems
+    for name in chosen:
+        shape = shapes[name]
+        if shape[0] % r or shape[1] % c:
+            problems.append(f"layer '{name}' of shape {list(shape)}: block {r}x{c} does not "
+                            f"divide its first two dims; it uses 1x1 blocks")
+    return problems

@@ -31,6 +31,8 @@ def make_celery(settings: Settings) -> Celery:
             "processed_folder": str(folder / "processed"),
             "control_folder": str(folder / "control"),
             "store_processed": False,
+            # The filesystem transport polls; a short interval keeps submit-to-running quick.
+            "polling_interval": 0.1,
         }
     else:
         # Redis redelivers an unacknowledged task after this; jobs run long, and a lost worker

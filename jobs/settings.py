@@ -33,7 +33,9 @@ class Settings(BaseSettings):
             for pair in value.split(","):
                 tenant, sep, token = pair.strip().partition(":")
                 if not sep or not tenant or not token:
-                    raise ValueError("SPARTAN_API_TOKENS must look like 'tenant:token,tenant:token'")
+                    raise ValueError(
+                        "SPARTAN_API_TOKENS must look like 'tenant:token,tenant:token'"
+                    )
         return value or None
 
     @property

@@ -33,6 +33,11 @@ class ModelSpec(_Strict):
         catalog.check_model(value)
         return value
 
+    @model_validator(mode="after")
+    def _known_kwargs(self) -> ModelSpec:
+        catalog.model_kwargs(self.arch, self.kwargs)
+        return self
+
 
 class DataSpec(_Strict):
     dataset: str = Field(
@@ -48,6 +53,7 @@ class DataSpec(_Strict):
     @model_validator(mode="after")
     def _known_dataset(self) -> DataSpec:
         catalog.check_dataset(self.dataset)
+        catalog.dataset_kwargs(self.dataset, self.kwargs)
         if self.dataset == "upload" and not self.upload:
             raise ValueError("dataset 'upload' needs 'upload': the id of an uploaded file")
         if self.dataset != "upload" and self.upload:
@@ -156,7 +162,7 @@ class JobSpec(_Strict):
         to 1x1 blocks), for built-in models whose shapes are known without building them."""
         return catalog.block_problems(
             self.model.arch, self.model.kwargs, self.data.dataset, self.sparsity.block,
-            self.sparsity.prefixes,
+            self.sparsity.prefixes, data_kwargs=self.data.kwargs,
         )
 
     def resolved_queue(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.models import CostModel, Job, Upload, utcnow
@@ -115,36 +115,57 @@ class JobStore:
             ).all()
             return list(rows), int(count)
 
-    def claim_job(self, job_id: str, worker: str, max_attempts: int) -> Job | None:
-        """queued -> running for this worker; also takes over a running job whose worker died
-        (the reaper requeued it). Returns None when the job is not there to run."""
+    def claim_job(
+        self, job_id: str, worker: str, max_attempts: int, *, stale_after_s: float | None = None,
+    ) -> Job | None:
+        """queued -> running for this worker (the reaper puts a job whose worker died back to
+        queued). With stale_after_s, also takes over a running job whose heartbeat is older
+        than that. Returns None when the job is not there to run: finished, cancelled, out of
+        attempts, or running under a live worker (a duplicate delivery).
+
+        One conditional UPDATE, so of several workers claiming at once exactly one wins, on
+        SQLite (which ignores FOR UPDATE) as on PostgreSQL.
+        """
         now = utcnow()
+        claimable = Job.status == "queued"
+        if stale_after_s is not None:
+            limit = now - timedelta(seconds=stale_after_s)
+            claimable = or_(claimable, and_(Job.status == "running", or_(
+                Job.heartbeat_at.is_(None), Job.heartbeat_at < limit)))
         with self.session() as s:
-            job = s.get(Job, job_id, with_for_update=True)
+            won = s.execute(
+                update(Job)
+                .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False),
+                       Job.attempts < max_attempts)
+                .values(status="running", attempts=Job.attempts + 1, worker=worker,
+                        started_at=func.coalesce(Job.started_at, now), heartbeat_at=now,
+                        updated_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if won:
+                return s.get(Job, job_id, populate_existing=True)
+            job = s.get(Job, job_id)
             if job is None or job.status in TERMINAL:
                 return None
+            # Only a job nobody runs is ended here; a live worker ends its own.
             if job.cancel_requested:
-                self._finish(job, "cancelled", None, now)
-                return None
-            if job.attempts >= max_attempts:
-                self._finish(
-                    job, "failed",
-                    f"gave up after {job.attempts} attempts: the worker was lost each time", now,
+                self._finish_where(s, job_id, "cancelled", None, now, extra=(claimable,))
+            elif job.attempts >= max_attempts:
+                self._finish_where(
+                    s, job_id, "failed",
+                    f"gave up after {job.attempts} attempts: the worker was lost each time",
+                    now, extra=(claimable, Job.attempts >= max_attempts),
                 )
-                return None
-            job.status = "running"
-            job.attempts += 1
-            job.worker = worker
-            job.started_at = job.started_at or now
-            job.heartbeat_at = now
-            job.updated_at = now
-            return job
+            return None
 
     def heartbeat(
         self, job_id: str, progress: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None, resumed_from_step: int | None = None,
+        *, worker: str | None = None,
     ) -> bool:
-        """Store progress; returns True when a cancel was requested."""
+        """Store progress; returns True when the job should stop: a cancel was requested, or
+        (when `worker` is given) the job no longer runs under this worker (the reaper gave it
+        to another one, or it was finished). Progress is only written by its owner."""
         now = utcnow()
         values: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
         if progress is not None:
@@ -153,48 +174,69 @@ class JobStore:
             values["metrics"] = metrics
         if resumed_from_step is not None:
             values["resumed_from_step"] = resumed_from_step
+        owned = [Job.id == job_id, Job.status == "running"]
+        if worker is not None:
+            owned.append(Job.worker == worker)
         with self.session() as s:
-            s.execute(
-                update(Job).where(Job.id == job_id, Job.status == "running").values(**values)
-            )
+            hit = s.execute(
+                update(Job).where(*owned).values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if worker is not None and not hit:
+                return True
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
     def finish_job(
         self, job_id: str, status: str, error: str | None = None,
         metrics: dict[str, Any] | None = None, progress: dict[str, Any] | None = None,
-    ) -> None:
+        *, worker: str | None = None,
+    ) -> bool:
+        """Move a job to a final status unless it already has one; with `worker`, only while
+        it runs under that worker. Returns whether this call finished it."""
         if status not in TERMINAL:
             raise ValueError(f"not a final status: {status}")
+        extra: list[Any] = []
+        if worker is not None:
+            extra += [Job.status == "running", Job.worker == worker]
         with self.session() as s:
-            job = s.get(Job, job_id, with_for_update=True)
-            if job is None or job.status in TERMINAL:
-                return
-            if metrics is not None:
-                job.metrics = metrics
-            if progress is not None:
-                job.progress = progress
-            self._finish(job, status, error, utcnow())
+            return self._finish_where(s, job_id, status, error, utcnow(), metrics=metrics,
+                                      progress=progress, extra=tuple(extra))
 
     @staticmethod
-    def _finish(job: Job, status: str, error: str | None, now: datetime) -> None:
-        job.status = status
-        job.error = error
-        job.finished_at = now
-        job.updated_at = now
+    def _finish_where(
+        s: Session, job_id: str, status: str, error: str | None, now: datetime, *,
+        metrics: dict[str, Any] | None = None, progress: dict[str, Any] | None = None,
+        extra: tuple[Any, ...] = (),
+    ) -> bool:
+        values: dict[str, Any] = {"status": status, "error": error, "finished_at": now,
+                                  "updated_at": now}
+        if metrics is not None:
+            values["metrics"] = metrics
+        if progress is not None:
+            values["progress"] = progress
+        hit = s.execute(
+            update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL), *extra)
+            .values(**values).execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        return bool(hit)
 
     def request_cancel(self, job_id: str, tenant: str | None = None) -> Job | None:
         """A queued job is cancelled at once; a running one when its worker next reports."""
         with self.session() as s:
-            job = s.get(Job, job_id, with_for_update=True)
+            job = s.get(Job, job_id)
             if job is None or (tenant is not None and job.tenant != tenant):
                 return None
             if job.status in TERMINAL:
                 return job
-            job.cancel_requested = True
-            job.updated_at = utcnow()
-            if job.status == "queued":
-                self._finish(job, "cancelled", None, job.updated_at)
-            return job
+            now = utcnow()
+            s.execute(
+                update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL))
+                .values(cancel_requested=True, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            self._finish_where(s, job_id, "cancelled", None, now,
+                               extra=(Job.status == "queued",))
+            return s.get(Job, job_id, populate_existing=True)
 
     def stale_jobs(self, timeout_s: float) -> list[Job]:
         """Running jobs whose worker has not reported for timeout_s seconds."""

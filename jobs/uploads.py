@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ SAFETENSORS_DTYPES = {
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
 MAX_HEADER = 100 * 1024 * 1024
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class UploadError(ValueError):
@@ -96,3 +99,11 @@ def inspect(filename: str, data: bytes) -> tuple[str, dict[str, Any]]:
     if not tensors:
         raise UploadError("file holds no tensors")
     return kind, tensors
+
+
+def upload_path(uploads_dir: Path, upload_id: str, kind: str) -> Path:
+    """Where an upload's bytes live: `<uploads_dir>/<id>.<kind>` (the API writes it there, the
+    worker reads it from there)."""
+    if not _ID.match(upload_id) or kind not in ("safetensors", "npz"):
+        raise UploadError(f"invalid upload id {upload_id!r} or kind {kind!r}")
+    return Path(uploads_dir) / f"{upload_id}.{kind}"

@@ -1,0 +1,179 @@
+"""Fit per-layer linear latency models, latency = intercept + slope x nonzero blocks.
+
+Timings on shared machines carry spikes (a preempted run reads 5-20x too slow), so the default
+fit is RANSAC (Fischler & Bolles 1981, scikit-learn's RANSACRegressor) over a least-squares
+line whose slope is constrained >= 0, with a *relative* residual threshold: a sample more than
+`residual_threshold` (50%) off a candidate line is an outlier, and the line is refitted on the
+inliers. Spikes then hardly move the slope (tests/costmodels/test_fit.py checks a few percent),
+where ordinary least squares moves it several-fold. No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.linear_model import HuberRegressor, LinearRegression, RANSACRegressor
+from sklearn.metrics import mean_absolute_percentage_error, r2_score
+from sklearn.model_selection import KFold
+
+from costmodels.schema import Profile, validate_cost_model, validate_profile
+
+log = logging.getLogger(__name__)
+
+
+def _relative_error(y_true: NDArray[np.float64], y_pred: NDArray[np.float64]
+                    ) -> NDArray[np.float64]:
+    scale = np.maximum(np.abs(y_pred), 1e-12 * (np.abs(y_true).max() + 1e-300))
+    return np.asarray(np.abs(y_true - y_pred) / scale)
+
+
+class LinearCostFitter(RegressorMixin, BaseEstimator):  # type: ignore[misc]
+    """y = intercept_ + slope_ * x with slope_ >= 0, fitted robustly (scikit-learn estimator).
+
+    robust: RANSAC with a relative residual threshold (see module doc); False: plain
+        non-negative least squares.
+    residual_threshold: relative deviation from a candidate line beyond which a sample is an
+        outlier (robust fit only).
+    max_trials, random_state: RANSAC's; the default seed makes fits reproducible.
+
+    Learned: intercept_, slope_, coef_ (= [slope_]), inlier_mask_, n_features_in_.
+    """
+
+    def __init__(self, robust: bool = True, residual_threshold: float = 0.5,
+                 max_trials: int = 200, random_state: int | None = 0) -> None:
+        self.robust = robust
+        self.residual_threshold = residual_threshold
+        self.max_trials = max_trials
+        self.random_state = random_state
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> LinearCostFitter:
+        x, yv = _check_xy(X, y)
+        if self.residual_threshold <= 0:
+            raise ValueError(f"residual_threshold must be > 0, got {self.residual_threshold}")
+        self.n_features_in_ = 1
+        self.inlier_mask_ = np.ones(len(x), dtype=bool)
+        if len(np.unique(x)) < 2:  # no slope to see: a constant
+            self.intercept_, self.slope_ = float(np.median(yv)), 0.0
+        else:
+            scale = float(np.abs(x).max())  # well-conditioned solves for nnz in the millions
+            xs = (x / scale).reshape(-1, 1)
+            intercept, slope = self._fit_scaled(xs, yv)
+            self.intercept_, self.slope_ = intercept, slope / scale
+        self.coef_ = np.array([self.slope_])
+        return self
+
+    def _fit_scaled(self, xs: NDArray[np.float64], y: NDArray[np.float64]
+                    ) -> tuple[float, float]:
+        if not self.robust:
+            ls = LinearRegression(positive=True).fit(xs, y)
+            return float(ls.intercept_), float(ls.coef_[0])
+        try:
+            with warnings.catch_warnings():  # candidate sets of one inlier: "R^2 undefined"
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                ransac = RANSACRegressor(
+                    LinearRegression(positive=True), min_samples=2,
+                    residual_threshold=self.residual_threshold, loss=_relative_error,
+                    max_trials=self.max_trials, random_state=self.random_state).fit(xs, y)
+        except ValueError as exc:  # no consensus set at all: fall back to Huber
+            log.warning("RANSAC found no consensus (%s); using a Huber fit", exc)
+            hub = HuberRegressor(alpha=0.0, max_iter=1000).fit(xs, y)
+            if hub.coef_[0] >= 0:
+                return float(hub.intercept_), float(hub.coef_[0])
+            return float(np.median(y)), 0.0
+        self.inlier_mask_ = np.asarray(ransac.inlier_mask_, dtype=bool)
+        est = ransac.estimator_
+        return float(est.intercept_), max(0.0, float(est.coef_[0]))
+
+    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
+        if not hasattr(self, "slope_"):
+            raise ValueError("this LinearCostFitter is not fitted yet; call fit first")
+        x = _as_column(X)
+        return np.asarray(self.intercept_ + self.slope_ * x, dtype=np.float64)
+
+
+def _as_column(X: ArrayLike) -> NDArray[np.float64]:
+    x = np.asarray(X, dtype=np.float64)
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 1:
+        raise ValueError(f"X must have shape (n,) or (n, 1), got {x.shape}")
+    return x
+
+
+def _check_xy(X: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    x = _as_column(X)
+    yv = np.asarray(y, dtype=np.float64)
+    if yv.ndim != 1 or len(yv) != len(x):
+        raise ValueError(f"y must have shape ({len(x)},), got {yv.shape}")
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 samples, got {len(x)}")
+    if not (np.isfinite(x).all() and np.isfinite(yv).all()):
+        raise ValueError("X and y must be finite")
+    return x, yv
+
+
+def cross_val_mape(fitter: LinearCostFitter, X: ArrayLike, y: ArrayLike, n_splits: int = 5,
+                   random_state: int = 0) -> float:
+    """MAPE of held-out predictions, KFold over the samples (every sample held out once)."""
+    x, yv = _check_xy(X, y)
+    folds = KFold(n_splits=min(n_splits, len(x)), shuffle=True, random_state=random_state)
+    pred = np.empty_like(yv)
+    for train, test in folds.split(x):
+        pred[test] = clone(fitter).fit(x[train], yv[train]).predict(x[test])
+    return float(mean_absolute_percentage_error(yv, pred))
+
+
+def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
+                random_state: int = 0) -> dict[str, Any]:
+    """Cost-model file dict (DESIGN.md) from a profile: per layer intercept, slope (ms per
+    nonzero block), block, r2 (all samples) and mape (KFold cross-validated). Raises
+    ProfileError for a bad profile."""
+    prof = validate_profile(profile)
+    layers: dict[str, Any] = {}
+    for lay in prof.layers:
+        x = np.array([s.nnz_blocks for s in lay.samples], dtype=np.float64)
+        y = np.array([s.latency for s in lay.samples], dtype=np.float64)
+        fitter = LinearCostFitter(robust=robust, random_state=random_state).fit(x, y)
+        entry: dict[str, Any] = {
+            "intercept": fitter.intercept_, "slope": fitter.slope_, "block": list(lay.block),
+            "r2": float(r2_score(y, fitter.predict(x))),
+            "mape": cross_val_mape(fitter, x, y, random_state=random_state),
+            "shape": list(lay.shape), "n_samples": len(y),
+            "inliers": int(fitter.inlier_mask_.sum()),
+        }
+        if lay.kernel is not None:
+            entry["kernel"] = lay.kernel
+        if lay.dense_latency is not None:
+            entry["dense_latency"] = lay.dense_latency
+        layers[lay.name] = entry
+        log.info("%s: %.4g + %.4g x nnz (r2 %.3f, cv mape %.3f)", lay.name, entry["intercept"],
+                 entry["slope"], entry["r2"], entry["mape"])
+    out: dict[str, Any] = {"unit": prof.unit, "device": prof.device, "layers": layers}
+    if prof.machine is not None:
+        out["machine"] = prof.machine
+    if prof.overhead is not None:
+        out["overhead"] = prof.overhead
+    validate_cost_model(out)
+    return out
+
+
+def predict_latency(cost_model: Mapping[str, Any], nnz_blocks: Mapping[str, int],
+                    include_overhead: bool = True) -> float:
+    """overhead + sum over layers of intercept + slope x nnz_blocks[layer] (every layer of the
+    cost model must be given, none other)."""
+    cm = validate_cost_model(dict(cost_model))
+    missing = sorted(set(cm.layers) - set(nnz_blocks))
+    unknown = sorted(set(nnz_blocks) - set(cm.layers))
+    if missing or unknown:
+        raise ValueError(f"nnz_blocks do not match the cost model: missing {missing}, "
+                         f"unknown {unknown}")
+    total = sum(lay.intercept + lay.slope * nnz_blocks[name] for name, lay in cm.layers.items())
+    overhead = (cm.overhead or 0.0) if include_overhead else 0.0
+    return total + overhead

@@ -1,0 +1,79 @@
+"""The FastAPI app: settings, middleware, error handlers and routers, assembled; nothing else.
+
+Run with `spartan serve`, or `uvicorn --factory service.main:create_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import Scope
+
+from jobs.settings import Settings, get_settings
+from service import errors, openapi
+from service.limits import MULTIPART_SLACK, BodyLimitMiddleware
+from service.routes import cost_models, dashboard, health, jobs, metrics, uploads
+from service.state import Resources
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Sparse training under hardware budgets with Spartan (Tai, Tian & Lim, NeurIPS 2022).
+
+Submit a job (`POST /v1/jobs`), poll it (`GET /v1/jobs/{id}`), download its sparse model
+(`GET /v1/jobs/{id}/artifacts/{name}`). Fit latency cost models from hardware profiles
+(`POST /v1/cost-models`) and upload weights or data (`POST /v1/uploads`).
+With `SPARTAN_API_TOKENS` set, every `/v1` route needs `Authorization: Bearer TOKEN`.
+"""
+
+TAGS = [
+    {"name": "jobs", "description": "Sparse-training jobs, their progress and artifacts."},
+    {"name": "uploads", "description": "Initial weights and datasets (.safetensors, .npz)."},
+    {"name": "cost models", "description": "Linear latency models fitted from profiles."},
+    {"name": "health", "description": "Probes for orchestrators."},
+]
+
+
+def _body_limit(settings: Settings) -> Callable[[Scope], int]:
+    upload_limit = settings.max_upload_bytes + MULTIPART_SLACK
+
+    def limit_for(scope: Scope) -> int:
+        if scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/uploads":
+            return upload_limit
+        return settings.max_body_bytes
+
+    return limit_for
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for these settings (from the environment when None)."""
+    resources = Resources(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Built before serving: the async dependencies that hand them out must not block.
+        try:
+            resources.store  # noqa: B018 - creates or migrates the schema
+        except Exception:
+            log.exception("job store unavailable at startup; /readyz reports it")
+        resources.celery  # noqa: B018
+        yield
+        resources.close()
+
+    app = FastAPI(
+        title="Spartan Service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.resources = resources
+    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limit(resources.settings))
+    errors.install(app)
+    openapi.install(app, secured=bool(resources.settings.tokens()))
+    for module in (jobs, metrics, uploads, cost_models, health, dashboard):
+        app.include_router(module.router)
+    return app

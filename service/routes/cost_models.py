@@ -1,0 +1,79 @@
+"""Cost models: fit a per-layer linear latency model from a profile, get, list.
+
+The body is JSON, `{"name": ..., "profile": {...}}`, the profile being the file that
+`spartan profile` writes (DESIGN.md). Fitting (scikit-learn) runs in the threadpool.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from service.deps import CurrentTenant, StoreDep
+from service.errors import MAX_OFFSET, check_text, not_found, responses
+from service.schemas import CostModelCreate, CostModelDetail, CostModelPublic, CostModelsPublic
+
+router = APIRouter(prefix="/v1/cost-models", tags=["cost models"], responses=responses(401))
+
+
+def _profile_error(exc: ValueError) -> HTTPException:
+    loc: list[Any] = ["body", "profile"]
+    layer, field = getattr(exc, "layer", None), getattr(exc, "field", None)
+    if layer is not None:
+        loc += ["layers", layer]
+    if field is not None:
+        loc.append(field)
+    return HTTPException(
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"loc": loc, "msg": str(exc), "type": "profile_error"}],
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CostModelDetail,
+    responses=responses(400, 413, 422),
+    summary="Fit a cost model from a profile",
+    description="Per layer, latency = intercept + slope x nonzero blocks, fitted with "
+    "scikit-learn; r2 and mape report the fit. A bad profile is answered 422 with `loc` "
+    "naming the layer and field.",
+)
+def create_cost_model(
+    body: CostModelCreate, store: StoreDep, tenant: CurrentTenant
+) -> CostModelDetail:
+    # Imported here: scikit-learn is slow to import and only this route needs it.
+    from costmodels.fit import fit_profile
+    from costmodels.schema import validate_profile
+
+    check_text(body.name, ["body", "name"])
+    try:
+        # Stored as validated: latencies in ms, like the fitted model beside it.
+        profile = validate_profile(body.profile).model_dump(mode="json", exclude_none=True)
+        fitted = fit_profile(profile)
+    except ValueError as exc:
+        raise _profile_error(exc) from None
+    row = store.create_cost_model(tenant, fitted, profile, body.name)
+    return CostModelDetail.model_validate(row)
+
+
+@router.get("", response_model=CostModelsPublic, responses=responses(422),
+            summary="List cost models")
+def list_cost_models(
+    store: StoreDep,
+    tenant: CurrentTenant,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> CostModelsPublic:
+    rows, count = store.list_cost_models(tenant, limit, offset)
+    return CostModelsPublic(data=[CostModelPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/{model_id}", response_model=CostModelDetail, responses=responses(404),
+            summary="Get a cost model and the profile it was fitted from")
+def get_cost_model(model_id: str, store: StoreDep, tenant: CurrentTenant) -> CostModelDetail:
+    row = store.get_cost_model(model_id, tenant)
+    if row is None:
+        raise not_found("cost model")
+    return CostModelDetail.model_validate(row)

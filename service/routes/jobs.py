@@ -1,0 +1,159 @@
+"""Jobs: submit, list, get, cancel, and their artifacts.
+
+Handlers are plain `def`: FastAPI runs them in its threadpool, so database and file I/O never
+block the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.responses import FileResponse
+
+from jobs.artifacts import check_name
+from jobs.queue import enqueue_job
+from jobs.spec import JobSpec
+from jobs.store import JobStore
+from service.deps import ArtifactsDep, CeleryDep, CurrentTenant, StoreDep
+from service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
+from service.schemas import ArtifactPublic, ArtifactsPublic, JobPublic, JobsPublic, JobStatus
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401))
+
+
+def check_references(spec: JobSpec, store: JobStore, tenant: str) -> None:
+    """Ids in the spec must name this tenant's uploads and cost models, of the right kind."""
+    check_text(spec.name, ["body", "name"])
+    if spec.cost_model.kind == "fitted" and spec.cost_model.id:
+        if store.get_cost_model(spec.cost_model.id, tenant) is None:
+            raise field_error(["body", "cost_model", "id"],
+                              f"no cost model with id '{spec.cost_model.id}'")
+    if spec.model.weights:
+        upload = store.get_upload(spec.model.weights, tenant)
+        if upload is None:
+            raise field_error(["body", "model", "weights"],
+                              f"no upload with id '{spec.model.weights}'")
+        if upload.kind != "safetensors":
+            raise field_error(["body", "model", "weights"],
+                              "initial weights must be an uploaded .safetensors file")
+    if spec.data.upload:
+        upload = store.get_upload(spec.data.upload, tenant)
+        if upload is None:
+            raise field_error(["body", "data", "upload"], f"no upload with id '{spec.data.upload}'")
+        missing = [k for k in ("x", "y") if k not in upload.tensors]
+        if missing:
+            raise field_error(["body", "data", "upload"],
+                              f"uploaded data needs tensors 'x' and 'y'; missing: "
+                              f"{', '.join(missing)}")
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={**responses(400, 413, 422, 503),
+               202: {"description": "Queued; `Location` is the job's URL."}},
+    summary="Submit a sparse-training job",
+)
+def submit_job(
+    spec: JobSpec, response: Response, store: StoreDep, celery: CeleryDep, tenant: CurrentTenant
+) -> JobPublic:
+    check_references(spec, store, tenant)
+    job = store.create_job(tenant, spec.model_dump(mode="json"), spec.resolved_queue(),
+                           spec.name, spec.warnings())
+    try:
+        enqueue_job(job.id, job.queue, app=celery)
+    except Exception as exc:
+        # Not left queued forever with no message in the broker: it ends failed, with why.
+        log.exception("could not enqueue job %s", job.id)
+        store.finish_job(job.id, "failed", error=f"could not enqueue the job: {exc}")
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"the job queue is unavailable ({exc}); job {job.id} was marked failed",
+        ) from None
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobPublic.model_validate(job)
+
+
+@router.get("", response_model=JobsPublic, responses=responses(422), summary="List jobs")
+def list_jobs(
+    store: StoreDep,
+    tenant: CurrentTenant,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> JobsPublic:
+    rows, count = store.list_jobs(tenant, status_, limit, offset)
+    return JobsPublic(data=[JobPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=responses(404), summary="Get a job")
+def get_job(job_id: str, store: StoreDep, tenant: CurrentTenant) -> JobPublic:
+    job = store.get_job(job_id, tenant)
+    if job is None:
+        raise not_found("job")
+    return JobPublic.model_validate(job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses=responses(404, 409),
+    summary="Cancel a job",
+    description="A queued job is cancelled at once; a running one stops within a few seconds, "
+    "when its worker next reports. Cancelling a cancelled job is a no-op.",
+)
+def cancel_job(job_id: str, store: StoreDep, tenant: CurrentTenant) -> JobPublic:
+    job = store.request_cancel(job_id, tenant)
+    if job is None:
+        raise not_found("job")
+    if job.status in ("succeeded", "failed"):
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT,
+                            detail=f"job already {job.status}")
+    return JobPublic.model_validate(job)
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=responses(404),
+            summary="List a job's artifacts")
+def list_artifacts(
+    job_id: str, store: StoreDep, artifacts: ArtifactsDep, tenant: CurrentTenant
+) -> ArtifactsPublic:
+    if store.get_job(job_id, tenant) is None:
+        raise not_found("job")
+    items = [ArtifactPublic.model_validate(a) for a in artifacts.list(job_id)]
+    return ArtifactsPublic(data=items, count=len(items))
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses={**responses(404), 200: {"content": {"application/octet-stream": {}},
+                                       "description": "The file, streamed."}},
+    summary="Download an artifact",
+)
+def download_artifact(
+    job_id: str, name: str, store: StoreDep, artifacts: ArtifactsDep, tenant: CurrentTenant
+) -> FileResponse:
+    if store.get_job(job_id, tenant) is None:
+        raise not_found("job")
+    try:
+        path = artifacts.path(job_id, check_name(name))
+    except ValueError:
+        raise not_found("artifact") from None
+    if not path.is_file():
+        raise not_found("artifact")
+    return FileResponse(path, filename=name, media_type=_media_type(name))
+
+
+def _media_type(name: str) -> str:
+    if name.endswith(".json"):
+        return "application/json"
+    if name.endswith(".jsonl"):
+        return "application/x-ndjson"
+    if name.endswith(".png"):
+        return "image/png"
+    return "application/octet-stream"

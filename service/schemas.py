@@ -1,0 +1,187 @@
+"""What the API sends back, one schema per role (the spec a client sends is jobs.spec.JobSpec).
+
+`XPublic` is one resource, `XsPublic` a page of them as `{"data": [...], "count": N}` where
+count is the total matching, not the page length.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+_JOB_EXAMPLE: dict[str, Any] = {
+    "id": "3f2c9a1e6b7d4c0e9a8b7c6d5e4f3a2b",
+    "name": "mlp-digits-10pct",
+    "status": "running",
+    "queue": "cpu",
+    "progress": {"step": 12, "total_steps": 46, "epoch": 1, "loss": 0.41, "eta_s": 3.2},
+    "metrics": {},
+    "warnings": [],
+    "error": None,
+    "attempts": 1,
+    "resumed_from_step": None,
+    "worker": "celery@host",
+    "cancel_requested": False,
+    "spec": {"model": {"arch": "mlp"}, "data": {"dataset": "digits"},
+             "sparsity": {"method": "spartan", "budget": 0.1}, "training": {"epochs": 2}},
+    "created_at": "2025-01-01T12:00:00Z",
+    "updated_at": "2025-01-01T12:00:04Z",
+    "started_at": "2025-01-01T12:00:01Z",
+    "finished_at": None,
+}
+
+
+class Error(BaseModel):
+    """Every error leaves the API in this shape."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        description="A message, or for invalid input a list of {loc, msg, type} naming the field."
+    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "job not found"}]})
+
+
+class Progress(BaseModel):
+    """Where training is; the worker adds epoch, loss, accuracy, budget, beta, eta_s, ..."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int = 0
+    total_steps: int | None = None
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True,
+                              json_schema_extra={"examples": [dict(_JOB_EXAMPLE)]})
+
+    id: str
+    name: str | None
+    status: JobStatus
+    queue: str
+    progress: Progress
+    metrics: dict[str, Any]
+    warnings: list[str]
+    error: str | None
+    attempts: int
+    resumed_from_step: int | None
+    worker: str | None
+    cancel_requested: bool
+    spec: dict[str, Any] = Field(description="The submitted spec with its defaults filled in.")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    size: int = Field(description="Bytes.")
+
+
+class ArtifactsPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [
+        {"name": "model.safetensors", "size": 190312}, {"name": "report.json", "size": 5120},
+    ], "count": 2}]})
+
+    data: list[ArtifactPublic]
+    count: int
+
+
+class UploadPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [{
+        "id": "9b1f0c2d3e4a5b6c7d8e9f0a1b2c3d4e", "filename": "train.npz", "kind": "npz",
+        "size": 81234, "sha256": "ab12...", "created_at": "2025-01-01T12:00:00Z",
+        "tensors": {"x": {"dtype": "float32", "shape": [1000, 64]},
+                    "y": {"dtype": "int64", "shape": [1000]}},
+    }]})
+
+    id: str
+    filename: str
+    kind: Literal["safetensors", "npz"]
+    size: int
+    sha256: str
+    tensors: dict[str, Any] = Field(description="name -> {dtype, shape} of every tensor.")
+    created_at: datetime
+
+
+class UploadsPublic(BaseModel):
+    data: list[UploadPublic]
+    count: int
+
+
+# The profile file's shape (DESIGN.md), for the document: costmodels.schema checks the rest
+# (distinct sample counts, nnz_blocks within the layer, unique names) and answers 422.
+PROFILE_SCHEMA: dict[str, Any] = {
+    "required": ["layers"],
+    "properties": {
+        "device": {"type": "string"},
+        "unit": {"type": "string", "enum": ["s", "ms", "us"], "default": "ms"},
+        "layers": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["name", "shape", "samples"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "shape": {"type": "array", "minItems": 2,
+                          "items": {"type": "integer", "minimum": 1}},
+                "block": {"type": "array", "minItems": 2, "maxItems": 2,
+                          "items": {"type": "integer", "minimum": 1}},
+                "samples": {"type": "array", "minItems": 3, "items": {
+                    "type": "object", "required": ["nnz_blocks", "latency"],
+                    "properties": {"nnz_blocks": {"type": "integer", "minimum": 0},
+                                   "latency": {"type": "number", "exclusiveMinimum": 0}},
+                }},
+            },
+        }},
+    },
+}
+
+
+class CostModelCreate(BaseModel):
+    """A profile as `spartan profile` writes it, to be fitted into a cost model."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "a100-mlp",
+        "profile": {"device": "cpu", "unit": "ms", "layers": [{
+            "name": "fc1", "shape": [256, 64], "block": [1, 1],
+            "samples": [{"nnz_blocks": 1638, "latency": 0.052},
+                        {"nnz_blocks": 8192, "latency": 0.121},
+                        {"nnz_blocks": 16384, "latency": 0.230}]}]},
+    }]})
+
+    name: str | None = Field(default=None, max_length=200)
+    profile: dict[str, Any] = Field(
+        description="The profile file `spartan profile` writes.",
+        json_schema_extra=PROFILE_SCHEMA,
+    )
+
+
+class CostModelPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str | None
+    created_at: datetime
+    data: dict[str, Any] = Field(
+        description="The fitted cost model: {unit, device, layers: {name: {intercept, slope, "
+        "block, r2, mape}}}."
+    )
+
+
+class CostModelDetail(CostModelPublic):
+    profile: dict[str, Any] | None = Field(description="The profile it was fitted from.")
+
+
+class CostModelsPublic(BaseModel):
+    data: list[CostModelPublic]
+    count: int
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

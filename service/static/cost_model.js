@@ -1,0 +1,56 @@
+// The cost-model page at "/cost-models/{id}": per-layer fit table and measured vs fitted charts.
+"use strict";
+
+(() => {
+  const { el, fmtNum, fmtPct } = Spartan;
+  const modelId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
+
+  function render(cm) {
+    const data = cm.data || {};
+    const unit = data.unit || "ms";
+    const layers = Object.entries(data.layers || {});
+    const profile = {};
+    for (const layer of (cm.profile || {}).layers || []) profile[layer.name] = layer;
+    const title = cm.name || `Cost model ${cm.id.slice(0, 8)}`;
+    document.getElementById("cm-title").textContent = title;
+    document.title = `${title} · Spartan`;
+    document.getElementById("cm-meta").textContent =
+      `Device ${data.device || "unknown"} · unit ${unit} · ${layers.length} layers · created ` +
+      Spartan.fmtTime(cm.created_at);
+    document.getElementById("cm-no-profile").hidden = Boolean(cm.profile);
+    document.querySelector("#cm-table tbody").replaceChildren(...layers.map(([name, fit]) => {
+      const samples = (profile[name] || {}).samples || [];
+      return el("tr", {},
+        el("th", { scope: "row", class: "mono", text: name }),
+        el("td", { text: (fit.block || [1, 1]).join("×") }),
+        el("td", { class: "num", text: `${fmtNum(fit.intercept)} ${unit}` }),
+        el("td", { class: "num", text: `${fmtNum(fit.slope)} ${unit}` }),
+        el("td", { class: "num", text: fmtNum(fit.r2) }),
+        el("td", { class: "num", text: typeof fit.mape === "number" ? fmtPct(fit.mape) : "—" }),
+        el("td", { class: "num", text: String(samples.length || "—") }));
+    }));
+    document.getElementById("cm-charts").replaceChildren(...layers.map(([name, fit]) => {
+      const samples = ((profile[name] || {}).samples || [])
+        .map((s) => [s.nnz_blocks, s.latency]).filter(([x, y]) => isFinite(x) && isFinite(y));
+      const box = el("div");
+      const card = el("section", { class: "card", "aria-label": `Layer ${name}` },
+        el("h3", { class: "mono", text: name }), box);
+      Charts.fit(box, samples, fit, { title: `Layer ${name}`, xLabel: "nonzero blocks",
+        yLabel: `latency (${unit})` });
+      return card;
+    }));
+  }
+
+  async function load() {
+    try {
+      render(await Spartan.getJSON(`/v1/cost-models/${modelId}`));
+    } catch (err) {
+      if (err.status !== 404) throw err;
+      document.getElementById("cm-title").textContent = "Cost model not found";
+      Spartan.notice(`No cost model ${modelId} is visible with this token.`);
+    }
+    return false; // a stored cost model does not change
+  }
+
+  document.addEventListener("DOMContentLoaded", () => Spartan.poll(load, 5000));
+})();

@@ -1,0 +1,279 @@
+"""Sparsifier: trains a model to a cost budget with Spartan, Top-KAST-style dual averaging or IMP.
+
+Lifecycle like torch.ao.pruning: attach (`Sparsifier(model, config, total_steps)`), `step()`
+after each optimiser step, `finalize()` for plain modules with exact zeros; `state_dict()` /
+`load_state_dict()` to resume. Masked weights become parametrizations (torch.nn.utils.
+parametrize) whose value a forward pre-hook on the model prepares once per forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from spartan.allocation import group_fractions
+from spartan.build import Costs, build_groups, build_layers
+from spartan.config import SparsifierConfig
+from spartan.layout import block_numel
+from spartan.masking import MaskedWeights, beta_factor
+from spartan.report import LayerReport, SparsityReport
+from spartan.schedule import Schedule
+
+_STATE_VERSION = 1
+
+
+class _Masked(nn.Module):
+    """Parametrization of one masked weight; the Sparsifier prepares its value."""
+
+    def __init__(self, owner: Sparsifier, name: str) -> None:
+        super().__init__()
+        self._owner = owner
+        self._name = name
+
+    def forward(self, original: Tensor) -> Tensor:
+        return self._owner._weight(self._name, original)
+
+
+class Sparsifier:
+    """Masks the maskable weights of `model` and anneals them to `config.budget` of the cost.
+
+    costs: per-block costs keyed by full parameter name (tensors of the layer's block grid, or
+    numbers), or a callable(name, param, grid) returning one; default: one per weight, so a
+    block costs its number of weights. Create the optimiser after the Sparsifier or before it,
+    but the same way when resuming (attaching changes the order of model.parameters()).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: SparsifierConfig,
+        total_steps: int,
+        costs: Costs = None,
+    ) -> None:
+        if not isinstance(config, SparsifierConfig):
+            raise ValueError(f"config must be a SparsifierConfig, got {type(config).__name__}")
+        self.model, self.config = model, config
+        self.schedule = Schedule(config, total_steps)
+        self._layers = build_layers(model, config, costs)
+        self._groups = build_groups(self._layers, config.allocation)
+        self._where = {lay.name: (g, i) for g in self._groups for i, lay in enumerate(g.layers)}
+        self._step, self._frozen, self._finalized = 0, False, False
+        self._stash: dict[str, Tensor] = {}
+        self._param_order = {id(lay.module): list(lay.module._parameters) for lay in self._layers}
+        for layer in self._layers:
+            parametrize.register_parametrization(
+                layer.module, layer.attr, _Masked(self, layer.name), unsafe=True)
+        self._hooks = [model.register_forward_pre_hook(self._begin_forward),
+                       model.register_forward_hook(self._end_forward)]
+        self._refresh()
+
+    # -- training -------------------------------------------------------------------------
+    @property
+    def step_count(self) -> int:
+        """Optimiser steps done so far."""
+        return self._step
+
+    @property
+    def frozen(self) -> bool:
+        """Masks are final (finetune phase)."""
+        return self._frozen
+
+    @property
+    def weights(self) -> dict[str, nn.Parameter]:
+        """The dense weights being trained, by parameter name on the plain model."""
+        return {lay.name: lay.param for lay in self._layers}
+
+    def step(self) -> None:
+        """Call after each optimiser step: advances the schedules and updates the masks."""
+        self._check_live()
+        self._step += 1
+        self._refresh()
+
+    def _refresh(self) -> None:
+        with torch.no_grad(), _no_autocast(self._layers[0].param):
+            if self._frozen:
+                for g in self._groups:
+                    g.rebuild()
+            else:
+                t, cfg = self._step, self.config
+                fraction = self.schedule.fraction(t)
+                beta = self.schedule.beta(t) * beta_factor(cfg.block)
+                fracs = group_fractions(cfg.allocation, fraction,
+                                        [tuple(lay.param.shape) for lay in self._layers],
+                                        [g.total_cost for g in self._groups])
+                for g, f in zip(self._groups, fracs, strict=True):
+                    g.update(cfg.method, f, beta, cfg.beta_scale == "mean")
+                if self.schedule.frozen(t):
+                    self._freeze()
+        self._record_versions()
+
+    def _freeze(self) -> None:
+        for g in self._groups:
+            if g.mode != "dense":
+                g.bake()
+                g.mode = "hard"
+                g.release_soft()
+                g.rebuild()
+        self._frozen = True
+
+    def _record_versions(self) -> None:
+        for lay in self._layers:
+            lay.version = lay.param._version
+
+    def _ensure_fresh(self) -> None:
+        """Rebuild forward weights if a weight changed since the last step (e.g. loaded)."""
+        for lay in self._layers:
+            if (lay.param.device, lay.param.dtype) != lay.layout:
+                raise ValueError(
+                    f"{lay.name} moved to {lay.param.device}/{lay.param.dtype} after the "
+                    f"Sparsifier was attached on {lay.layout[0]}/{lay.layout[1]}; move or cast "
+                    "the model first, then attach")
+        if any(lay.param._version != lay.version for lay in self._layers):
+            with torch.no_grad(), _no_autocast(self._layers[0].param):
+                for g in self._groups:
+                    g.rebuild()
+            self._record_versions()
+
+    def _begin_forward(self, module: nn.Module, args: Any) -> None:
+        self._ensure_fresh()
+        stash = {}
+        for g in self._groups:
+            if g.mode != "dense":
+                outs = MaskedWeights.apply(g, *[lay.param for lay in g.layers])
+                stash.update({lay.name: o for lay, o in zip(g.layers, outs, strict=True)})
+        self._stash = stash
+
+    def _end_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._stash = {}
+
+    def _weight(self, name: str, original: Tensor) -> Tensor:
+        out = self._stash.get(name)
+        if out is not None:
+            return out
+        group, index = self._where[name]
+        if group.mode == "dense":
+            return original
+        self._ensure_fresh()  # weight read outside a forward of the model
+        return MaskedWeights.apply(group, *[lay.param for lay in group.layers])[index]
+
+    # -- results --------------------------------------------------------------------------
+    def masks(self, expand: bool = True) -> dict[str, Tensor]:
+        """Hard masks by parameter name: weight-shaped bools, or block grids if not expand."""
+        self._check_live()
+        out = {}
+        for g in self._groups:
+            for lay in g.layers:
+                h = g.h[lay.start:lay.stop].view(lay.grid)
+                out[lay.name] = lay.mul_blocks(torch.ones_like(lay.param, dtype=torch.bool),
+                                               h.reshape(-1)) if expand else h.clone()
+        return out
+
+    def report(self) -> SparsityReport:
+        """Kept blocks, weights and cost of each masked weight (hard masks of this step)."""
+        self._check_live()
+        budget_cost = self.config.budget * sum(g.total_cost for g in self._groups)
+        rows = []
+        for g in self._groups:
+            for lay in g.layers:
+                h = g.h[lay.start:lay.stop]
+                kept = int(h.sum())
+                numel = block_numel(lay.param.shape, lay.block)
+                kept_cost = float(lay.cost.reshape(-1)[h].sum(dtype=torch.float64))
+                rows.append(LayerReport(
+                    name=lay.name, shape=tuple(lay.param.shape), block=lay.block,
+                    blocks=h.numel(), kept_blocks=kept, weights=lay.param.numel(),
+                    kept_weights=kept * numel, cost=float(lay.cost.sum(dtype=torch.float64)),
+                    kept_cost=kept_cost, budget_share=kept_cost / budget_cost,
+                    fallback=lay.fallback))
+        c = self.config
+        return SparsityReport(c.method, c.allocation, c.budget, self._step, tuple(rows))
+
+    def finalize(self) -> SparsityReport:
+        """Write the masked weights into plain modules (exact zeros) and detach everything."""
+        self._check_live()
+        self._ensure_fresh()
+        for g in self._groups:
+            g.bake()
+        rep = self.report()
+        for lay in self._layers:
+            parametrize.remove_parametrizations(lay.module, lay.attr, leave_parametrized=False)
+            _restore_order(lay.module, self._param_order[id(lay.module)])
+        for hook in self._hooks:
+            hook.remove()
+        self._stash, self._finalized = {}, True
+        for g in self._groups:
+            g.release_soft()
+            for lay in g.layers:
+                lay.weff = None
+        return rep
+
+    def _check_live(self) -> None:
+        if self._finalized:
+            raise ValueError("this Sparsifier was finalized")
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Step, masks and soft-mask thresholds; the weights are in the model's state_dict."""
+        self._check_live()
+        return {
+            "version": _STATE_VERSION,
+            "config": self.config.to_dict(),
+            "total_steps": self.schedule.total_steps,
+            "layers": [lay.name for lay in self._layers],
+            "step": self._step,
+            "frozen": self._frozen,
+            "groups": [{"mode": g.mode, "tau": g.tau, "beta": g.beta, "h": g.h.clone()}
+                       for g in self._groups],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state_dict; load the model's own state_dict first or after, either works."""
+        self._check_live()
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported Sparsifier state version {state.get('version')!r}")
+        expect = {"config": self.config.to_dict(), "total_steps": self.schedule.total_steps,
+                  "layers": [lay.name for lay in self._layers]}
+        for key, value in expect.items():
+            if state.get(key) != value:
+                raise ValueError(f"state {key} {state.get(key)!r} does not match {value!r}")
+        if len(state["groups"]) != len(self._groups):
+            raise ValueError("state has a different number of budget groups")
+        for g, gs in zip(self._groups, state["groups"], strict=True):
+            if gs["h"].numel() != g.n or gs["mode"] not in ("dense", "soft", "ste", "hard"):
+                raise ValueError("state masks do not match the masked weights")
+        self._step, self._frozen = int(state["step"]), bool(state["frozen"])
+        with torch.no_grad(), _no_autocast(self._layers[0].param):
+            for g, gs in zip(self._groups, state["groups"], strict=True):
+                if gs["mode"] == "dense":
+                    g.set_dense()
+                    continue
+                g.mode, g.tau, g.beta = gs["mode"], gs["tau"], float(gs["beta"])
+                g.set_hard(gs["h"].to(device=g.v.device, dtype=torch.bool).reshape(-1).clone())
+                g.rebuild()
+        self._record_versions()
+
+
+def _restore_order(module: nn.Module, order: list[str]) -> None:
+    """Put a module's parameters back in their original order (state_dict key order)."""
+    params = dict(module._parameters)
+    module._parameters.clear()
+    module._parameters.update({k: params[k] for k in order if k in params})
+    module._parameters.update({k: v for k, v in params.items() if k not in order})
+
+
+class _no_autocast:
+    """Mask updates run in float32 whatever autocast the training loop uses."""
+
+    def __init__(self, like: Tensor) -> None:
+        self._ctx = torch.autocast(like.device.type, enabled=False)
+
+    def __enter__(self) -> None:
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+

@@ -1,0 +1,1 @@
+"""End-to-end tests: real `spartan serve` and worker processes."""

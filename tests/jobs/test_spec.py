@@ -1,0 +1,77 @@
+"""The job spec: defaults, and every validation error naming what is wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from jobs.spec import JobSpec
+
+CONTRACT: dict[str, dict[str, Any]] = {
+    "model": {"arch": "mlp"}, "data": {"dataset": "digits"},
+    "sparsity": {"method": "spartan", "budget": 0.1}, "training": {"epochs": 2},
+}
+
+
+def with_(section: str, **values: Any) -> dict[str, Any]:
+    spec = {k: dict(v) for k, v in CONTRACT.items()}
+    spec.setdefault(section, {}).update(values)
+    return spec
+
+
+def error_of(spec: dict[str, Any]) -> str:
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(spec)
+    return str(info.value)
+
+
+def test_contract_spec_gets_defaults() -> None:
+    spec = JobSpec.model_validate(CONTRACT)
+    assert spec.sparsity.block == (1, 1) and spec.cost_model.kind == "params"
+    assert spec.training.device == "auto" and spec.resolved_queue() == "cpu"
+    assert spec.warnings() == []
+    assert JobSpec.model_validate(with_("training", device="cuda")).resolved_queue() == "gpu"
+    assert JobSpec.model_validate({**CONTRACT, "queue": "gpu"}).resolved_queue() == "gpu"
+
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    ({**CONTRACT, "extra": 1}, "extra"),
+    (with_("model", arch="mlpp"), "valid: mlp, cnn, resnet, vit"),
+    (with_("model", arch="hub:x"), "unknown model source"),
+    (with_("model", arch="torchvision:resnet18"), "not installed"),
+    (with_("model", kwargs={"hiden": [8]}), "unknown kwargs for model 'mlp': hiden; valid: hidden"),
+    (with_("model", kwargs={"hidden": [0]}), "'hidden' must be a positive integer"),
+    (with_("model", arch="resnet", kwargs={"depth": 10}), "6n + 2"),
+    (with_("model", arch="vit", kwargs={"dim": 30, "heads": 4}), "divisible by 'heads'"),
+    (with_("data", dataset="imagenet"), "valid: digits, mnist1d, teacher, upload"),
+    (with_("data", dataset="upload"), "needs 'upload'"),
+    (with_("data", upload="abc"), "only used with dataset 'upload'"),
+    (with_("data", dataset="teacher", kwargs={"classes": 1}), "at least 2"),
+    (with_("data", dataset="mnist1d", kwargs={"size": 3}), "unknown kwargs for dataset"),
+    (with_("data", val_fraction=1.0), "val_fraction"),
+    (with_("sparsity", method="magic"), "method"),
+    (with_("sparsity", budget=0.0), "budget"),
+    (with_("sparsity", budget=1.5), "budget"),
+    (with_("sparsity", block=[3, 3]), "block [3, 3] is not supported"),
+    (with_("sparsity", warmup_frac=0.6, finetune_frac=0.5), "warmup_frac + finetune_frac"),
+    (with_("cost_model", kind="fitted"), "needs 'id'"),
+    (with_("cost_model", kind="params", id="x"), "only used with kind 'fitted'"),
+    (with_("cost_model", budget_ms=2.0), "needs a fitted latency cost model"),
+    (with_("training", epochs=0), "epochs"),
+    (with_("training", optimizer="lbfgs"), "optimizer"),
+    (with_("training", device="tpu"), "device"),
+])
+def test_invalid_specs_are_refused_naming_the_problem(spec: dict[str, Any], needle: str) -> None:
+    assert needle in error_of(spec)
+
+
+def test_warnings_name_layers_the_block_does_not_divide() -> None:
+    spec = JobSpec.model_validate(with_("sparsity", block=[4, 4]))
+    assert spec.warnings() == ["layer 'head.weight' of shape [10, 128]: block 4x4 does not "
+                               "divide its first two dims; it uses 1x1 blocks"]
+    teacher = with_("data", dataset="teacher", kwargs={"dim": 30})
+    teacher["sparsity"] = {"block": [4, 4]}
+    names = [w.split("'")[1] for w in JobSpec.model_validate(teacher).warnings()]
+    assert names == ["layers.0.weight", "head.weight"]  # dim 30 comes from the data kwargs

@@ -1,0 +1,106 @@
+"""The `spartan` command without a running service: argument checks, serve's refusal, fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.cli import build_parser, main
+from service.serve import is_loopback
+from tests.service.factories import profile
+
+
+def test_serve_refuses_a_public_address_without_tokens(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPARTAN_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SPARTAN_API_TOKENS", raising=False)
+    from jobs.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert main(["serve", "--host", "0.0.0.0", "--workers", "0"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "--insecure" in capsys.readouterr().err
+    assert not (tmp_path / "spartan.db").exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("localhost", True), ("::1", True), ("127.0.0.2", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("example.com", False),
+])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_parser_reads_blocks_and_densities() -> None:
+    args = build_parser().parse_args(
+        ["profile", "--model", "mlp", "--block", "4x8", "--densities", "0.1,0.5,1", "-o", "p"])
+    assert args.block == (4, 8) and args.densities == [0.1, 0.5, 1.0]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["profile", "--model", "mlp", "--block", "4by4", "-o", "p"])
+
+
+def test_fit_writes_the_cost_model_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "profile.json"
+    source.write_text(json.dumps(profile(layers=2)))
+    out, plot = tmp_path / "model.json", tmp_path / "fit.png"
+    assert main(["fit", str(source), "-o", str(out), "--plot", str(plot)]) == 0
+    model = json.loads(out.read_text())
+    assert set(model["layers"]) == {"fc1", "fc2"}
+    assert model["layers"]["fc2"]["slope"] == pytest.approx(2e-5, rel=0.05)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "fc1:" in printed and "R^2" in printed
+
+
+def test_fit_of_a_bad_profile_fails_naming_the_layer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prof = profile(layers=2)
+    prof["layers"][1]["samples"][0]["latency"] = 0
+    source = tmp_path / "profile.json"
+    source.write_text(json.dumps(prof))
+    assert main(["fit", str(source), "-o", str(tmp_path / "m.json")]) == 1
+    assert "'fc2'" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_client_commands_report_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text("{broken")
+    assert main(["submit", str(spec), "--url", "http://127.0.0.1:1"]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
+    spec.write_text("{}")
+    assert main(["submit", str(spec), "--url", "http://127.0.0.1:1"]) == 1
+    assert "cannot reach the API at http://127.0.0.1:1" in capsys.readouterr().err
+    assert main(["status", "abc", "--url", "http://127.0.0.1:1"]) == 1
+
+
+def test_profile_then_fit_a_small_mlp(tmp_path: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    prof, model = tmp_path / "profile.json", tmp_path / "model.json"
+    assert main(["profile", "--model", "mlp", "--kwargs", '{"hidden": [32]}', "--quick",
+                 "--batch", "8", "-o", str(prof)]) == 0
+    layers = json.loads(prof.read_text())["layers"]
+    assert [layer["name"] for layer in layers] == ["layers.0", "head"]
+    assert layers[0]["shape"] == [32, 64]
+    assert main(["fit", str(prof), "-o", str(model)]) == 0
+    assert set(json.loads(model.read_text())["layers"]) == {"layers.0", "head"}
+
+
+def test_profile_needs_a_known_input_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["profile", "--model", "mlp", "--dataset", "upload", "-o",
+                 str(tmp_path / "p.json")]) == 1
+    assert "no known input shape" in capsys.readouterr().err

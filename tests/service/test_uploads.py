@@ -1,0 +1,148 @@
+"""Uploads: accepted kinds, content checks (never unpickled), size limits, use from a job."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import MakeClient
+from tests.service.factories import (
+    dataset_npz,
+    locs,
+    npz_bytes,
+    pickled_npz,
+    safetensors_bytes,
+    spec,
+)
+
+WEIGHTS = safetensors_bytes({"layers.0.weight": np.ones((4, 3), np.float32),
+                             "head.bias": np.zeros(2, np.float32)})
+
+
+def upload(client: TestClient, name: str, data: bytes) -> httpx.Response:
+    return client.post("/v1/uploads", files={"file": (name, data, "application/octet-stream")})
+
+
+def test_safetensors_upload_is_checked_and_stored(client: TestClient, tmp_path: Path) -> None:
+    response = upload(client, "init.safetensors", WEIGHTS)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["kind"] == "safetensors" and body["filename"] == "init.safetensors"
+    assert body["size"] == len(WEIGHTS)
+    assert body["sha256"] == hashlib.sha256(WEIGHTS).hexdigest()
+    assert body["tensors"] == {"layers.0.weight": {"dtype": "F32", "shape": [4, 3]},
+                               "head.bias": {"dtype": "F32", "shape": [2]}}
+    stored = tmp_path / "uploads" / f"{body['id']}.safetensors"
+    assert stored.read_bytes() == WEIGHTS
+    assert not [p for p in stored.parent.iterdir() if p.name.startswith(".tmp")]
+    assert client.get(f"/v1/uploads/{body['id']}").json() == body
+    assert client.get("/v1/uploads").json() == {"data": [body], "count": 1}
+
+
+def test_npz_upload_lists_its_arrays(client: TestClient) -> None:
+    response = upload(client, "../../train.NPZ", dataset_npz(n=10, dim=4))
+    assert response.status_code == 201
+    body = response.json()
+    assert body["kind"] == "npz" and body["filename"] == "train.NPZ"  # path parts dropped
+    assert body["tensors"]["x"] == {"dtype": "float32", "shape": [10, 4]}
+    assert body["tensors"]["y"]["shape"] == [10]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "words"),
+    [
+        ("model.pt", WEIGHTS, ".safetensors and .npz"),
+        ("weights.safetensors", WEIGHTS[:-5], "data_offsets do not match"),
+        ("weights.safetensors", b"\x05\x00", "truncated"),
+        ("weights.safetensors", b"\x04\x00\x00\x00\x00\x00\x00\x00nope", "not valid JSON"),
+        ("data.npz", b"PK\x03\x04 not really a zip", "not a readable .npz"),
+        ("data.npz", npz_bytes(), "no tensors"),
+        ("data.npz", npz_bytes(s=np.array(["a", "b"])), "not numeric"),
+    ],
+)
+def test_bad_files_are_422_naming_the_file_field(
+    client: TestClient, name: str, data: bytes, words: str
+) -> None:
+    response = upload(client, name, data)
+    assert response.status_code == 422
+    assert locs(response) == [["body", "file"]]
+    assert words in response.json()["detail"][0]["msg"]
+    assert client.get("/v1/uploads").json()["count"] == 0
+
+
+def test_pickled_npz_is_refused_without_being_unpickled(
+    client: TestClient, tmp_path: Path
+) -> None:
+    sentinel = tmp_path / "pickle-ran"
+    response = upload(client, "evil.npz", pickled_npz(sentinel))
+    assert response.status_code == 422
+    assert "pickle" in response.json()["detail"][0]["msg"]
+    assert not sentinel.exists()
+
+
+def test_missing_file_field_is_422(client: TestClient) -> None:
+    response = client.post("/v1/uploads", files={"other": ("a.npz", b"x")})
+    assert response.status_code == 422
+    assert locs(response) == [["body", "file"]]
+
+
+def test_upload_over_the_limit_is_413(make_client: MakeClient, tmp_path: Path) -> None:
+    client = make_client(max_upload_bytes=1000)
+    big = safetensors_bytes({"w": np.zeros(500, np.float32)})  # 2 kB: checked while reading
+    response = upload(client, "w.safetensors", big)
+    assert response.status_code == 413
+    assert "limit of 1000 bytes" in response.json()["detail"]
+    huge = b"\0" * 200_000  # beyond the multipart slack: refused from Content-Length
+    response = upload(client, "w.safetensors", huge)
+    assert response.status_code == 413
+    assert client.get("/v1/uploads").json()["count"] == 0
+    assert not list(tmp_path.glob("uploads/*"))
+
+
+def test_unknown_upload_is_404(client: TestClient) -> None:
+    response = client.get(f"/v1/uploads/{'a' * 32}")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "upload not found"}
+
+
+def test_jobs_use_uploads_of_the_right_kind(client: TestClient) -> None:
+    data_id = upload(client, "d.npz", dataset_npz()).json()["id"]
+    weights_id = upload(client, "w.safetensors", WEIGHTS).json()["id"]
+    no_y = upload(client, "x.npz", npz_bytes(x=np.ones((3, 2)))).json()["id"]
+
+    ok = client.post("/v1/jobs", json=spec(data={"dataset": "upload", "upload": data_id},
+                                           model={"arch": "mlp", "weights": weights_id}))
+    assert ok.status_code == 202, ok.text
+
+    bad = client.post("/v1/jobs", json=spec(data={"dataset": "upload", "upload": no_y}))
+    assert bad.status_code == 422
+    assert locs(bad) == [["body", "data", "upload"]]
+    assert "missing: y" in bad.json()["detail"][0]["msg"]
+
+    bad = client.post("/v1/jobs", json=spec(model={"arch": "mlp", "weights": data_id}))
+    assert bad.status_code == 422
+    assert locs(bad) == [["body", "model", "weights"]]
+    assert ".safetensors" in bad.json()["detail"][0]["msg"]
+
+
+def test_streamed_upload_over_the_limit_is_413(make_client: MakeClient) -> None:
+    client = make_client(max_upload_bytes=1000)
+    boundary = "b0undary"
+
+    def body() -> Any:  # chunked: no Content-Length to refuse up front
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+               f"filename=\"w.npz\"\r\n\r\n").encode()
+        for _ in range(100):
+            yield b"\0" * 4096
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post("/v1/uploads", content=body(),
+                           headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]

@@ -1,0 +1,69 @@
+"""Jobs under FLOPs and fitted latency cost models: the budget is met in the model's unit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from jobs.artifacts import ArtifactStore
+from jobs.settings import Settings
+from jobs.store import JobStore
+from tests.worker.conftest import Submit
+from worker.runner import run_job
+
+# For the TINY MLP (64 -> 32 -> 10): dense latency 0.01 + 0.015 + 2048e-4 + 320 * 2e-4 ms.
+LATENCY = {"unit": "ms", "device": "cpu", "overhead": 0.01, "layers": {
+    "layers.0": {"intercept": 0.01, "slope": 1e-4, "block": [1, 1], "r2": 1.0, "mape": 0.0},
+    "head": {"intercept": 0.005, "slope": 2e-4, "block": [1, 1], "r2": 1.0, "mape": 0.0},
+}}
+DENSE_MS = 0.01 + 0.015 + 2048e-4 + 320 * 2e-4
+
+
+def run(submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings,
+        **sections: Any) -> dict[str, Any]:
+    job_id = submit(**sections)
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    cost: dict[str, Any] = json.loads(artifacts.read_bytes(job_id, "report.json"))["cost"]
+    assert cost["within_budget"] and cost["predicted"] <= cost["budget"] * (1 + 1e-4)
+    return cost
+
+
+def test_flops_budget(submit: Submit, store: JobStore, artifacts: ArtifactStore,
+                      settings: Settings) -> None:
+    cost = run(submit, store, artifacts, settings, sparsity={"budget": 0.3},
+               cost_model={"kind": "flops"})
+    dense = 2 * (64 * 32 + 32 * 10)  # one multiply and one add per weight
+    assert cost["unit"] == "flops" and cost["dense"] == pytest.approx(dense)
+    assert cost["budget"] == pytest.approx(0.3 * dense)
+    assert cost["predicted"] == pytest.approx(0.3 * dense, rel=0.01)
+
+
+@pytest.mark.parametrize(("cost_model", "budget"), [
+    ({"budget_ms": 0.1}, 0.1),
+    ({}, 0.5 * DENSE_MS),  # sparsity.budget 0.5: half the dense latency, intercepts included
+])
+def test_fitted_latency_budget(submit: Submit, store: JobStore, artifacts: ArtifactStore,
+                               settings: Settings, cost_model: dict[str, Any],
+                               budget: float) -> None:
+    model_id = store.create_cost_model("t1", LATENCY, None, "cpu").id
+    cost = run(submit, store, artifacts, settings, sparsity={"budget": 0.5},
+               cost_model={"kind": "fitted", "id": model_id, **cost_model})
+    assert cost["unit"] == "ms" and cost["fixed"] == pytest.approx(0.025)
+    assert cost["dense"] == pytest.approx(DENSE_MS)
+    assert cost["budget"] == pytest.approx(budget)
+    assert cost["predicted"] == pytest.approx(budget, rel=0.01)
+
+
+def test_another_tenant_s_cost_model_is_not_found(submit: Submit, store: JobStore,
+                                                  artifacts: ArtifactStore,
+                                                  settings: Settings) -> None:
+    model_id = store.create_cost_model("t2", LATENCY, None, "cpu").id
+    job_id = submit(cost_model={"kind": "fitted", "id": model_id})
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error == f"ValueError: cost model '{model_id}' not found"

@@ -1,0 +1,249 @@
+"""run_job in-process: results, progress, failures, cancellation and resuming after a crash."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sqlalchemy import update
+
+from jobs.artifacts import ArtifactStore
+from jobs.models import Job, utcnow
+from jobs.settings import Settings
+from jobs.store import JobStore
+from tests.worker.conftest import TINY, Submit
+from worker import checkpoint, models, training
+from worker.lease import Lease
+from worker.runner import run_job
+
+
+def test_tiny_job_writes_exact_sparse_results(submit: Submit, store: JobStore,
+                                              artifacts: ArtifactStore,
+                                              settings: Settings) -> None:
+    job_id = submit()
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    names = {a["name"] for a in artifacts.list(job_id)}
+    assert names == {"model.safetensors", "masks.safetensors", "report.json", "metrics.jsonl"}
+    weights = load_file(str(artifacts.path(job_id, "model.safetensors")))
+    masks = load_file(str(artifacts.path(job_id, "masks.safetensors")))
+    assert set(masks) == {"layers.0.weight", "head.weight"}
+    kept = total = 0
+    for name, mask in masks.items():
+        assert mask.dtype == torch.bool and mask.shape == weights[name].shape
+        assert torch.all(weights[name][~mask] == 0)  # exact zeros where masked
+        kept, total = kept + int(mask.sum()), total + mask.numel()
+    assert abs(kept / total - 0.25) <= 1 / total  # density == budget (default cost)
+    report = json.loads(artifacts.read_bytes(job_id, "report.json"))
+    assert report["sparsity"]["density"] == pytest.approx(kept / total)
+    assert {r["name"] for r in report["sparsity"]["layers"]} == set(masks)
+    assert report["cost"]["unit"] == "params" and report["cost"]["within_budget"]
+    assert report["cost"]["predicted"] == kept
+    assert 0.3 < report["accuracy"]["sparse"] <= 1.0 and report["accuracy"]["dense"] is None
+    assert report["training"]["steps"] == 23 and len(report["curve"]) == 1
+    lines = [json.loads(x) for x in artifacts.read_bytes(job_id, "metrics.jsonl").splitlines()]
+    assert lines[-1]["kind"] == "epoch" and lines[-1]["val_accuracy"] is not None
+    assert job.progress["step"] == job.progress["total_steps"] == 23
+    assert job.metrics["val_accuracy"] == report["accuracy"]["sparse"]
+    assert job.metrics["history"][0]["epoch"] == 1
+
+
+def test_progress_is_written_while_training(submit: Submit, store: JobStore,
+                                            artifacts: ArtifactStore, settings: Settings,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+    heartbeat = store.heartbeat
+
+    def spy(job_id: str, progress: dict[str, Any] | None = None, **kw: Any) -> bool:
+        if progress is not None:
+            seen.append(progress)
+        return heartbeat(job_id, progress, **kw)
+
+    monkeypatch.setattr(store, "heartbeat", spy)
+    phases: list[str] = []
+    update = Lease.update
+
+    def spy_update(self: Lease, progress: dict[str, Any], metrics: Any = None) -> None:
+        phases.append(progress["phase"])
+        update(self, progress, metrics)
+
+    monkeypatch.setattr(Lease, "update", spy_update)
+    slow(monkeypatch, 0.01)
+    run_job(submit(training={"epochs": 2}), store, artifacts, settings)
+    # 46 steps: budget anneals over the first 20%, masks are frozen for the last 20%.
+    assert phases[0] == "warmup" and phases[-1] == "finetune" and "train" in phases
+    mid = [p for p in seen if 0 < p["step"] < p["total_steps"]]
+    assert len(mid) >= 3
+    p = mid[-1]
+    assert p["total_steps"] == 46 and p["epochs"] == 2 and p["loss"] > 0
+    assert 0 <= p["accuracy"] <= 1 and p["eta_s"] > 0 and p["steps_per_s"] > 0
+    assert 0.25 <= p["budget_fraction"] <= 1 and p["beta"] > 0
+    assert any(q["val_accuracy"] is not None for q in mid)  # after the first epoch
+
+
+def slow(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make each training step take at least `seconds`."""
+    lr_at = training.lr_at
+
+    def sleepy(*args: Any) -> float:
+        time.sleep(seconds)
+        return lr_at(*args)
+
+    monkeypatch.setattr(training, "lr_at", sleepy)
+
+
+def test_a_raising_model_factory_fails_the_job(submit: Submit, store: JobStore,
+                                               artifacts: ArtifactStore, settings: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("factory exploded\nwith details")
+
+    monkeypatch.setitem(models._BUILTINS, "mlp", explode)  # type: ignore[arg-type]
+    job_id = submit()
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error == "RuntimeError: factory exploded with details"
+    assert artifacts.list(job_id) == []
+
+
+@pytest.mark.parametrize(("sections", "needle"), [
+    ({"model": {"arch": "mlp", "kwargs": {"bogus": 1}}}, "unknown kwargs for model 'mlp'"),
+    ({"data": {"dataset": "upload", "upload": "nope"}}, "upload 'nope' not found"),
+])
+def test_bad_inputs_fail_with_a_readable_message(submit: Submit, store: JobStore,
+                                                 artifacts: ArtifactStore, settings: Settings,
+                                                 sections: dict[str, Any], needle: str) -> None:
+    job_id = submit(raw=True, **sections)
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "failed" and needle in (job.error or "")
+    assert "\n" not in (job.error or "")
+
+
+def test_a_diverging_loss_fails_the_job(submit: Submit, store: JobStore,
+                                        artifacts: ArtifactStore, settings: Settings,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cross_entropy = training.F.cross_entropy
+
+    def diverging(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return cross_entropy(*args, **kwargs) * float("inf")
+
+    monkeypatch.setattr(training.F, "cross_entropy", diverging)
+    job_id = submit()
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error is not None and "training diverged" in job.error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_a_gpu_fails_clearly(submit: Submit, store: JobStore,
+                                                    artifacts: ArtifactStore,
+                                                    settings: Settings) -> None:
+    job_id = submit(training={"device": "cuda"})
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error is not None and "no CUDA device" in job.error
+
+
+def test_cancel_stops_a_running_job_within_seconds(submit: Submit, store: JobStore,
+                                                   artifacts: ArtifactStore, settings: Settings,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    slow(monkeypatch, 0.02)
+    job_id = submit(training={"epochs": 50})
+    thread = threading.Thread(target=run_job, args=(job_id, store, artifacts, settings))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while (store.get_job(job_id).progress.get("step") or 0) < 3:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.02)
+    asked = time.monotonic()
+    store.request_cancel(job_id)
+    thread.join(timeout=10)
+    assert not thread.is_alive() and time.monotonic() - asked < 3
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "cancelled" and job.finished_at is not None
+    assert not artifacts.exists(job_id, "model.safetensors")
+
+
+class Crash(BaseException):
+    """Stands for the worker process dying (not an Exception: run_job must not handle it)."""
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_weights(
+    submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sections = {"training": {"epochs": 2, "checkpoint_every": 5}}
+    reference = submit(**sections)
+    run_job(reference, store, artifacts, settings)
+    expected = load_file(str(artifacts.path(reference, "model.safetensors")))
+
+    job_id = submit(**sections)
+    save = checkpoint.save_checkpoint
+    saved: list[int] = []
+
+    def crash_after_second(store_: ArtifactStore, jid: str, state: dict[str, Any]) -> None:
+        save(store_, jid, state)
+        saved.append(state["loop"]["step"])
+        if len(saved) == 2:
+            raise Crash
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", crash_after_second)
+    with pytest.raises(Crash):
+        run_job(job_id, store, artifacts, settings)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    assert saved == [5, 10] and store.get_job(job_id).status == "running"  # type: ignore
+    # The reaper's view: no heartbeat for long; back to the queue, another worker takes it.
+    with store.session() as s:
+        s.execute(update(Job).where(Job.id == job_id)
+                  .values(heartbeat_at=utcnow() - timedelta(seconds=600)))
+    stale = store.stale_jobs(settings.heartbeat_timeout_s)[0]
+    assert store.requeue(job_id, stale.heartbeat_at)
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded" and job.attempts == 2
+    assert job.resumed_from_step == 10
+    report = json.loads(artifacts.read_bytes(job_id, "report.json"))
+    assert report["training"]["resumed_from_step"] == 10 and len(report["curve"]) == 2
+    got = load_file(str(artifacts.path(job_id, "model.safetensors")))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name  # bit for bit
+
+
+def test_uploaded_data_and_initial_weights(submit: Submit, store: JobStore,
+                                           artifacts: ArtifactStore, settings: Settings,
+                                           tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(settings.uploads_dir / "data1.npz", x=x, y=y)
+    store.create_upload("t1", "d.npz", "npz", 1, "0" * 64, {}, upload_id="data1")
+    model = models.build_model("mlp", {"hidden": [8]}, (6,), 2)
+    save_file(model.state_dict(), str(settings.uploads_dir / "w1.safetensors"))
+    store.create_upload("t1", "w.safetensors", "safetensors", 1, "0" * 64, {}, upload_id="w1")
+    spec = {**TINY, "model": {"arch": "mlp", "kwargs": {"hidden": [8]}, "weights": "w1"},
+            "data": {"dataset": "upload", "upload": "data1"}}
+    job_id = submit(spec)
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    accuracy = json.loads(artifacts.read_bytes(job_id, "report.json"))["accuracy"]
+    assert accuracy["dense"] == accuracy["initial"] is not None
+    assert "initial weights" in accuracy["dense_source"]
+    other = submit(spec, tenant="t2")  # another tenant's uploads are not found
+    run_job(other, store, artifacts, settings)
+    assert "not found" in (store.get_job(other).error or "")  # type: ignore[union-attr]

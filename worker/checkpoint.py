@@ -1,0 +1,90 @@
+"""Checkpoints as one safetensors file: tensors in its body, everything else as JSON in its
+metadata. Nothing is pickled, so torch.load is never needed to resume.
+
+Nested state (an optimizer's or a Sparsifier's state_dict) is flattened: each tensor is stored
+under its path ("optimizer/state/0/exp_avg") and replaced in the JSON tree by a reference;
+tuples and dicts with non-string keys (optimizer state is keyed by int) are tagged so that
+they come back as they were. The file is written atomically and overwritten in place, so a
+retried attempt never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+from torch import Tensor
+
+from jobs.artifacts import ArtifactStore
+
+NAME = "checkpoint.safetensors"
+FORMAT = "spartan-checkpoint/1"
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+
+
+def encode(obj: Any, path: str, tensors: dict[str, Tensor]) -> Any:
+    """JSON-able tree of `obj`; its tensors go to `tensors` (CPU copies) under their path."""
+    if isinstance(obj, Tensor):
+        key = path or "root"
+        if key in tensors:
+            raise ValueError(f"two tensors under the checkpoint path {key!r}")
+        t = obj.detach()
+        tensors[key] = t.to("cpu", copy=True).contiguous() if t.device.type == "cpu" else t.cpu()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not {_TENSOR, _TUPLE, _ITEMS} & set(obj):
+            return {k: encode(v, f"{path}/{k}", tensors) for k, v in obj.items()}
+        return {_ITEMS: [[encode(k, f"{path}/k{i}", tensors), encode(v, f"{path}/{k}", tensors)]
+                         for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, tuple):
+        return {_TUPLE: [encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    raise ValueError(f"cannot checkpoint a {type(obj).__name__} at {path!r}")
+
+
+def decode(tree: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of encode."""
+    if isinstance(tree, dict):
+        if set(tree) == {_TENSOR}:
+            return tensors[tree[_TENSOR]]
+        if set(tree) == {_TUPLE}:
+            return tuple(decode(v, tensors) for v in tree[_TUPLE])
+        if set(tree) == {_ITEMS}:
+            return {decode(k, tensors): decode(v, tensors) for k, v in tree[_ITEMS]}
+        return {k: decode(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [decode(v, tensors) for v in tree]
+    return tree
+
+
+def dumps(state: dict[str, Any]) -> bytes:
+    """Bytes of a checkpoint file holding `state` (a dict of nested state_dicts)."""
+    tensors: dict[str, Tensor] = {}
+    tree = encode(state, "", tensors)
+    return save(tensors, metadata={"format": FORMAT, "state": json.dumps(tree)})
+
+
+def save_checkpoint(artifacts: ArtifactStore, job_id: str, state: dict[str, Any]) -> None:
+    artifacts.write_bytes(job_id, NAME, dumps(state))
+
+
+def load_checkpoint(artifacts: ArtifactStore, job_id: str,
+                    device: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """The state of a job's checkpoint with its tensors on `device`, or None without one."""
+    if not artifacts.exists(job_id, NAME):
+        return None
+    path = artifacts.path(job_id, NAME)
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{NAME} is not a checkpoint of this version: {meta.get('format')!r}")
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    return decode(json.loads(meta["state"]), tensors)

@@ -1,0 +1,255 @@
+"""The model registry: built-in architectures, torchvision / timm models, entry-point factories.
+
+Built-ins take their kwargs and defaults from jobs/catalog.py, whose torch-free weight shapes
+must match what is built here (tests/worker/test_models.py checks it).
+- mlp: Linear + ReLU layers of the given hidden sizes on the flattened input.
+- cnn: Conv2d + ReLU layers (max-pooled between), global average pool, linear head.
+- resnet: the CIFAR ResNet of He et al., "Deep Residual Learning" (CVPR 2016), section 4.2:
+  three stages of width w, 2w, 4w with n basic blocks each (depth 6n + 2), projection
+  shortcuts (1x1 conv) where the shape changes.
+- vit: Dosovitskiy et al., "An Image is Worth 16x16 Words" (ICLR 2021): a linear projection of
+  flattened patches, a class token, learned position embeddings, pre-norm encoder blocks with
+  nn.MultiheadAttention (its projections are maskable) and a linear head.
+Sequences (C, L) and vectors (D,) are images of height 1 for cnn, resnet and vit, whose
+kernels and patches are then 1 x k.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from importlib import import_module
+from importlib.metadata import entry_points
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from jobs import catalog
+
+log = logging.getLogger(__name__)
+Shape = tuple[int, ...]
+
+
+class MLP(nn.Module):
+    def __init__(self, input_shape: Shape, num_classes: int, hidden: list[int]) -> None:
+        super().__init__()
+        sizes = [math.prod(input_shape), *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))
+        self.head = nn.Linear(sizes[-1], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return self.head(x)
+
+
+class CNN(nn.Module):
+    def __init__(self, input_shape: Shape, num_classes: int, channels: list[int],
+                 kernel: int) -> None:
+        super().__init__()
+        self.image = catalog.as_image(input_shape)
+        c, h, w = self.image
+        k = (1 if h == 1 else kernel, kernel)
+        self.convs = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        for out in channels:
+            self.convs.append(nn.Conv2d(c, out, k, padding=(k[0] // 2, k[1] // 2)))
+            # Halve the spatial size while it stays at least 2 (tiny inputs like digits' 8x8).
+            pool = (2 if h >= 4 else 1, 2 if w >= 4 else 1)
+            self.pools.append(nn.MaxPool2d(pool) if pool != (1, 1) else nn.Identity())
+            c, h, w = out, h // pool[0], w // pool[1]
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], *self.image)
+        for i, (conv, pool) in enumerate(zip(self.convs, self.pools, strict=True)):
+            x = torch.relu(conv(x))
+            if i < len(self.convs) - 1:
+                x = pool(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: tuple[int, int], kh: int) -> None:
+        super().__init__()
+        pad = (kh // 2, 1)
+        self.conv1 = nn.Conv2d(c_in, c_out, (kh, 3), stride, pad, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, (kh, 3), 1, pad, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if c_in != c_out or stride != (1, 1):
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, input_shape: Shape, num_classes: int, width: int, depth: int) -> None:
+        super().__init__()
+        self.image = catalog.as_image(input_shape)
+        c, h, _ = self.image
+        kh, n = (1 if h == 1 else 3), (depth - 2) // 6
+        self.stem = nn.Conv2d(c, width, (kh, 3), 1, (kh // 2, 1), bias=False)
+        self.stem_bn = nn.BatchNorm2d(width)
+        stages, c = [], width
+        for s, out in enumerate((width, 2 * width, 4 * width)):
+            blocks = []
+            for b in range(n):
+                down = s > 0 and b == 0
+                stride = ((1 if h == 1 else 2) if down else 1, 2 if down else 1)
+                blocks.append(BasicBlock(c, out, stride, kh))
+                c = out
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], *self.image)
+        x = self.stages(torch.relu(self.stem_bn(self.stem(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, input_shape: Shape, num_classes: int, dim: int, depth: int, heads: int,
+                 mlp_ratio: int, patch: int | None) -> None:
+        super().__init__()
+        self.image = catalog.as_image(input_shape)
+        c, h, w = self.image
+        self.patch = catalog.vit_patch((h, w), patch)
+        ph, pw = self.patch
+        tokens = (h // ph) * (w // pw)
+        self.patch_embed = nn.Linear(c * ph * pw, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, dim * mlp_ratio)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, (c, h, w), (ph, pw) = x.shape[0], self.image, self.patch
+        # (N, C, H, W) -> (N, tokens, C * ph * pw)
+        x = x.reshape(n, c, h // ph, ph, w // pw, pw).permute(0, 2, 4, 1, 3, 5)
+        x = self.patch_embed(x.reshape(n, (h // ph) * (w // pw), c * ph * pw))
+        x = torch.cat([self.cls_token.expand(n, -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
+
+
+_BUILTINS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "vit": ViT}
+
+
+def _call_factory(factory: Any, kwargs: dict[str, Any], input_shape: Shape,
+                  num_classes: int, what: str) -> nn.Module:
+    """Call with kwargs, adding input_shape / num_classes when the factory accepts them."""
+    extra: dict[str, Any] = {}
+    try:
+        params = dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "input_shape" in params or takes_any:
+        extra["input_shape"] = tuple(input_shape)
+    if "num_classes" in params or takes_any:
+        extra["num_classes"] = num_classes
+    unknown = [k for k in kwargs if params and k not in params and not takes_any]
+    if unknown:
+        raise ValueError(f"unknown kwargs for model '{what}': {', '.join(sorted(unknown))}; "
+                         f"valid: {', '.join(p for p in params if p not in extra) or 'none'}")
+    model = factory(**kwargs, **{k: v for k, v in extra.items() if k not in kwargs})
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model factory '{what}' returned {type(model).__name__}, "
+                         "not a torch.nn.Module")
+    return model
+
+
+def build_model(arch: str, kwargs: dict[str, Any], input_shape: Shape,
+                num_classes: int) -> nn.Module:
+    """Build a model for examples of `input_shape` and `num_classes` classes.
+
+    ValueError for an unknown arch, unknown or invalid kwargs, or a missing package.
+    """
+    catalog.check_model(arch)
+    if arch in _BUILTINS:
+        return _BUILTINS[arch](tuple(input_shape), num_classes,
+                               **catalog.model_kwargs(arch, kwargs))
+    source, sep, name = arch.partition(":")
+    if sep:
+        return _hub_model(source, name, kwargs, input_shape, num_classes)
+    ep = next(e for e in entry_points(group=catalog.MODEL_GROUP) if e.name == arch)
+    return _call_factory(ep.load(), kwargs, input_shape, num_classes, arch)
+
+
+def _hub_model(source: str, name: str, kwargs: dict[str, Any], input_shape: Shape,
+               num_classes: int) -> nn.Module:
+    if "pretrained" in kwargs or "weights" in kwargs:
+        raise ValueError("hub weights are not downloaded by workers; upload a .safetensors "
+                         "file and give its id as model.weights")
+    kw = {"num_classes": num_classes, **kwargs}
+    if source == "timm":
+        timm = import_module("timm")
+        if len(input_shape) == 3:
+            kw.setdefault("in_chans", input_shape[0])
+        model = timm.create_model(name, pretrained=False, **kw)
+    else:
+        tv_models = import_module("torchvision.models")
+        try:
+            model = tv_models.get_model(name, weights=None, **kw)
+        except KeyError:
+            raise ValueError(f"unknown torchvision model '{name}'; valid: "
+                             f"{', '.join(tv_models.list_models())}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"'{source}:{name}' did not build a torch.nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load initial weights from a safetensors file: every name and shape must match the
+    model's state_dict exactly (a clear ValueError lists the differences)."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"cannot read the weights file: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(f"{k} {list(tensors[k].shape)} (model {list(v.shape)})"
+                   for k, v in expected.items()
+                   if k in tensors and tuple(tensors[k].shape) != tuple(v.shape))
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected),
+                                      ("wrong shape", wrong)) if items]
+        raise ValueError("initial weights do not match the model; " + "; ".join(parts))
+    for key, value in expected.items():
+        if not value.is_floating_point() and tensors[key].is_floating_point():
+            raise ValueError(f"initial weights: {key} is {tensors[key].dtype}, "
+                             f"the model holds {value.dtype}")
+    model.load_state_dict(tensors, strict=True)
+    log.info("loaded %d initial tensors from %s", len(tensors), path.name)

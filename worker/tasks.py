@@ -1,0 +1,121 @@
+"""Celery tasks, registered on the app that jobs/queue.py defines, and the reaper.
+
+The run task is thin: it takes a job id and calls worker.runner.run_job, which keeps all state
+in the job store and the artifact store, so a redelivered or duplicated message is harmless
+(the store's claim lets one worker run a job at a time).
+
+The reaper is the crash-recovery path: a job whose worker stopped heartbeating for
+settings.heartbeat_timeout_s goes back to its queue and resumes from its last checkpoint on
+whichever worker takes it, in seconds rather than after the broker's visibility timeout; after
+settings.max_attempts lost workers it ends failed. Every worker's main process runs it every
+few seconds (several reapers at once are safe: the requeue is conditional).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+
+from jobs.artifacts import ArtifactStore
+from jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
+from worker.runner import run_job, worker_name
+
+log = logging.getLogger(__name__)
+app = get_celery()
+_resources: dict[int, tuple[JobStore, ArtifactStore]] = {}
+_stop_reaper = threading.Event()
+
+
+def resources(settings: Settings) -> tuple[JobStore, ArtifactStore]:
+    """This process's store connections (per pid: a forked child never reuses its parent's)."""
+    pid = os.getpid()
+    if pid not in _resources:
+        _resources.clear()
+        _resources[pid] = (JobStore(settings.db_url, create=False),
+                           ArtifactStore(settings.artifacts_dir))
+    return _resources[pid]
+
+
+@app.task(name=RUN_JOB, bind=True, ignore_result=True, acks_late=True)
+def run_job_task(self: Any, job_id: str) -> None:
+    settings = get_settings()
+    store, artifacts = resources(settings)
+    run_job(job_id, store, artifacts, settings, worker=worker_name(self.request.hostname))
+
+
+def reap(store: JobStore, settings: Settings, app: Celery | None = None) -> list[str]:
+    """Requeue running jobs whose heartbeat is stale; fail those out of attempts and end those
+    whose cancel was requested. Returns the ids requeued."""
+    requeued = []
+    for job in store.stale_jobs(settings.heartbeat_timeout_s):
+        lost = f"no heartbeat for {settings.heartbeat_timeout_s:g} s"
+        if job.cancel_requested:
+            if store.requeue(job.id, job.heartbeat_at):
+                store.finish_job(job.id, "cancelled")
+            continue
+        if job.attempts >= settings.max_attempts:
+            if store.requeue(job.id, job.heartbeat_at):
+                store.finish_job(job.id, "failed", error=(
+                    f"gave up after {job.attempts} attempts: the worker was lost each time "
+                    f"({lost})"))
+                log.warning("job %s failed: out of attempts", job.id)
+            continue
+        # Enqueue before requeueing: if the broker is down nothing changes and the next round
+        # retries; a message for a job that turns out alive is dropped by the claim.
+        try:
+            enqueue_job(job.id, job.queue, app=app)
+        except Exception:
+            log.warning("reaper could not enqueue job %s; will retry", job.id, exc_info=True)
+            continue
+        if store.requeue(job.id, job.heartbeat_at):
+            log.warning("job %s: worker %s lost (%s); requeued", job.id, job.worker, lost)
+            requeued.append(job.id)
+    return requeued
+
+
+@app.task(name=REAP, ignore_result=True)
+def reap_task() -> list[str]:
+    settings = get_settings()
+    return reap(resources(settings)[0], settings)
+
+
+def reap_interval(settings: Settings) -> float:
+    return min(10.0, max(0.5, settings.heartbeat_timeout_s / 3))
+
+
+def _reap_forever(settings: Settings) -> None:
+    store = JobStore(settings.db_url, create=False)
+    interval = reap_interval(settings)
+    while not _stop_reaper.wait(interval):
+        try:
+            reap(store, settings)
+        except Exception:  # a database or broker hiccup: try again next round
+            log.warning("reaper round failed", exc_info=True)
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    settings = get_settings()
+    threading.Thread(target=_reap_forever, args=(settings,), name="reaper", daemon=True).start()
+    log.info("reaper started: every %.1f s, stale after %g s", reap_interval(settings),
+             settings.heartbeat_timeout_s)
+
+
+@worker_shutting_down.connect
+def _stop(**_: Any) -> None:
+    _stop_reaper.set()
+
+
+@worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    from worker.main import die_with_parent, limit_threads
+
+    die_with_parent()
+    limit_threads(get_settings(), int(os.environ.get("SPARTAN_WORKER_CONCURRENCY", "1")))
