@@ -8,7 +8,7 @@ zero potentials, stopped when the transport objective changes by less than 1% (r
 100 iterations; its mask is sigmoid(beta v / c + g_keep - g_drop), in [0, 1], whose budget error
 we report. Ours: spartan.topk.hard_topk + soft_topk.
 
-    python -m benchmarks.topk [--quick] [--device cuda]
+    python -m benchmarks.topk [--quick] [--device cuda] [--threads N] [--beta-rel B]
 
 Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--beta-rel", type=float, default=BETA_REL,
                         help="beta times the mean of values / costs")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: torch's choice); 1 is steadier on a busy "
+                             "machine")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     sizes = [1_000_000] if args.quick else [1_000_000, 5_000_000, 25_500_000]
     cases = []

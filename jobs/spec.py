@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -71,7 +72,12 @@ class SparsitySpec(_Strict):
         "the default per-weight cost).",
     )
     block: tuple[int, int] = (1, 1)
-    allocation: Literal["global", "uniform", "erk"] = "global"
+    allocation: str = Field(
+        default="global",
+        description="'global' (one budget over all layers), 'uniform', 'erk', or 'N:M' "
+        "(e.g. '2:4': N kept in every group of M along the input dimension; block 1x1).",
+        examples=["global", "2:4"],
+    )
     prefixes: list[str] | None = Field(
         default=None, description="Only parameters whose names start with one of these."
     )
@@ -89,8 +95,23 @@ class SparsitySpec(_Strict):
             raise ValueError(f"block {list(value)} is not supported; use one of {allowed}")
         return value
 
+    @field_validator("allocation")
+    @classmethod
+    def _known_allocation(cls, value: str) -> str:
+        if value in ("global", "uniform", "erk"):
+            return value
+        match = re.fullmatch(r"(\d+):(\d+)", value)
+        if not match or not 0 < int(match[1]) < int(match[2]) <= 64:
+            raise ValueError(
+                f"allocation {value!r} is not one of 'global', 'uniform', 'erk' or 'N:M' "
+                "with 0 < N < M <= 64"
+            )
+        return value
+
     @model_validator(mode="after")
     def _phases_fit(self) -> SparsitySpec:
+        if ":" in self.allocation and tuple(self.block) != (1, 1):
+            raise ValueError(f"allocation {self.allocation!r} needs block [1, 1]")
         if self.warmup_frac + self.finetune_frac >= 1.0:
             raise ValueError("warmup_frac + finetune_frac must be < 1")
         return self
@@ -120,13 +141,24 @@ class TrainingSpec(_Strict):
     epochs: int = Field(default=5, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(default=1e-3, gt=0.0, le=10.0)
+    lr: float = Field(
+        default=5e-3, gt=0.0, le=10.0,
+        description="Learning rate; when left out, 5e-3 for adamw and 5e-2 for sgd.",
+    )
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_lr(cls, data: Any) -> Any:
+        # SGD needs a larger step than AdamW; both defaults train the built-ins in a few epochs.
+        if isinstance(data, dict) and data.get("lr") is None and data.get("optimizer") == "sgd":
+            data = {**data, "lr": 5e-2}
+        return data
 
 
 class JobSpec(_Strict):

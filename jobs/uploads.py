@@ -2,6 +2,8 @@
 
 .safetensors: the header is parsed and every tensor's byte range checked against the file.
 .npz: read with numpy's allow_pickle=False, so object arrays (pickles) are refused.
+A file holding both `x` and `y` is a dataset: refused here if a job could not train on it (the
+rules of worker.data), rather than failing the job later.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ import numpy as np
 SAFETENSORS_DTYPES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+# safetensors dtypes numpy reads natively (for the dataset checks; others skip the value checks)
+NUMPY_DTYPES = {
+    "BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "I32": "<i4",
+    "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8",
 }
 MAX_HEADER = 100 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -77,15 +84,18 @@ def inspect_safetensors(data: bytes) -> dict[str, Any]:
     return tensors
 
 
-def inspect_npz(data: bytes) -> dict[str, Any]:
+def inspect_npz(data: bytes, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{name: {"dtype", "shape"}}; with `keep`, those arrays too, under {"arrays": {...}}."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            tensors = {}
+            tensors: dict[str, Any] = {}
             for name in archive.files:
                 array = archive[name]
                 if array.dtype.kind not in "biuf":
                     raise UploadError(f"array '{name}': dtype {array.dtype} is not numeric")
                 tensors[name] = {"dtype": str(array.dtype), "shape": list(array.shape)}
+                if name in keep:
+                    tensors.setdefault("arrays", {})[name] = array
     except UploadError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
@@ -93,11 +103,52 @@ def inspect_npz(data: bytes) -> dict[str, Any]:
     return tensors
 
 
+def _safetensors_array(data: bytes, name: str) -> np.ndarray | None:
+    """One tensor of an already inspected safetensors file, or None for dtypes numpy lacks."""
+    (n,) = struct.unpack("<Q", data[:8])
+    info = json.loads(data[8 : 8 + n])[name]
+    dtype = NUMPY_DTYPES.get(info["dtype"])
+    if dtype is None:
+        return None
+    begin, end = info["data_offsets"]
+    return np.frombuffer(data[8 + n + begin : 8 + n + end], dtype=dtype).reshape(info["shape"])
+
+
+def check_dataset(xs: list[int], ys: list[int], x: np.ndarray | None, y: np.ndarray | None
+                  ) -> None:
+    """x of shape (N, ...), y of N integer labels >= 0, N >= 2, x finite (worker.data's rules)."""
+    if len(xs) < 2:
+        raise UploadError(f"data: x must have shape (N, ...) with N examples, got {xs}")
+    if len(ys) != 1:
+        raise UploadError(f"data: y must be 1-D (one class label per example), got shape {ys}")
+    if xs[0] != ys[0]:
+        raise UploadError(f"data: {xs[0]} examples in x but {ys[0]} labels in y")
+    if ys[0] < 2:
+        raise UploadError(f"data: need at least 2 examples, got {ys[0]}")
+    if x is not None and not np.isfinite(x).all():
+        raise UploadError("data: x holds NaN or infinite values")
+    if y is not None:
+        if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
+            raise UploadError("data: y must hold integer class labels, not fractions")
+        if y.min() < 0:
+            raise UploadError("data: class labels in y must be >= 0")
+
+
 def inspect(filename: str, data: bytes) -> tuple[str, dict[str, Any]]:
     kind = kind_of(filename)
-    tensors = inspect_safetensors(data) if kind == "safetensors" else inspect_npz(data)
+    arrays: dict[str, np.ndarray | None] = {}
+    if kind == "safetensors":
+        tensors = inspect_safetensors(data)
+        if "x" in tensors and "y" in tensors:
+            arrays = {k: _safetensors_array(data, k) for k in ("x", "y")}
+    else:
+        tensors = inspect_npz(data, keep=("x", "y"))
+        arrays = tensors.pop("arrays", {})
     if not tensors:
         raise UploadError("file holds no tensors")
+    if "x" in tensors and "y" in tensors:
+        check_dataset(tensors["x"]["shape"], tensors["y"]["shape"], arrays.get("x"),
+                      arrays.get("y"))
     return kind, tensors
 
 

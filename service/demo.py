@@ -19,7 +19,7 @@ DEMO_SPEC: dict[str, Any] = {
     "model": {"arch": "mlp"},
     "data": {"dataset": "digits"},
     "sparsity": {"method": "spartan", "budget": 0.1},
-    "training": {"epochs": 2},
+    "training": {"epochs": 8},
 }
 
 

@@ -51,8 +51,8 @@ def group_fractions(
     """Kept fraction of each budget group at the model-wide kept fraction `fraction`."""
     if allocation == "global":
         return [fraction]
-    if allocation == "uniform":
+    if allocation == "uniform" or ":" in allocation:  # N:M: one group per layer
         return [fraction] * len(shapes)
     if allocation == "erk":
         return erk_fractions(fraction, shapes, costs)
-    raise ValueError(f"allocation must be global, uniform or erk, got {allocation!r}")
+    raise ValueError(f"allocation must be global, uniform, erk or N:M, got {allocation!r}")

@@ -92,3 +92,17 @@ def layer_cost(name: str, p: nn.Parameter, grid: tuple[int, int], block: tuple[i
     if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
         raise ValueError(f"costs[{name!r}] must be finite and > 0")
     return t.contiguous().clone()
+
+
+def nm_groups(groups: list[Group], m: int) -> None:
+    """Turn per-layer groups into N:M groups (unit costs in the solver); a layer whose rows do
+    not split into runs of m keeps an unstructured per-layer budget, noted as a fallback."""
+    for g in groups:
+        (lay,) = g.layers
+        if lay.param[0].numel() % m:
+            lay.fallback = f"rows of {tuple(lay.param.shape)} do not split into runs of {m}; " \
+                           "unstructured at the same density"
+            log.warning("%s: %s", lay.name, lay.fallback)
+            continue
+        g.nm, g.unit, g.c0 = m, True, g.total_cost / g.n
+        g.c = torch.ones_like(g.c)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from spartan.layout import check_block
+from spartan.nm import parse_nm
 
 Method = Literal["spartan", "dual_averaging", "imp"]
-Allocation = Literal["global", "uniform", "erk"]
+Allocation = str  # "global", "uniform", "erk" or "N:M" such as "2:4"
 ScheduleKind = Literal["linear", "cosine"]
 BetaScale = Literal["mean", "none"]
 
@@ -31,7 +32,9 @@ class SparsifierConfig:
         cost (one per weight) it is the density of the masked weights.
     block: (R, C) block over a weight's first two dims; a conv block spans the whole kernel.
     allocation: "global" (one budget over all layers), "uniform" (same fraction per layer) or
-        "erk" (RigL's Erdos-Renyi-Kernel densities, scaled to the budget, capped at 1).
+        "erk" (RigL's Erdos-Renyi-Kernel densities, scaled to the budget, capped at 1), or
+        "N:M" such as "2:4" (N of every M consecutive inputs of each weight row; the budget
+        becomes N / M, blocks must be 1x1, costs do not shape the mask; see spartan.nm).
     beta_init, beta_final: inverse temperature of the soft mask, annealed from init to final
         until the finetune phase, and multiplied by sqrt(R * C).
     beta_scale: "mean" (default) makes beta dimensionless: each step the values v/c are
@@ -59,13 +62,19 @@ class SparsifierConfig:
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, METHODS)
-        _one_of("allocation", self.allocation, ALLOCATIONS)
+        nm = parse_nm(self.allocation)
+        if nm is None:
+            _one_of("allocation", self.allocation, ALLOCATIONS + ("N:M",))
         _one_of("schedule", self.schedule, SCHEDULES)
         _one_of("beta_scale", self.beta_scale, BETA_SCALES)
         budget = _number("budget", self.budget)
         if not 0.0 < budget <= 1.0:
             raise ValueError(f"budget must be in (0, 1], got {self.budget!r}")
         object.__setattr__(self, "block", check_block(self.block))
+        if nm is not None:
+            if self.block != (1, 1):
+                raise ValueError(f"an N:M allocation needs block (1, 1), got {self.block}")
+            object.__setattr__(self, "budget", nm[0] / nm[1])  # the pattern fixes the budget
         for name in ("beta_init", "beta_final"):
             if not _number(name, getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -82,6 +91,11 @@ class SparsifierConfig:
             if not prefixes or not all(isinstance(p, str) and p for p in prefixes):
                 raise ValueError(f"prefixes must be non-empty strings, got {self.prefixes!r}")
             object.__setattr__(self, "prefixes", prefixes)
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) under an N:M allocation, else None."""
+        return parse_nm(self.allocation)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples as lists)."""

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from spartan.layout import Block, block_sum, blocked, per_block
+from spartan.nm import nm_lambda, update_nm
 from spartan.topk import hard_threshold, solve_threshold
 
 Mode = Literal["dense", "soft", "ste", "hard"]
@@ -86,9 +87,10 @@ class Group:
     c0: float  # cost of one block when unit, else 1.0
     total_cost: float  # sum of the real costs
     mode: Mode = "dense"
+    nm: int = 0  # M of an N:M allocation (one layer, unit costs), 0 otherwise
     h: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))
     hf: Tensor = field(default_factory=lambda: torch.empty(0))  # h as 0/1 floats
-    tau: float | None = None
+    tau: float | Tensor | None = None  # per group of nm items under N:M
     beta: float = 0.0  # beta in solver units (scale and block factor applied)
     m: Tensor | None = None
     mm1: Tensor | None = None  # m (1 - m)
@@ -133,6 +135,9 @@ class Group:
             return
         self.compute_values()
         budget = self.solver_budget(fraction)
+        if self.nm:
+            update_nm(self, method, fraction, beta_eff, scale_mean)
+            return
         if method == "imp" and not bool(self.h.all()):
             self.set_hard(self._prune_further(budget))
         else:
@@ -144,8 +149,9 @@ class Group:
                 self.beta = beta_eff / mean if mean > 0 else beta_eff
             else:
                 self.beta = beta_eff / self.c0
+            warm = self.tau if isinstance(self.tau, float) else None
             self.tau = solve_threshold(self.v, self.solver_costs, budget, self.beta,
-                                            tau_init=self.tau)
+                                       tau_init=warm)
             self.mode = "soft"
         else:
             self.mode = "ste" if method == "dual_averaging" else "hard"
@@ -194,11 +200,17 @@ class Group:
             self.p, self.a, self.q = (torch.empty_like(v) for _ in range(3))
         u = v if self.unit else torch.div(v, self.c, out=self.p if elementwise else None)
         # m = sigmoid(beta (u - tau)), written as -beta tau + beta u in one pass.
-        shift = torch.full((), -beta * self.tau, dtype=v.dtype, device=v.device)
+        if isinstance(self.tau, Tensor):  # N:M: one tau per group of nm items
+            shift = self.tau.to(v.device, v.dtype).repeat_interleave(self.nm).mul_(-beta)
+        else:
+            shift = torch.full((), -beta * self.tau, dtype=v.dtype, device=v.device)
         torch.add(shift, u, alpha=beta, out=m)
         m.sigmoid_()
         torch.addcmul(m, m, m, value=-1.0, out=mm1)
-        self.s = (mm1.sum() if self.unit else torch.dot(mm1, self.c)).clamp_min(_TINY)
+        if self.nm:
+            self.s = mm1.view(-1, self.nm).sum(-1).clamp_min(_TINY)
+        else:
+            self.s = (mm1.sum() if self.unit else torch.dot(mm1, self.c)).clamp_min(_TINY)
         if elementwise:
             assert self.p is not None and self.a is not None and self.q is not None
             torch.addcmul(m, mm1, u, value=beta, out=self.p)
@@ -260,6 +272,12 @@ def _soft_backward(
     m, mm1, s = buffers[:3]
     p, a, q = buffers[3:] if len(buffers) == 6 else (None, None, None)
     beta, layers = group.beta, group.layers
+    if group.nm:  # one elementwise layer; lam per group of nm items
+        (g,), (w,) = grads, weights
+        assert p is not None and a is not None and q is not None
+        lam_nm = nm_lambda(g.reshape(-1).to(q.dtype) * q, s, group.nm).view(w.shape)
+        grad = torch.mul(g, p.view(w.shape)).addcmul_(a.view(w.shape), lam_nm, value=-beta)
+        return [grad if grad.dtype == w.dtype else grad.to(w.dtype)]
     gm: list[Tensor | None] = []
     lam = torch.zeros((), dtype=group.v.dtype, device=group.v.device)
     for lay, g, w in zip(layers, grads, weights, strict=True):

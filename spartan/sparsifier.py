@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from spartan.allocation import group_fractions
-from spartan.build import Costs, build_groups, build_layers
+from spartan.build import Costs, build_groups, build_layers, nm_groups
 from spartan.config import SparsifierConfig
 from spartan.layout import block_numel
 from spartan.masking import MaskedWeights, beta_factor
@@ -60,6 +60,8 @@ class Sparsifier:
         self.schedule = Schedule(config, total_steps)
         self._layers = build_layers(model, config, costs)
         self._groups = build_groups(self._layers, config.allocation)
+        if config.nm is not None:
+            nm_groups(self._groups, config.nm[1])
         self._where = {lay.name: (g, i) for g in self._groups for i, lay in enumerate(g.layers)}
         self._step, self._frozen, self._finalized = 0, False, False
         self._stash: dict[str, Tensor] = {}

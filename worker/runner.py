@@ -211,6 +211,23 @@ class JobRun:
         log.info("job %s: resumed from step %d", self.job.id, state.step)
         return state
 
+    def speedup(self, spec: JobSpec, model: torch.nn.Module, data: Any, device: torch.device,
+                report: dict[str, Any]) -> Any | None:
+        """Export the sparse model and time it against dense (report["speedup"]); a failure
+        here is reported, not fatal: the trained model is already good."""
+        from worker.speedup import speedup_report
+
+        arch = {"arch": spec.model.arch, "kwargs": spec.model.kwargs,
+                "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+        try:
+            sparse, report["speedup"] = speedup_report(
+                model, data.x_train, spec.training.batch_size, device, report["cost"], arch)
+            return sparse
+        except Exception as exc:  # noqa: BLE001 (any kernel failure: say so in the report)
+            log.exception("job %s: sparse export failed", self.job.id)
+            report["speedup"] = {"error": describe(exc)}
+            return None
+
     def finish(self, spec: JobSpec, model: torch.nn.Module, sparsifier: Any | None,
                plan: CostPlan, data: Any, state: LoopState, loop: Loop, device: torch.device
                ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -249,7 +266,13 @@ class JobRun:
         meta = {"job_id": self.job.id, "arch": spec.model.arch,
                 "input_shape": ",".join(map(str, data.input_shape)),
                 "num_classes": str(data.num_classes)}
+        sparse_model = self.speedup(spec, model, data, device, report)
         write_results(self.artifacts, self.job.id, model, masks, report, state, meta)
+        if sparse_model is not None:
+            from spartan.sparse_io import sparse_bytes
+
+            self.artifacts.write_bytes(self.job.id, "model.sparse.safetensors",
+                                       sparse_bytes(sparse_model))
         cost = report["cost"]
         metrics = {**loop.metrics(state), "val_accuracy": final_acc, "val_loss": final_loss,
                    "dense_accuracy": report["accuracy"]["dense"],

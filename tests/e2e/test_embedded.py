@@ -16,7 +16,8 @@ from tests.e2e.conftest import REPO, Serve, base_env, children_of, wait_for
 
 SPEC = {"model": {"arch": "mlp"}, "data": {"dataset": "digits"},
         "sparsity": {"method": "spartan", "budget": 0.1}, "training": {"epochs": 1}}
-RESULTS = {"model.safetensors", "masks.safetensors", "report.json", "metrics.jsonl"}
+RESULTS = {"model.safetensors", "model.sparse.safetensors", "masks.safetensors", "report.json",
+           "metrics.jsonl"}
 
 
 def write_plugin(folder: Path) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spartan import topk
+from spartan import _chunked, _knapsack
 from spartan.topk import (
     hard_threshold,
     hard_topk,
@@ -45,7 +45,8 @@ def spent(m: torch.Tensor, c: torch.Tensor | None) -> float:
 
 def sorted_hard(v: torch.Tensor, c: torch.Tensor | None, budget: float) -> torch.Tensor:
     """Reference: numpy sort by (ratio desc, index asc), keep the prefix that fits."""
-    ratio = (v.float() if c is None else v.float() / c.float()).numpy()
+    work = torch.float64 if v.dtype == torch.float64 else torch.float32
+    ratio = (v.to(work) if c is None else v.to(work) / c.to(work)).numpy()
     cost = np.ones(len(ratio)) if c is None else c.double().numpy()
     order = np.lexsort((np.arange(len(ratio)), -ratio.astype(np.float64)))
     keep = np.zeros(len(ratio), dtype=bool)
@@ -67,11 +68,12 @@ def test_soft_budget_met(n: int, kind: str, frac: float, beta_rel: float) -> Non
 
 @pytest.mark.parametrize("kind", ["unit", "lognormal"])
 def test_float64_is_tighter(kind: str) -> None:
-    v, c, total = make(5000, kind, dtype=torch.float64)
+    v, c, total = make(70_000, kind, dtype=torch.float64)
     for frac, beta_rel in [(0.02, 3.0), (0.5, 300.0), (0.97, 3e4)]:
         m = soft_topk(v, c, frac * total, beta_rel / spread(v, c))
         assert m.dtype == torch.float64
         assert abs(spent(m, c) - frac * total) <= 1e-9 * frac * total
+        assert torch.equal(hard_topk(v, c, frac * total), sorted_hard(v, c, frac * total))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -100,7 +102,7 @@ def test_chunked_passes_match_single_pass(monkeypatch: pytest.MonkeyPatch) -> No
     v, c, total = make(50_000, "lognormal", seed=3)
     v[100:20_000:7] = v[5]  # ties across chunks
     ref_soft, ref_hard = soft_topk(v, c, 0.4 * total, 30.0), hard_topk(v, c, 0.4 * total)
-    monkeypatch.setattr(topk, "_CHUNK", 4096)
+    monkeypatch.setattr(_chunked, "CHUNK", 4096)
     assert torch.allclose(soft_topk(v, c, 0.4 * total, 30.0), ref_soft, atol=1e-6)
     assert torch.equal(hard_topk(v, c, 0.4 * total), ref_hard)
     assert torch.equal(ref_hard, sorted_hard(v, c, 0.4 * total))
@@ -228,31 +230,31 @@ def test_hard_ties_lower_index_first(kind: str) -> None:
 
 def test_hard_never_sorts_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
-    original = topk._sorted_cut
+    original = _knapsack.sorted_cut
 
     def spy(x, c, budget):  # type: ignore[no-untyped-def]
         sizes.append(x.numel())
         return original(x, c, budget)
 
-    monkeypatch.setattr(topk, "_sorted_cut", spy)
+    monkeypatch.setattr(_knapsack, "sorted_cut", spy)
     for kind in ("unit", "lognormal"):
         v, c, total = make(300_000, kind, seed=12)
         for frac in (0.01, 0.5, 0.99):
             assert torch.equal(hard_topk(v, c, frac * total), sorted_hard(v, c, frac * total))
-    assert sizes and max(sizes) <= topk._SORT_MAX
+    assert sizes and max(sizes) <= _knapsack.SORT_MAX
 
 
 @pytest.mark.parametrize("kind", ["unit", "lognormal"])
 def test_hard_bracket_miss_falls_back(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     sizes: list[int] = []
-    original = topk._sorted_cut
+    original = _knapsack.sorted_cut
 
     def spy(x, c, budget):  # type: ignore[no-untyped-def]
         sizes.append(x.numel())
         return original(x, c, budget)
 
-    monkeypatch.setattr(topk, "_sorted_cut", spy)
-    monkeypatch.setattr(topk, "_SAMPLE", 2)  # brackets from 2 samples miss
+    monkeypatch.setattr(_knapsack, "sorted_cut", spy)
+    monkeypatch.setattr(_knapsack, "SAMPLE", 2)  # brackets from 2 samples miss
     v, c, total = make(100_000, kind, seed=8)
     assert torch.equal(hard_topk(v, c, 0.5 * total), sorted_hard(v, c, 0.5 * total))
     assert 100_000 in sizes

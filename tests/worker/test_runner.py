@@ -33,7 +33,8 @@ def test_tiny_job_writes_exact_sparse_results(submit: Submit, store: JobStore,
     job = store.get_job(job_id)
     assert job is not None and job.status == "succeeded", job.error if job else None
     names = {a["name"] for a in artifacts.list(job_id)}
-    assert names == {"model.safetensors", "masks.safetensors", "report.json", "metrics.jsonl"}
+    assert names == {"model.safetensors", "model.sparse.safetensors", "masks.safetensors",
+                     "report.json", "metrics.jsonl"}
     weights = load_file(str(artifacts.path(job_id, "model.safetensors")))
     masks = load_file(str(artifacts.path(job_id, "masks.safetensors")))
     assert set(masks) == {"layers.0.weight", "head.weight"}

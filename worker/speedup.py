@@ -1,0 +1,93 @@
+"""The report's `speedup` section: the exported sparse model against the dense-with-zeros one,
+timed on the worker's device after training, beside the cost model's prediction.
+
+A mask full of zeros in a dense tensor runs at dense speed; only the sparse kernels that
+`spartan.to_sparse` picks make a model faster, and the section says plainly when they do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+FASTER = 1.05  # below this ratio the sparse model is "not faster" (timing noise)
+
+
+def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int = 15,
+              budget_s: float = 2.0) -> float:
+    """Median wall time of fn() in ms after one warm-up call; stops early after budget_s."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        fn()
+        sync()
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def sentence(rows: list[dict[str, Any]], device: str, kernels: dict[str, str]) -> str:
+    """One plain sentence on the measured speedup."""
+    main = rows[-1]
+    others = ", ".join(f"{r['speedup']:.2f}x at batch {r['batch']}" for r in rows[:-1])
+    tail = f" ({others})" if others else ""
+    if main["speedup"] >= FASTER:
+        return (f"The sparse model runs {main['speedup']:.2f}x as fast as the dense one at batch "
+                f"{main['batch']} on {device}{tail}.")
+    why = ("no sparse kernel beat the dense one at this density and shape, so every layer "
+           "kept the dense kernel" if all(k == "dense" for k in kernels.values()) else
+           "the sparse kernels save too little at this density and shape")
+    return (f"The sparse model is not faster than the dense one on {device}: "
+            f"{main['speedup']:.2f}x at batch {main['batch']}{tail}; {why}.")
+
+
+def speedup_report(model: nn.Module, x: Tensor, batch_size: int, device: torch.device,
+                   cost: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
+                   repeats: int = 15) -> tuple[Any, dict[str, Any]]:
+    """(SparseModel, report section) for a finalized model and an input batch `x`.
+
+    The kernels are chosen by timing at the training batch size; dense and sparse latency are
+    the median of `repeats` runs at batch 1 and at `batch_size`.
+    """
+    from spartan import to_sparse
+
+    model = model.eval()
+    xb = x[:batch_size].to(device)
+    sparse = to_sparse(model, "auto", device=device, example=xb, spec=spec)
+    rows = []
+    for b in sorted({1, int(xb.shape[0])}):
+        xi = xb[:b]
+        dense_ms = median_ms(partial(model, xi), device, repeats)
+        sparse_ms = median_ms(partial(sparse, xi), device, repeats)
+        rows.append({"batch": b, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
+                     "speedup": dense_ms / sparse_ms})
+    section: dict[str, Any] = {
+        "device": device.type, "batch_size": batch_size, "unit": "ms",
+        "statistic": f"median of {repeats} runs", "kernels": sparse.kernels,
+        "batches": rows, "faster": rows[-1]["speedup"] >= FASTER,
+        "predicted": _predicted(cost),
+    }
+    section["summary"] = sentence(rows, device.type, sparse.kernels)
+    return sparse, section
+
+
+def _predicted(cost: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cost model's figures for the same model: dense and sparse cost and their ratio."""
+    if not cost or not cost.get("predicted"):
+        return None
+    dense, sparse = cost.get("dense"), cost["predicted"]
+    return {"kind": cost.get("kind"), "unit": cost.get("unit"), "dense": dense,
+            "sparse": sparse, "speedup": dense / sparse if dense else None}
