@@ -84,23 +84,29 @@ def inspect_safetensors(data: bytes) -> dict[str, Any]:
     return tensors
 
 
-def inspect_npz(data: bytes, keep: tuple[str, ...] = ()) -> dict[str, Any]:
-    """{name: {"dtype", "shape"}}; with `keep`, those arrays too, under {"arrays": {...}}."""
+def inspect_npz(data: bytes) -> dict[str, Any]:
+    return _read_npz(data)[0]
+
+
+def _read_npz(data: bytes, keep: tuple[str, ...] = ()
+              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """{name: {"dtype", "shape"}}, and the arrays named in `keep`."""
+    tensors: dict[str, Any] = {}
+    kept: dict[str, np.ndarray] = {}
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            tensors: dict[str, Any] = {}
             for name in archive.files:
                 array = archive[name]
                 if array.dtype.kind not in "biuf":
                     raise UploadError(f"array '{name}': dtype {array.dtype} is not numeric")
                 tensors[name] = {"dtype": str(array.dtype), "shape": list(array.shape)}
                 if name in keep:
-                    tensors.setdefault("arrays", {})[name] = array
+                    kept[name] = array
     except UploadError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise UploadError(f"not a readable .npz without pickles: {exc}") from None
-    return tensors
+    return tensors, kept
 
 
 def _safetensors_array(data: bytes, name: str) -> np.ndarray | None:
@@ -142,8 +148,8 @@ def inspect(filename: str, data: bytes) -> tuple[str, dict[str, Any]]:
         if "x" in tensors and "y" in tensors:
             arrays = {k: _safetensors_array(data, k) for k in ("x", "y")}
     else:
-        tensors = inspect_npz(data, keep=("x", "y"))
-        arrays = tensors.pop("arrays", {})
+        tensors, kept = _read_npz(data, keep=("x", "y"))
+        arrays = dict(kept)
     if not tensors:
         raise UploadError("file holds no tensors")
     if "x" in tensors and "y" in tensors:

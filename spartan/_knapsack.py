@@ -132,8 +132,7 @@ def _pass(v: Tensor, div: Tensor | None, c: Tensor | None, lo: float, hi: float,
             check_finite(*torch.stack(torch.aminmax(x)).tolist())
     idx = torch.cat(found)
     cc = gather(c, idx)
-    xc = ratio_into(v[idx], cc if div is c else gather(div, idx),
-                torch.empty(idx.numel(), dtype=ws.dtype, device=v.device))
+    xc = ratio(v[idx], cc if div is c else gather(div, idx))
     w = None if cc is None else cc.to(torch.float64)
     inside_cost = float(idx.numel()) if w is None else float(w.sum())
     if not both:
@@ -176,8 +175,8 @@ def hard_threshold(values: Tensor, costs: Tensor | None, budget: float) -> Tenso
     c, total = validate(values, costs, budget)
     v, n = values.detach(), values.numel()
     pps = None
-    if c is not None and n > SELECT_MAX:
-        entry = costs_entry(costs, c.dtype)  # type: ignore[arg-type]
+    if c is not None and costs is not None and n > SELECT_MAX:
+        entry = costs_entry(costs, c.dtype)
         if entry[3] is None:
             entry[3] = _pps(c, total)
         pps = entry[3]

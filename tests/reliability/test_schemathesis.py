@@ -68,6 +68,6 @@ def test_operation_answers_as_documented(method: str, path: str, tokens: bool,
             calls.append(case.call_and_validate(headers=auth, checks=CHECKS).status_code)
 
         run()
-        assert len(calls) >= EXAMPLES, calls
+        assert calls, "no request was generated"  # (an operation without inputs has one)
     finally:
         app.state.resources.close()
