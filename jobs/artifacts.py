@@ -12,6 +12,19 @@ from pathlib import Path
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def check_name(name: str) -> str:
     if not _NAME.match(name) or ".." in name:
         raise ValueError(f"invalid artifact name {name!r}")
@@ -29,17 +42,8 @@ class ArtifactStore:
         return self.job_dir(job_id) / check_name(name)
 
     def write_bytes(self, job_id: str, name: str, data: bytes) -> Path:
-        """Atomic: readers see the old file or the new one, never half of it."""
         target = self.path(job_id, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, data)
         return target
 
     def exists(self, job_id: str, name: str) -> bool:

@@ -7,12 +7,11 @@ never unpickled, and stored atomically as `{uploads_dir}/{id}.{kind}`.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, UploadFile, status
 
+from jobs.artifacts import write_atomic
 from jobs.store import new_id
 from jobs.uploads import UploadError, inspect, kind_of
 from service.deps import CurrentTenant, ResourcesDep, StoreDep
@@ -35,18 +34,6 @@ def _read_limited(upload: UploadFile, limit: int) -> bytes:
             )
         parts.append(chunk)
     return b"".join(parts)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @router.post(
@@ -73,7 +60,7 @@ def create_upload(
     except UploadError as exc:
         raise field_error(["body", "file"], str(exc)) from None
     upload_id = new_id()
-    _write_atomic(resources.upload_path(upload_id, kind), data)
+    write_atomic(resources.upload_path(upload_id, kind), data)
     row = store.create_upload(tenant, filename, kind, len(data), hashlib.sha256(data).hexdigest(),
                               tensors, upload_id=upload_id)
     return UploadPublic.model_validate(row)
