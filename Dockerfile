@@ -14,6 +14,9 @@ WORKDIR /app
 # torch first, from the chosen wheel index: the project's torch range is then already met and
 # pip pulls no CUDA wheels into a CPU image. Its own layer, so code changes do not rebuild it.
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX}"
+# A C compiler: the Sparsifier builds its fused CPU passes (spartan/_native.c) at first use.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml README.md ./
 COPY spartan/ spartan/

@@ -5,10 +5,12 @@
 A step is zero_grad, forward, backward, SGD (momentum 0.9) step, and for the sparse run
 `Sparsifier.step()` (method spartan, mask update every step, budget 0.1, past warmup so the
 soft mask and both threshold searches run each step). Dense and sparse steps alternate so
-machine noise hits both; the figure is the ratio of median wall times (cpu_time_ratio: the same
-with process CPU time, steadier on a shared machine when run with --threads 1). CPU: an MLP
-and a ResNet-style CNN of about 1.2M weights at batch 64. CUDA when available: a bottleneck
-ResNet-50 (25.5M weights, 224x224) at batch 128. Progress on stderr; one JSON line on stdout.
+machine noise hits both; on CPU a third step joins them, the sparse step on the torch path
+(without the fused passes of spartan/_native.c: torch_path_ratio). The figure is the ratio of
+median wall times (cpu_time_ratio: the same with process CPU time, steadier on a shared machine
+when run with --threads 1). CPU: an MLP and a ResNet-style CNN of about 1.2M weights at batch 64.
+CUDA when available: a bottleneck ResNet-50 (25.5M weights, 224x224) at batch 128. Progress on
+stderr; one JSON line on stdout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -24,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from spartan import Sparsifier, SparsifierConfig
+from spartan import Sparsifier, SparsifierConfig, _native
 
 log = logging.getLogger("benchmarks.train_overhead")
 
@@ -119,6 +122,13 @@ def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparse: bool,
     return step
 
 
+def _fused(on: bool) -> None:
+    """Turn the Sparsifier's fused CPU passes on or off (process-wide)."""
+    if (os.environ.get("SPARTAN_NATIVE", "1") != "0") != on:
+        os.environ["SPARTAN_NATIVE"] = "1" if on else "0"
+        _native.reset()
+
+
 def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], classes: int,
             device: torch.device, steps: int, amp: bool = False) -> dict:
     """Median dense and sparse step times, one dense and one sparse step alternating."""
@@ -130,33 +140,45 @@ def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], c
     sparse_model.load_state_dict(dense_model.state_dict())
     runs = {"dense": _step_fn(dense_model, x, y, False, amp),
             "sparse": _step_fn(sparse_model, x, y, True, amp)}
-    wall: dict[str, list[float]] = {"dense": [], "sparse": []}
-    cpu: dict[str, list[float]] = {"dense": [], "sparse": []}
-    for fn in runs.values():  # warm up allocator, kernels and the solver's warm start
+    if device.type == "cpu":  # the same sparse step without the fused CPU passes
+        torch_model = build().to(device)
+        torch_model.load_state_dict(dense_model.state_dict())
+        _fused(False)
+        runs["sparse_torch_path"] = _step_fn(torch_model, x, y, True, amp)
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    for kind, fn in runs.items():  # warm up allocator, kernels and the solver's warm start
+        _fused(kind != "sparse_torch_path")
         for _ in range(3):
             fn()
     _sync(device)
     for i in range(steps):
         for kind, fn in runs.items():
+            _fused(kind != "sparse_torch_path")  # outside the timed region
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
             wall[kind].append(time.perf_counter() - t0)
             cpu[kind].append(time.process_time() - c0)
         if (i + 1) % max(1, steps // 4) == 0:
-            log.info("%s %d/%d: dense %.2f ms, sparse %.2f ms (medians so far)", name, i + 1,
-                     steps, 1e3 * statistics.median(wall["dense"]),
-                     1e3 * statistics.median(wall["sparse"]))
+            log.info("%s %d/%d medians so far: %s", name, i + 1, steps, ", ".join(
+                f"{k} {1e3 * statistics.median(v):.2f} ms" for k, v in wall.items()))
     weights = sum(m.weight.numel() for m in dense_model.modules()
                   if isinstance(m, (nn.Linear, nn.Conv2d)))
     med = {k: {kind: statistics.median(v) for kind, v in d.items()}
            for k, d in (("wall", wall), ("cpu", cpu))}
-    return {"model": name, "device": device.type, "masked_weights": weights, "batch": shape[0],
-            "amp_bf16": amp, "dense_ms": round(1e3 * med["wall"]["dense"], 3),
-            "sparse_ms": round(1e3 * med["wall"]["sparse"], 3),
-            "ratio": round(med["wall"]["sparse"] / med["wall"]["dense"], 4),
-            "cpu_time_ratio": round(med["cpu"]["sparse"] / med["cpu"]["dense"], 4),
-            "steps_timed": steps}
+    out = {"model": name, "device": device.type, "masked_weights": weights, "batch": shape[0],
+           "amp_bf16": amp, "dense_ms": round(1e3 * med["wall"]["dense"], 3),
+           "sparse_ms": round(1e3 * med["wall"]["sparse"], 3),
+           "ratio": round(med["wall"]["sparse"] / med["wall"]["dense"], 4),
+           "cpu_time_ratio": round(med["cpu"]["sparse"] / med["cpu"]["dense"], 4),
+           "steps_timed": steps}
+    if "sparse_torch_path" in runs:
+        _fused(True)
+        out["fused"] = _native.library() is not None  # False: no compiler, both paths the same
+        out["torch_path_ms"] = round(1e3 * med["wall"]["sparse_torch_path"], 3)
+        out["torch_path_ratio"] = round(med["wall"]["sparse_torch_path"] / med["wall"]["dense"], 4)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,11 @@ this app. JSON serialisation only: nothing from the broker is ever unpickled.
 
 from __future__ import annotations
 
+import base64
+import json
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -66,6 +70,72 @@ def enqueue_job(job_id: str, queue: str, app: Celery | None = None) -> None:
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; valid: {', '.join(QUEUES)}")
     (app or get_celery()).send_task(RUN_JOB, args=[job_id], queue=queue)
+
+
+def waiting_job_ids(app: Celery | None = None) -> set[str]:
+    """Ids of the jobs that have a run message in the broker: waiting in a queue, or (Redis)
+    delivered to a worker and not yet acknowledged. The reaper re-enqueues a long-queued job
+    only when its id is missing here. Raises NotImplementedError for a transport other than
+    the filesystem queue and Redis."""
+    with (app or get_celery()).connection_for_read() as conn:
+        driver = conn.transport.driver_type
+        if driver == "filesystem":
+            messages = _filesystem_messages(conn.default_channel)
+        elif driver == "redis":
+            messages = _redis_messages(conn.default_channel)
+        else:
+            raise NotImplementedError(f"cannot list the messages of a {driver} broker")
+    return {job_id for job_id in map(_job_id, messages) if job_id is not None}
+
+
+def _filesystem_messages(channel: Any) -> list[Any]:
+    # One file per message, named "<ms>_<uuid>.<queue>.msg"; a taken one is moved away.
+    names = {f"{queue}.msg" for queue in QUEUES}
+    out = []
+    for path in Path(channel.data_folder_in).iterdir():
+        if path.name.partition(".")[2] not in names:
+            continue
+        try:
+            out.append(json.loads(path.read_bytes()))
+        except (OSError, ValueError):  # taken meanwhile, or still being written
+            continue
+    return out
+
+
+def _redis_messages(channel: Any) -> list[Any]:
+    # A queue is one list per priority step; a delivered message waits in the unacked hash
+    # as [message, exchange, routing_key] until acknowledged (after its task, acks_late).
+    keys = [channel._q_for_pri(queue, pri) for queue in QUEUES for pri in channel.priority_steps]
+    with channel.client.pipeline() as pipe:
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        pipe.hvals(channel.unacked_key)
+        *lists, unacked = pipe.execute()
+    out = [_loads(raw) for items in lists for raw in items]
+    for raw in unacked:
+        entry = _loads(raw)
+        out.append(entry[0] if isinstance(entry, list) and entry else None)
+    return out
+
+
+def _loads(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _job_id(message: Any) -> str | None:
+    """The job id of a run-job message (Celery protocol 2: the body is [args, kwargs, embed])."""
+    try:
+        if message["headers"]["task"] != RUN_JOB:
+            return None
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return str(json.loads(body)[0][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def ping_broker(app: Celery | None = None, timeout: float = 2.0) -> None:

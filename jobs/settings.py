@@ -22,8 +22,12 @@ class Settings(BaseSettings):
     # torch threads per worker process; 0 = leave one core to the API.
     worker_threads: int = Field(default=0, ge=0)
     progress_interval_s: float = Field(default=1.0, gt=0)
-    # A running job whose heartbeat is older than this is taken to have lost its worker.
-    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    # A running job whose heartbeat is older than this is taken to have lost its worker. Its
+    # lease beats every min(progress_interval_s, heartbeat_timeout_s / 4) (worker/runner.py).
+    heartbeat_timeout_s: float = Field(default=20.0, gt=0)
+    # A job queued this long with no message in the broker (lost in a broker restart) is
+    # enqueued again by the reaper.
+    requeue_queued_after_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 
     @field_validator("api_tokens")

@@ -261,6 +261,34 @@ class JobStore:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def waiting_jobs(self, older_than_s: float) -> list[Job]:
+        """Queued jobs that have waited older_than_s seconds since they were (re)queued."""
+        limit = utcnow() - timedelta(seconds=older_than_s)
+        with self.session() as s:
+            rows = s.scalars(
+                select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False),
+                                  Job.updated_at < limit)
+                .order_by(Job.updated_at)
+            ).all()
+            return list(rows)
+
+    def note_reenqueued(self, job_id: str, queued_since: datetime, note: str) -> bool:
+        """Record that a queued job's message was sent again: `note` joins its warnings and
+        its queued-since time restarts. Only while it is still queued since `queued_since`,
+        so of several reapers one records it (a second message is dropped by the claim)."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return False
+            hit = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued",
+                       Job.updated_at == queued_since)
+                .values(warnings=[*(job.warnings or []), note], updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            return bool(hit)
+
     # cost models
     def create_cost_model(
         self, tenant: str, data: dict[str, Any], profile: dict[str, Any] | None,

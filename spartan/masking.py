@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from spartan import _fast
 from spartan.layout import Block, block_sum, blocked, per_block
 from spartan.nm import nm_lambda, update_nm
 from spartan.topk import hard_threshold, solve_threshold
@@ -88,8 +89,9 @@ class Group:
     total_cost: float  # sum of the real costs
     mode: Mode = "dense"
     nm: int = 0  # M of an N:M allocation (one layer, unit costs), 0 otherwise
-    h: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))
-    hf: Tensor = field(default_factory=lambda: torch.empty(0))  # h as 0/1 floats
+    h_: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))
+    hf_: Tensor = field(default_factory=lambda: torch.empty(0))  # h as 0/1 floats
+    stale: bool = False  # the fused path moved the hard threshold: h_ and hf_ are out of date
     tau: float | Tensor | None = None  # per group of nm items under N:M
     beta: float = 0.0  # beta in solver units (scale and block factor applied)
     m: Tensor | None = None
@@ -100,6 +102,22 @@ class Group:
     a: Tensor | None = None  # m (1 - m) sign(w)
     q: Tensor | None = None  # m (1 - m) w
     keep: Tensor | None = None  # m h
+    fast: Any = None  # spartan._fast.FastState while the fused CPU path applies
+    fast_mode: bool = False  # the buffers in use come from the fused path
+
+    @property
+    def h(self) -> Tensor:
+        """Hard mask (bool, one per block)."""
+        if self.stale:  # made when asked: the fused path's forward needs no h
+            self.set_hard(_fast.hard_mask(self))
+        return self.h_
+
+    @property
+    def hf(self) -> Tensor:
+        """h as 0/1 floats."""
+        if self.stale:
+            self.set_hard(_fast.hard_mask(self))
+        return self.hf_
 
     @property
     def n(self) -> int:
@@ -113,6 +131,8 @@ class Group:
         return fraction * self.total_cost / self.c0
 
     def compute_values(self) -> None:
+        if self.stale:  # h is made from the values it was cut on
+            self.set_hard(_fast.hard_mask(self))
         for layer in self.layers:
             layer.values_into(self.v[layer.start:layer.stop])
 
@@ -121,10 +141,9 @@ class Group:
         self.m = self.mm1 = self.s = self.p = self.a = self.q = self.keep = None
 
     def set_dense(self) -> None:
-        self.mode, self.tau = "dense", None
+        self.mode, self.tau, self.fast, self.fast_mode = "dense", None, None, False
         self.release_soft()
-        self.h = torch.ones(self.n, dtype=torch.bool, device=self.v.device)
-        self.hf = torch.ones_like(self.v)
+        self.set_hard(torch.ones(self.n, dtype=torch.bool, device=self.v.device))
         for layer in self.layers:
             layer.weff = None
 
@@ -133,8 +152,11 @@ class Group:
         if fraction >= 1.0:
             self.set_dense()
             return
-        self.compute_values()
         budget = self.solver_budget(fraction)
+        if _fast.update(self, method, budget, beta_eff, scale_mean):
+            return
+        fast, self.fast = self.fast, None  # the torch path below; seed() takes it back
+        self.compute_values()
         if self.nm:
             update_nm(self, method, fraction, beta_eff, scale_mean)
             return
@@ -156,6 +178,8 @@ class Group:
         else:
             self.mode = "ste" if method == "dual_averaging" else "hard"
         self.rebuild(values_ready=True)
+        self.fast = fast
+        _fast.seed(self, method)
 
     def _prune_further(self, budget: float) -> Tensor:
         """IMP: the top-k among the weights kept so far (pruned weights never come back)."""
@@ -172,12 +196,13 @@ class Group:
     def set_hard(self, h: Tensor) -> None:
         # Float copy once per step: bool x float products are slow on CPU, and so is the
         # bool -> float cast; the uint8 view converts several times faster.
-        self.h, self.hf = h, h.view(torch.uint8).to(self.v.dtype)
+        self.h_, self.hf_, self.stale = h, h.view(torch.uint8).to(self.v.dtype), False
 
     def rebuild(self, values_ready: bool = False) -> None:
         """Forward and backward buffers from the current weights, h, tau and beta."""
-        if self.mode == "dense":
+        if self.mode == "dense" or _fast.rebuild(self):
             return
+        self.fast_mode = False
         keep = self.hf
         if self.mode == "soft":
             if not values_ready:
@@ -236,10 +261,14 @@ class MaskedWeights(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, group: Group, *weights: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         ctx.group, ctx.mode = group, group.mode
+        if group.mode == "soft" and group.fast_mode:
+            ctx.mode, ctx.beta, ctx.s = "fast", group.beta, float(group.s)  # type: ignore[arg-type]
+            ctx.save_for_backward(*weights, group.m)
+            return tuple(layer.weff.detach() for layer in group.layers)  # type: ignore[union-attr]
         extra = [group.m, group.mm1, group.s] if group.mode == "soft" else []
         if group.mode == "soft" and group.p is not None:
             extra += [group.p, group.a, group.q]
-        ctx.save_for_backward(*weights, group.hf, *extra)
+        ctx.save_for_backward(*weights, group.hf if group.mode == "hard" else group.v, *extra)
         outs = []
         for layer in group.layers:
             assert layer.weff is not None
@@ -254,6 +283,8 @@ class MaskedWeights(torch.autograd.Function):
         weights, h = saved[:n], saved[n]
         if ctx.mode == "ste":
             return (None, *grads)
+        if ctx.mode == "fast":
+            return (None, *_fast.backward(group, weights, grads, saved[n], ctx.beta, ctx.s))
         if ctx.mode == "hard":
             pairs = zip(group.layers, grads, strict=True)
             return (None, *[lay.mul_blocks(g, h[lay.start:lay.stop]) for lay, g in pairs])

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from spartan import _fast
 from spartan.allocation import group_fractions
 from spartan.build import Costs, build_groups, build_layers, nm_groups
 from spartan.config import SparsifierConfig
@@ -228,8 +229,8 @@ class Sparsifier:
             "layers": [lay.name for lay in self._layers],
             "step": self._step,
             "frozen": self._frozen,
-            "groups": [{"mode": g.mode, "tau": g.tau, "beta": g.beta, "h": g.h.clone()}
-                       for g in self._groups],
+            "groups": [{"mode": g.mode, "tau": g.tau, "beta": g.beta, "h": g.h.clone(),
+                        "fast": _fast.state(g)} for g in self._groups],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -255,6 +256,7 @@ class Sparsifier:
                     continue
                 g.mode, g.tau, g.beta = gs["mode"], gs["tau"], float(gs["beta"])
                 g.set_hard(gs["h"].to(device=g.v.device, dtype=torch.bool).reshape(-1).clone())
+                _fast.restore(g, gs.get("fast"), self.config.method)
                 g.rebuild()
         self._record_versions()
 

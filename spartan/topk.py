@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,15 +38,15 @@ from spartan._chunked import (
 )
 from spartan._knapsack import SORT_MAX, hard_threshold, hard_topk, sorted_cut
 
-__all__ = ["hard_threshold", "hard_topk", "soft_mask", "soft_mask_from_tau", "soft_topk",
-           "solve_threshold"]
+__all__ = ["hard_threshold", "hard_topk", "newton", "soft_mask", "soft_mask_from_tau",
+           "soft_topk", "solve_threshold"]
 
 log = logging.getLogger(__name__)
 
 _SAMPLE = 1 << 14  # at most this many items sampled to start the solve
 _MAX_ITER = 100
 _ROUGH = 1e-3  # relative budget error of a start computed on a sample (at most 30 iterations)
-_TOL = {torch.float32: 1e-5, torch.float64: 1e-11}  # relative budget error of the solve
+TOL = {torch.float32: 1e-5, torch.float64: 1e-11}  # relative budget error of the solve
 
 
 def _no_autocast(t: Tensor) -> torch.autocast:
@@ -90,15 +91,16 @@ def _evaluate(v: Tensor, c: Tensor | None, beta: float, u: float, ws: Tensor, ou
                      ).tolist()
 
 
-def _newton(v: Tensor, c: Tensor | None, beta: float, k: float, total: float, u: float,
-            tol: float, ws: Tensor, out: Tensor | None) -> float:
-    """Root u of F(u) = k (F decreasing); out holds the mask at the returned u."""
+def newton(evaluate: Callable[[float, bool], list[float]], k: float, total: float, u: float,
+           tol: float) -> float:
+    """Root u of F(u) = k (F decreasing). evaluate(u, probe) returns [F, S] at u, plus the min
+    and max logit when probing; its last call is at the returned u."""
     big = k > 0.5 * total  # then Newton on log of the dropped mass, else of the kept mass
     target = math.log(total - k) if big else math.log(k)
     best_u, best_r, prev_r, lo_seen, hi_seen = u, math.inf, math.inf, False, False
     lo = hi = math.nan
     for it in range(_MAX_ITER if tol < _ROUGH else 30):
-        f, s, *ext = _evaluate(v, c, beta, u, ws, out, probe=it == 0)
+        f, s, *ext = evaluate(u, it == 0)
         if it == 0:  # bounds: at zmax + u + span every m < min(k, total - k) / (e total)
             check_finite(*ext)
             span = math.log(total / min(k, total - k)) + 1.0
@@ -125,7 +127,7 @@ def _newton(v: Tensor, c: Tensor | None, beta: float, k: float, total: float, u:
     if tol < _ROUGH:
         log.warning("soft top-k: budget met only to %.2e relative", abs(best_r) / k)
     if best_u != u:
-        _evaluate(v, c, beta, best_u, ws, out)
+        evaluate(best_u, False)
     return best_u
 
 
@@ -144,7 +146,8 @@ def _root(v: Tensor, c: Tensor | None, beta: float, k: float, total: float, tol:
             z = _logits(v, c, beta, _shift(0.0, dtype), torch.empty(n, dtype=dtype,
                                                                       device=v.device))
             u0 = sorted_cut(z, c, k)[0]
-    return _newton(v, c, beta, k, total, u0, tol, buffer(n, dtype, v.device, 2), out)
+    ws = buffer(n, dtype, v.device, 2)
+    return newton(lambda u, probe: _evaluate(v, c, beta, u, ws, out, probe), k, total, u0, tol)
 
 
 def _solve(values: Tensor, costs: Tensor | None, budget: float, beta: float,
@@ -155,7 +158,7 @@ def _solve(values: Tensor, costs: Tensor | None, budget: float, beta: float,
     out = torch.empty(v.numel(), dtype=work_dtype(v.dtype), device=v.device) if mask else None
     u0 = None if tau_init is None else beta * float(tau_init)
     with torch.no_grad(), _no_autocast(values):
-        u = _root(v, c, beta, float(budget), total, _TOL[work_dtype(v.dtype)], u0, out)
+        u = _root(v, c, beta, float(budget), total, TOL[work_dtype(v.dtype)], u0, out)
     return u / beta, out, c
 
 

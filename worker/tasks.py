@@ -7,8 +7,11 @@ in the job store and the artifact store, so a redelivered or duplicated message 
 The reaper is the crash-recovery path: a job whose worker stopped heartbeating for
 settings.heartbeat_timeout_s goes back to its queue and resumes from its last checkpoint on
 whichever worker takes it, in seconds rather than after the broker's visibility timeout; after
-settings.max_attempts lost workers it ends failed. Every worker's main process runs it every
-few seconds (several reapers at once are safe: the requeue is conditional).
+settings.max_attempts lost workers it ends failed. It also re-enqueues a job queued for
+settings.requeue_queued_after_s whose message is no longer in the broker (a Redis restarted
+without persistence, a deleted queue file), which would otherwise wait forever. Every worker's
+main process runs it every few seconds (several reapers at once are safe: the requeue is
+conditional, and a duplicate message is dropped by the claim).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from jobs.artifacts import ArtifactStore
-from jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery
+from jobs.models import utcnow
+from jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery, waiting_job_ids
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 from worker.runner import run_job, worker_name
@@ -52,7 +56,12 @@ def run_job_task(self: Any, job_id: str) -> None:
 
 def reap(store: JobStore, settings: Settings, app: Celery | None = None) -> list[str]:
     """Requeue running jobs whose heartbeat is stale; fail those out of attempts and end those
-    whose cancel was requested. Returns the ids requeued."""
+    whose cancel was requested; re-enqueue queued jobs whose message was lost. Returns the ids
+    requeued or re-enqueued."""
+    return reap_running(store, settings, app) + reenqueue_lost(store, settings, app)
+
+
+def reap_running(store: JobStore, settings: Settings, app: Celery | None = None) -> list[str]:
     requeued = []
     for job in store.stale_jobs(settings.heartbeat_timeout_s):
         lost = f"no heartbeat for {settings.heartbeat_timeout_s:g} s"
@@ -80,6 +89,38 @@ def reap(store: JobStore, settings: Settings, app: Celery | None = None) -> list
     return requeued
 
 
+def reenqueue_lost(store: JobStore, settings: Settings, app: Celery | None = None) -> list[str]:
+    """Send again the message of each job queued for requeue_queued_after_s that the broker
+    no longer holds. A job that merely waits its turn keeps its message and is left alone."""
+    waiting = store.waiting_jobs(settings.requeue_queued_after_s)
+    if not waiting:
+        return []  # the usual case: no need to read the broker's queues
+    try:
+        in_broker = waiting_job_ids(app)
+    except NotImplementedError as exc:  # a broker we cannot read: leave queued jobs alone
+        log.debug("%s", exc)
+        return []
+    except Exception:
+        log.warning("reaper could not list the broker's messages; will retry", exc_info=True)
+        return []
+    sent = []
+    for job in waiting:
+        if job.id in in_broker:
+            continue
+        waited = (utcnow() - job.updated_at).total_seconds()
+        try:
+            enqueue_job(job.id, job.queue, app=app)
+        except Exception:
+            log.warning("reaper could not enqueue job %s; will retry", job.id, exc_info=True)
+            continue
+        note = (f"{utcnow():%Y-%m-%d %H:%M:%S} UTC: re-enqueued after {waited:.0f} s queued "
+                f"with no message in the broker (lost, e.g. in a broker restart)")
+        if store.note_reenqueued(job.id, job.updated_at, note):
+            log.warning("job %s: its message was lost; re-enqueued after %.0f s", job.id, waited)
+            sent.append(job.id)
+    return sent
+
+
 @app.task(name=REAP, ignore_result=True)
 def reap_task() -> list[str]:
     settings = get_settings()
@@ -104,8 +145,9 @@ def _reap_forever(settings: Settings) -> None:
 def _start_reaper(**_: Any) -> None:
     settings = get_settings()
     threading.Thread(target=_reap_forever, args=(settings,), name="reaper", daemon=True).start()
-    log.info("reaper started: every %.1f s, stale after %g s", reap_interval(settings),
-             settings.heartbeat_timeout_s)
+    log.info("reaper started: every %.1f s, stale after %g s, lost messages after %g s",
+             reap_interval(settings), settings.heartbeat_timeout_s,
+             settings.requeue_queued_after_s)
 
 
 @worker_shutting_down.connect

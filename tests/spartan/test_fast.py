@@ -1,0 +1,169 @@
+"""The fused CPU step (spartan/_fast.py, spartan/_native.c) against the torch path it replaces."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from spartan import Sparsifier, SparsifierConfig, _native, hard_topk
+from spartan.config import Method
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def native(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Lets a test switch the fused path; the library is looked up again afterwards."""
+    _native.reset()
+    yield monkeypatch
+    monkeypatch.delenv("SPARTAN_NATIVE", raising=False)
+    _native.reset()
+
+
+def use_native(mp: pytest.MonkeyPatch, on: bool) -> None:
+    mp.setenv("SPARTAN_NATIVE", "1" if on else "0")
+    _native.reset()
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(),
+                         nn.Linear(24, 5))
+
+
+X = torch.randn(32, 20, generator=torch.Generator().manual_seed(1))
+Y = torch.arange(32) % 5
+
+
+def run(cfg: SparsifierConfig, steps: int = 30, costs: object = None,
+        weights: list[torch.Tensor] | None = None) -> tuple[nn.Module, Sparsifier, list[dict]]:
+    model = mlp()
+    if weights is not None:
+        with torch.no_grad():
+            for p, w in zip((m.weight for m in model if isinstance(m, nn.Linear)), weights,
+                            strict=True):
+                p.copy_(w)
+    sp = Sparsifier(model, cfg, total_steps=steps + 10, costs=costs)  # type: ignore[arg-type]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trace = []
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(X), Y)
+        opt.zero_grad()
+        loss.backward()
+        grads = [p.grad.clone() for p in sp.weights.values()]  # type: ignore[union-attr]
+        opt.step()
+        sp.step()
+        trace.append({"loss": float(loss.detach()), "grads": grads, "masks": sp.masks(),
+                      "fast": [g.fast_mode for g in sp._groups]})
+    return model, sp, trace
+
+
+def layer_costs(name: str, param: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    scale = {"0.weight": 3.0, "2.weight": 1.0, "4.weight": 0.5}[name]
+    return torch.full(grid, scale) + torch.rand(grid, generator=torch.Generator().manual_seed(2))
+
+
+def test_library_builds_here() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine: the fused path is off")
+    _native.reset()
+    assert _native.library() is not None
+
+
+@pytest.mark.parametrize("method", ["spartan", "dual_averaging"])
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_step_matches_torch_path(native: pytest.MonkeyPatch, method: Method,
+                                       allocation: str, weighted: bool) -> None:
+    cfg = SparsifierConfig(method=method, budget=0.2, allocation=allocation,  # type: ignore[arg-type]
+                           warmup_frac=0.3, finetune_frac=0.2)
+    costs = layer_costs if weighted else None
+    use_native(native, True)
+    fast_model, _, fast = run(cfg, costs=costs)
+    use_native(native, False)
+    slow_model, _, slow = run(cfg, costs=costs)
+    assert all(all(t["fast"]) for t in fast[1:25])  # the fused path ran (not at step 0)
+    assert not any(any(t["fast"]) for t in slow)
+    for a, b in zip(fast, slow, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+        for ga, gb in zip(a["grads"], b["grads"], strict=True):
+            torch.testing.assert_close(ga, gb, rtol=2e-3, atol=2e-5)
+        assert all(torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"])
+    for pa, pb in zip(fast_model.state_dict().values(), slow_model.state_dict().values(),
+                      strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_hard_mask_exact_with_ties_and_any_bracket(native: pytest.MonkeyPatch,
+                                                   weighted: bool) -> None:
+    """Weights on a coarse grid tie by the hundreds at the threshold; brackets that are far too
+    narrow, too wide or off-centre must still give the exact knapsack of the torch path."""
+    use_native(native, True)
+    gen = torch.Generator().manual_seed(3)
+    grid = [torch.randint(-6, 7, shape, generator=gen).float() / 8
+            for shape in ((48, 20), (24, 48), (5, 24))]
+    cfg = SparsifierConfig(method="dual_averaging", budget=0.3, warmup_frac=0.5,
+                           finetune_frac=0.0)
+    model, sp, _ = run(cfg, steps=1, costs=layer_costs if weighted else None, weights=grid)
+    g = sp._groups[0]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for step, delta in enumerate([1e-12, 10.0, 1e-3, None, 1e-7, 3.0]):
+        if delta is not None:
+            g.fast.delta = delta  # type: ignore[union-attr]
+        loss = nn.functional.cross_entropy(model(X), Y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # back on the grid: ties stay
+            for p in sp.weights.values():
+                p.copy_(torch.round(p * 8) / 8)
+        sp.step()
+        assert g.fast_mode, step
+        frac = sp.schedule.fraction(sp.step_count)
+        budget = g.solver_budget(frac)
+        expect = hard_topk(g.v.clone(), g.solver_costs, budget)
+        assert torch.equal(g.h, expect), step
+        kept = float(expect.sum()) if g.unit else float(g.c[expect].double().sum())
+        assert kept <= budget
+
+
+def test_soft_mask_meets_budget(native: pytest.MonkeyPatch) -> None:
+    use_native(native, True)
+    cfg = SparsifierConfig(budget=0.1, warmup_frac=0.2, finetune_frac=0.2, beta_final=200.0)
+    _, sp, trace = run(cfg, steps=25, costs=layer_costs)
+    g = sp._groups[0]
+    assert trace[-1]["fast"] == [True]
+    budget = g.solver_budget(sp.schedule.fraction(sp.step_count))
+    assert float((g.m.double() * g.c.double()).sum()) == pytest.approx(budget, rel=1e-4)
+
+
+def test_non_finite_weights_are_refused(native: pytest.MonkeyPatch) -> None:
+    use_native(native, True)
+    model, sp, _ = run(SparsifierConfig(budget=0.2, warmup_frac=0.0), steps=3)
+    assert sp._groups[0].fast_mode
+    with torch.no_grad():
+        sp.weights["2.weight"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        sp.step()
+
+
+def test_off_switch_and_missing_compiler(native: pytest.MonkeyPatch, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    use_native(native, False)
+    assert _native.library() is None
+    _, sp, trace = run(SparsifierConfig(budget=0.2), steps=3)
+    assert sp._groups[0].fast is None and not any(any(t["fast"]) for t in trace)
+    native.setenv("SPARTAN_NATIVE", "1")
+    native.setenv("CC", str(tmp_path / "no-such-compiler"))
+    native.setenv("SPARTAN_CACHE_DIR", str(tmp_path / "cache"))
+    _native.reset()
+    with caplog.at_level(logging.WARNING, logger="spartan._native"):
+        assert _native.library() is None
+    assert "fused CPU passes are off" in caplog.text
