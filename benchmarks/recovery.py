@@ -10,7 +10,7 @@ SIGKILLed mid-job, and the benchmark measures (polling the API every 50 ms):
   timeout + a reaper round + claim and resume from the checkpoint); target <= 120 s;
 - completion_after_kill_s: from the SIGKILL to the job succeeded;
 - killed_vs_baseline: the killed job's submit-to-done time over the uninterrupted job's.
-The heartbeat timeout defaults to the service's default (settings.heartbeat_timeout_s, 60 s),
+The heartbeat timeout defaults to the service's default (settings.heartbeat_timeout_s, 20 s),
 the production figure; --quick uses 4 s and one trial. Progress on stderr; one JSON object on
 the last stdout line.
 """
