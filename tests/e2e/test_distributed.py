@@ -8,6 +8,7 @@ after. Without them the test skips, except under CI=true, where it fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -34,16 +35,18 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def backends() -> Iterator[tuple[str, str]]:
+@contextlib.contextmanager
+def real_backends(redis_url: str = REDIS_URL) -> Iterator[tuple[str, str]]:
+    """(Redis URL, PostgreSQL URL): the Redis database flushed before and after, a PostgreSQL
+    database created for the caller and dropped after; skips (fails under CI=true) without them."""
     import psycopg
     import redis
 
     try:
-        broker = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        broker = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
         broker.ping()
     except redis.RedisError as exc:
-        unavailable(f"Redis at {REDIS_URL} is unreachable: {exc}")
+        unavailable(f"Redis at {redis_url} is unreachable: {exc}")
     broker.flushdb()
     admin_url = POSTGRES_URL.replace("+psycopg", "")
     name = f"spartan_test_{uuid.uuid4().hex[:12]}"
@@ -52,14 +55,19 @@ def backends() -> Iterator[tuple[str, str]]:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as exc:
         unavailable(f"PostgreSQL at {admin_url} is unreachable: {exc}")
-    database_url = re.sub(r"/[^/]*$", f"/{name}", POSTGRES_URL)
     try:
-        yield REDIS_URL, database_url
+        yield redis_url, re.sub(r"/[^/]*$", f"/{name}", POSTGRES_URL)
     finally:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         broker.flushdb()
         broker.close()
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[str, str]]:
+    with real_backends() as urls:
+        yield urls
 
 
 def start_worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:

@@ -10,7 +10,6 @@ servers, except under CI=true, where it fails.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +26,7 @@ from jobs.queue import enqueue_job, make_celery, waiting_job_ids
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from jobs.store import JobStore
-from tests.e2e.test_distributed import POSTGRES_URL, REDIS_URL, unavailable
+from tests.e2e.test_distributed import REDIS_URL, real_backends
 from tests.worker.conftest import TINY
 from worker.runner import run_job
 from worker.tasks import reap
@@ -173,31 +172,8 @@ def test_reaper_leaves_queued_jobs_alone_when_the_broker_is_unreadable(
 def redis_and_postgres(tmp_path: Path) -> Iterator[Settings]:
     """Settings on a Redis database of this module's own (flushed; db 14 beside the e2e tests'
     13) and a PostgreSQL database created for the test and dropped after."""
-    import psycopg
-    import redis
-
-    url = re.sub(r"/\d*$", "/14", REDIS_URL)
-    try:
-        broker = redis.Redis.from_url(url, socket_connect_timeout=2)
-        broker.ping()
-    except redis.RedisError as exc:
-        unavailable(f"Redis at {url} is unreachable: {exc}")
-    broker.flushdb()
-    admin_url = POSTGRES_URL.replace("+psycopg", "")
-    name = f"spartan_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        unavailable(f"PostgreSQL at {admin_url} is unreachable: {exc}")
-    try:
-        yield make_settings(tmp_path, broker_url=url,
-                            database_url=re.sub(r"/[^/]*$", f"/{name}", POSTGRES_URL))
-    finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        broker.flushdb()
-        broker.close()
+    with real_backends(re.sub(r"/\d*$", "/14", REDIS_URL)) as (broker_url, database_url):
+        yield make_settings(tmp_path, broker_url=broker_url, database_url=database_url)
 
 
 def test_redis_restart_without_persistence_loses_nothing(
