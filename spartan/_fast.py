@@ -80,11 +80,7 @@ def seed(g: Group, method: str) -> None:
         g.fast = None
         return
     st = g.fast if g.fast is not None else FastState(torch.tensor([*starts, g.n]))
-    x = g.v if g.unit else g.v / g.c
-    dropped = torch.where(g.h, torch.tensor(-math.inf), x)
-    t = float(dropped.max())
-    lim = int(torch.nonzero(dropped == t)[0, 0])
-    _move(st, t, lim, hit=False)
+    _move(st, *_first_dropped(g, g.h), hit=False)
     if g.mode == "soft" and isinstance(g.tau, float) and g.s is not None and g.m is not None:
         st.u, st.beta, st.s = g.beta * g.tau, g.beta, float(g.s)
         st.f = float(g.m.sum()) if g.unit else float(torch.dot(g.m, g.c))
@@ -104,6 +100,15 @@ def hard_mask(g: Group) -> Tensor:
     tied = torch.nonzero(x[:st.lim] == st.t).squeeze(1)
     h[tied] = True
     return h
+
+
+def _first_dropped(g: Group, h: Tensor) -> tuple[float, int]:
+    """(t, lim) of a hard mask: the ratio and index of its first dropped item in knapsack order
+    (ratio descending, index ascending), which h keeps everything before."""
+    x = g.v if g.unit else g.v / g.c
+    dropped = torch.where(h, torch.tensor(-math.inf), x)
+    t = float(dropped.max())
+    return t, int(torch.nonzero(dropped == t)[0, 0])
 
 
 def _move(st: FastState, t: float, lim: int, hit: bool, count: int = 0,
@@ -157,10 +162,7 @@ def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bo
     else:
         g.compute_values()
         h = hard_threshold(g.v, g.solver_costs, budget)
-        x = g.v if g.unit else g.v / g.c
-        dropped = torch.where(h, torch.tensor(-math.inf), x)
-        t = float(dropped.max())
-        _move(st, t, int(torch.nonzero(dropped == t)[0, 0]), False, overflow=overflow > 0)
+        _move(st, *_first_dropped(g, h), hit=False, overflow=overflow > 0)
     if method == "spartan":
         _soft(g, lib, view, budget, beta_eff, scale_mean, sum_v, d1)
     else:
