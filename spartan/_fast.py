@@ -146,7 +146,7 @@ def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bo
         return False
     if method == "spartan" and (g.m is None or not math.isfinite(st.u)):
         return False
-    threads = torch.get_num_threads()
+    threads = _native.threads(g.n)
     cap = st.slots(g.n, threads)
     view, keep = _group_view(g, g.m if method == "spartan" and g.m is not None else g.v)
     res = torch.empty(5, dtype=torch.float64)

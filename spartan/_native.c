@@ -97,6 +97,7 @@ KERNEL scan_run(int64_t k, const float *restrict w, const float *restrict c,
 void sp_scan(const group_t *g, float lo, float hi, cand_t *cand, int64_t cap, int64_t *cnt,
              double *out) {
   memset(out, 0, 5 * sizeof(double));
+  memset(cnt, 0, g->nt * sizeof(int64_t)); /* the runtime may start fewer threads than nt */
 #pragma omp parallel num_threads(g->nt)
   {
     int tid = 0;

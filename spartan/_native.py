@@ -131,6 +131,12 @@ def reset() -> None:
     _state.clear()
 
 
+def threads(n: int) -> int:
+    """Threads for a pass over n items: torch's, or one below ~64K items, where waking the
+    others costs more than the pass."""
+    return 1 if n < 1 << 16 else torch.get_num_threads()
+
+
 def pointers(tensors: list[Tensor]) -> ctypes.Array[ctypes.c_void_p]:
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
@@ -139,7 +145,7 @@ def view(offsets: Tensor, weights: list[Tensor], weffs: list[Tensor], c: Tensor 
          v: Tensor, m: Tensor) -> tuple[GroupView, list[object]]:
     """A GroupView of the tensors, and the ctypes arrays it points into (keep them alive)."""
     w, we = pointers(weights), pointers(weffs)
-    g = GroupView(v.numel(), len(weights), torch.get_num_threads(), offsets.data_ptr(),
+    g = GroupView(v.numel(), len(weights), threads(v.numel()), offsets.data_ptr(),
                   ctypes.addressof(w), ctypes.addressof(we), 0 if c is None else c.data_ptr(),
                   v.data_ptr(), m.data_ptr())
     return g, [w, we]
