@@ -9,8 +9,9 @@ exact pass for the hard threshold, a Newton solve from scratch-ish, then the buf
 - tau starts from the first-order prediction, and each Newton evaluation is one pass that also
   writes m, h and the forward weights, so the last evaluation leaves the step done;
 - the backward reads G twice (lam, then dL/dw), computing m (1 - m) from m on the fly.
-Same masks and gradients as the torch path (tested); float32 weights on CPU, elementwise masks,
-methods spartan and dual_averaging; anything else takes the torch path.
+Same masks and gradients as the torch path (tested); float32 weights on CPU, elementwise masks
+(linear layers, 1x1 convs: a kxk conv's mask is per kernel), methods spartan and dual_averaging,
+in a budget group whose every layer qualifies; anything else takes the torch path.
 """
 
 from __future__ import annotations
