@@ -9,9 +9,9 @@ exact pass for the hard threshold, a Newton solve from scratch-ish, then the buf
 - tau starts from the first-order prediction, and each Newton evaluation is one pass that also
   writes m, h and the forward weights, so the last evaluation leaves the step done;
 - the backward reads G twice (lam, then dL/dw), computing m (1 - m) from m on the fly.
-Same masks and gradients as the torch path (tested); float32 weights on CPU, elementwise masks
-(linear layers, 1x1 convs: a kxk conv's mask is per kernel), methods spartan and dual_averaging,
-in a budget group whose every layer qualifies; anything else takes the torch path.
+Same masks and gradients as the torch path (tested); float32 weights on CPU, masks per weight or
+per conv kernel (block 1 x 1), methods spartan and dual_averaging, in a budget group whose every
+layer qualifies; anything else (larger blocks, N:M, IMP, float64, CUDA) takes the torch path.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from spartan._chunked import split_scalar
 from spartan.topk import TOL, hard_threshold, newton
 
 if TYPE_CHECKING:
-    from spartan.masking import Group
+    from spartan.masking import Group, MaskedLayer
 
 _METHODS = ("spartan", "dual_averaging")
 _MIN_BAND, _MAX_BAND = 64, 4096  # items the bracket should hold
@@ -40,6 +40,7 @@ class FastState:
     """What a fused step starts from: last step's hard threshold and soft-mask root."""
 
     offsets: Tensor  # int64, the layers' starts in the flat buffers, then n
+    sizes: Tensor  # int64, weights per item of each layer (1, or a conv's kh x kw)
     t: float = math.nan  # ratio of the first dropped item (knapsack order)
     lim: int = -1  # its index: items at ratio t below it are kept
     delta: float = math.nan  # half-width of the bracket around t
@@ -61,14 +62,29 @@ class FastState:
         return cap
 
 
+def _item_size(lay: MaskedLayer) -> int:
+    """Weights per item when an item is a contiguous run of them (0 otherwise): 1 for an
+    elementwise mask, kh x kw for a conv masked per kernel (block 1 x 1)."""
+    if lay.elementwise:
+        return 1
+    shape = tuple(lay.param.shape)
+    return math.prod(shape[2:]) if lay.block == (1, 1) and lay.grid == shape[:2] else 0
+
+
 def eligible(g: Group, method: str) -> bool:
     if method not in _METHODS or g.nm or _native.library() is None:
         return False
     c = g.solver_costs
     if c is not None and not (c.dtype == torch.float32 and c.is_contiguous()):
         return False
-    return all(lay.elementwise and lay.param.dtype == torch.float32 and lay.param.is_contiguous()
-               and lay.param.device.type == "cpu" for lay in g.layers)
+    return all(_item_size(lay) and lay.param.dtype == torch.float32
+               and lay.param.is_contiguous() and lay.param.device.type == "cpu"
+               for lay in g.layers)
+
+
+def _new_state(g: Group) -> FastState:
+    return FastState(torch.tensor([*[lay.start for lay in g.layers], g.n]),
+                     torch.tensor([_item_size(lay) for lay in g.layers]))
 
 
 def seed(g: Group, method: str) -> None:
@@ -80,7 +96,7 @@ def seed(g: Group, method: str) -> None:
     if starts != sorted(starts) or [lay.stop for lay in g.layers] != [*starts[1:], g.n]:
         g.fast = None
         return
-    st = g.fast if g.fast is not None else FastState(torch.tensor([*starts, g.n]))
+    st = g.fast if g.fast is not None else _new_state(g)
     _move(st, *_first_dropped(g, g.h), hit=False)
     if g.mode == "soft" and isinstance(g.tau, float) and g.s is not None and g.m is not None:
         st.u, st.beta, st.s = g.beta * g.tau, g.beta, float(g.s)
@@ -136,8 +152,8 @@ def _group_view(g: Group, m: Tensor) -> tuple[_native.GroupView, list[object]]:
         if lay.weff is None or lay.weff.shape != lay.param.shape:
             lay.weff = torch.empty_like(lay.param, memory_format=torch.contiguous_format)
         weffs.append(lay.weff)
-    return _native.view(st.offsets, [lay.param for lay in g.layers], weffs, g.solver_costs,
-                        g.v, m)
+    return _native.view(st.offsets, st.sizes, [lay.param for lay in g.layers], weffs,
+                        g.solver_costs, g.v, m)
 
 
 def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bool) -> bool:
@@ -161,7 +177,9 @@ def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bo
                    res.data_ptr())
         _move(st, res[0].item(), int(res[1].item()), True, int(st.cnt.sum()))
     else:
-        g.compute_values()
+        if g.stale:  # last step's h, from the values it was cut on
+            g.set_hard(hard_mask(g))
+        lib.sp_values(ctypes.byref(view))  # as the passes sum them (torch may round otherwise)
         h = hard_threshold(g.v, g.solver_costs, budget)
         _move(st, *_first_dropped(g, h), hit=False, overflow=overflow > 0)
     if method == "spartan":
@@ -243,7 +261,7 @@ def restore(g: Group, saved: dict[str, float] | None, method: str) -> None:
     g.fast = None
     if saved is None or not eligible(g, method):
         return
-    st = FastState(torch.tensor([*[lay.start for lay in g.layers], g.n]))
+    st = _new_state(g)
     for k in _SAVED:
         setattr(st, k, int(saved[k]) if k == "lim" else float(saved[k]))
     g.fast = st
@@ -256,7 +274,8 @@ def backward(g: Group, weights: tuple[Tensor, ...], grads: tuple[Tensor, ...], m
     assert lib is not None and g.fast is not None
     gs = [gr.to(torch.float32).contiguous() for gr in grads]
     outs = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
-    view, keep = _native.view(g.fast.offsets, list(weights), outs, g.solver_costs, g.v, m)
+    view, keep = _native.view(g.fast.offsets, g.fast.sizes, list(weights), outs, g.solver_costs,
+                              g.v, m)
     gp = _native.pointers(gs)
     lam = lib.sp_grad_dot(ctypes.byref(view), gp) / max(s, 1e-30)
     lib.sp_grad(ctypes.byref(view), gp, _native.pointers(outs), beta, lam)

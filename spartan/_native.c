@@ -21,6 +21,7 @@ typedef struct {
   int64_t nl;        /* layers */
   int64_t nt;        /* threads */
   const int64_t *off; /* nl + 1 offsets of the layers in the flat buffers */
+  const int64_t *size; /* weights per item, per layer: 1, or kh x kw for a conv's kernels */
   float *const *w;   /* each layer's weight */
   float *const *weff; /* each layer's forward weight */
   const float *c;    /* costs, or NULL for unit costs */
@@ -89,6 +90,44 @@ KERNEL scan_run(int64_t k, const float *restrict w, const float *restrict c,
   acc[4] += d1;
 }
 
+/* Items of K > 1 contiguous weights (a conv kernel per output x input channel): the value is
+ * the sum of |w| over the item; the per-item work is scalar, the per-weight work a short loop. */
+static inline float item_abs(const float *restrict w, int64_t K) {
+  float a = 0;
+  for (int64_t q = 0; q < K; q++) a += fabsf(w[q]);
+  return a;
+}
+
+KERNEL scan_items(int64_t k, int64_t K, const float *restrict w, const float *restrict c,
+                  const float *restrict m, float lo, float hi, double acc[5], int64_t base,
+                  cand_t *mine, int64_t cap, int64_t *kept) {
+  for (int64_t j = 0; j < k; j++) {
+    float ci = COSTS(c, j), a = item_abs(w + j * K, K), x = a / ci;
+    acc[0] += a;
+    acc[4] += ci * m[j] * (1.f - m[j]) * x;
+    if (x > hi) {
+      acc[1] += ci;
+    } else if (x >= lo) {
+      acc[2] += ci;
+      if (*kept < cap) mine[*kept] = (cand_t){x, ci, base + j};
+      (*kept)++;
+    }
+  }
+}
+
+/* Values alone: v <- sum of |w| over each item (the sums every pass here computes, in the same
+ * order, so thresholds taken on v agree with the passes' comparisons). */
+void sp_values(const group_t *g) {
+#pragma omp parallel num_threads(g->nt)
+  for (int64_t l = 0; l < g->nl; l++) {
+    int64_t base = g->off[l], len = g->off[l + 1] - base, K = g->size[l];
+    const float *restrict w = g->w[l];
+    float *restrict v = g->v + base;
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < len; j++) v[j] = item_abs(w + j * K, K);
+  }
+}
+
 /* The hard threshold's bracket and the first-order change of the soft mask, before the solve.
  * out: [sum |w|, cost above hi, cost in [lo, hi], overflow, D1] with x = |w| / c and
  * D1 = sum c m (1 - m) x (m as the last step left it; with D0, the same sum that step's soft pass
@@ -111,8 +150,11 @@ void sp_scan(const group_t *g, float lo, float hi, cand_t *cand, int64_t cap, in
       int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < runs; r++) {
-        int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a;
-        if (g->c)
+        int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a, K = g->size[l];
+        if (K > 1)
+          scan_items(k, K, g->w[l] + a * K, g->c ? g->c + at : NULL, g->m + at, lo, hi, acc, at,
+                     cand + tid * cap, cap, &kept);
+        else if (g->c)
           scan_run(k, g->w[l] + a, g->c + at, g->m + at, lo, hi, acc, at, cand + tid * cap, cap,
                    &kept);
         else
@@ -207,6 +249,24 @@ KERNEL soft_run(int64_t k, const float *restrict w, const float *restrict c,
   acc[4] += d0;
 }
 
+KERNEL soft_items(int64_t k, int64_t K, const float *restrict w, const float *restrict c,
+                  float *restrict v, float *restrict m, float *restrict weff, float beta,
+                  float u1, float u2, float t, int64_t tie, float acc[5]) {
+  for (int64_t j = 0; j < k; j++) {
+    float ci = COSTS(c, j), a = item_abs(w + j * K, K), x = a / ci, z = beta * x - u1 - u2;
+    acc[2] = z < acc[2] ? z : acc[2];
+    acc[3] = z > acc[3] ? z : acc[3];
+    float mi = sigmoid(z), cmm = ci * mi * (1.f - mi);
+    float keep = (x > t || (x == t && j < tie)) ? mi : 0.f;
+    v[j] = a;
+    m[j] = mi;
+    for (int64_t q = 0; q < K; q++) weff[j * K + q] = w[j * K + q] * keep;
+    acc[0] += ci * mi;
+    acc[1] += cmm;
+    acc[4] += cmm * x;
+  }
+}
+
 /* Soft mask and forward weights at u = u1 + u2: v <- |w|, m = sigmoid(beta x - u), weff = w m h
  * with h the hard mask x > t or (x == t and index < lim). Ties at t are rare: a run that has
  * one is fixed up after the vector loop.
@@ -224,9 +284,12 @@ void sp_soft(const group_t *g, float beta, float u1, float u2, float t, int64_t 
       int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < runs; r++) {
-        int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a;
+        int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a, K = g->size[l];
         acc[0] = acc[1] = acc[4] = 0;
-        if (g->c)
+        if (K > 1)
+          soft_items(k, K, g->w[l] + a * K, g->c ? g->c + at : NULL, g->v + at, g->m + at,
+                     g->weff[l] + a * K, beta, u1, u2, t, lim - at, acc);
+        else if (g->c)
           soft_run(k, g->w[l] + a, g->c + at, g->v + at, g->m + at, g->weff[l] + a, beta, u1,
                    u2, t, lim - at, acc);
         else
@@ -262,6 +325,16 @@ KERNEL hard_run(int64_t k, const float *restrict w, const float *restrict c,
     if (v[j] / COSTS(c, j) == t) weff[j] = w[j];
 }
 
+KERNEL hard_items(int64_t k, int64_t K, const float *restrict w, const float *restrict c,
+                  float *restrict v, float *restrict weff, float t, int64_t tie) {
+  for (int64_t j = 0; j < k; j++) {
+    float a = item_abs(w + j * K, K), x = a / COSTS(c, j);
+    float keep = (x > t || (x == t && j < tie)) ? 1.f : 0.f;
+    v[j] = a;
+    for (int64_t q = 0; q < K; q++) weff[j * K + q] = w[j * K + q] * keep;
+  }
+}
+
 /* Forward weights of the hard mask alone (dual averaging): v <- |w|, weff = w h, h as in
  * sp_soft. */
 void sp_hard(const group_t *g, float t, int64_t lim) {
@@ -270,8 +343,11 @@ void sp_hard(const group_t *g, float t, int64_t lim) {
     int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < runs; r++) {
-      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a;
-      if (g->c)
+      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a, K = g->size[l];
+      if (K > 1)
+        hard_items(k, K, g->w[l] + a * K, g->c ? g->c + at : NULL, g->v + at,
+                   g->weff[l] + a * K, t, lim - at);
+      else if (g->c)
         hard_run(k, g->w[l] + a, g->c + at, g->v + at, g->weff[l] + a, t, lim - at);
       else
         hard_run(k, g->w[l] + a, NULL, g->v + at, g->weff[l] + a, t, lim - at);
@@ -287,6 +363,15 @@ KERNEL dot_run(int64_t k, const float *restrict gr, const float *restrict w,
   *acc += f;
 }
 
+KERNEL dot_items(int64_t k, int64_t K, const float *restrict gr, const float *restrict w,
+                 const float *restrict m, double *acc) {
+  for (int64_t j = 0; j < k; j++) {
+    float gw = 0;
+    for (int64_t q = 0; q < K; q++) gw += gr[j * K + q] * w[j * K + q];
+    *acc += gw * m[j] * (1.f - m[j]);
+  }
+}
+
 /* Backward of the soft mask, first pass: sum G w m (1 - m) (lam's numerator). */
 double sp_grad_dot(const group_t *g, float *const *grad) {
   double total = 0;
@@ -295,8 +380,11 @@ double sp_grad_dot(const group_t *g, float *const *grad) {
     int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < runs; r++) {
-      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a;
-      dot_run(k, grad[l] + a, g->w[l] + a, g->m + base + a, &total);
+      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, K = g->size[l];
+      if (K > 1)
+        dot_items(k, K, grad[l] + a * K, g->w[l] + a * K, g->m + base + a, &total);
+      else
+        dot_run(k, grad[l] + a, g->w[l] + a, g->m + base + a, &total);
     }
   }
   return total;
@@ -312,6 +400,21 @@ KERNEL grad_run(int64_t k, const float *restrict gr, const float *restrict w,
   }
 }
 
+/* Items: dL/dw = G m + sign(w) beta m (1 - m) (sum_item(G w) / c - lam), per item. */
+KERNEL grad_items(int64_t k, int64_t K, const float *restrict gr, const float *restrict w,
+                  const float *restrict c, const float *restrict m, float *restrict o,
+                  float beta, float lam) {
+  for (int64_t j = 0; j < k; j++) {
+    float gw = 0;
+    for (int64_t q = 0; q < K; q++) gw += gr[j * K + q] * w[j * K + q];
+    float d = beta * m[j] * (1.f - m[j]) * (gw / COSTS(c, j) - lam);
+    for (int64_t q = 0; q < K; q++) {
+      float wq = w[j * K + q], sg = wq > 0.f ? 1.f : (wq < 0.f ? -1.f : 0.f);
+      o[j * K + q] = gr[j * K + q] * m[j] + sg * d;
+    }
+  }
+}
+
 /* Backward, second pass: out = dL/dw = G (m + beta m (1 - m) |w| / c)
  * - beta lam m (1 - m) sign(w), the hard mask taken as identity (DESIGN.md). */
 void sp_grad(const group_t *g, float *const *grad, float *const *out, float beta, float lam) {
@@ -320,8 +423,11 @@ void sp_grad(const group_t *g, float *const *grad, float *const *out, float beta
     int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < runs; r++) {
-      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a;
-      if (g->c)
+      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a, K = g->size[l];
+      if (K > 1)
+        grad_items(k, K, grad[l] + a * K, g->w[l] + a * K, g->c ? g->c + at : NULL, g->m + at,
+                   out[l] + a * K, beta, lam);
+      else if (g->c)
         grad_run(k, grad[l] + a, g->w[l] + a, g->c + at, g->m + at, out[l] + a, beta, lam);
       else
         grad_run(k, grad[l] + a, g->w[l] + a, NULL, g->m + at, out[l] + a, beta, lam);

@@ -33,8 +33,8 @@ _i64, _f32, _f64, _ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes
 class GroupView(ctypes.Structure):
     """Mirror of the C group_t: pointers into one budget group's tensors."""
 
-    _fields_ = [("n", _i64), ("nl", _i64), ("nt", _i64), ("off", _ptr), ("w", _ptr),
-                ("weff", _ptr), ("c", _ptr), ("v", _ptr), ("m", _ptr)]
+    _fields_ = [("n", _i64), ("nl", _i64), ("nt", _i64), ("off", _ptr), ("size", _ptr),
+                ("w", _ptr), ("weff", _ptr), ("c", _ptr), ("v", _ptr), ("m", _ptr)]
 
 
 CAND_BYTES = 16  # sizeof(cand_t): float x, float c, int64 index
@@ -44,6 +44,7 @@ _SIGNATURES = {
     "sp_cut": (None, [_ptr, _i64, _ptr, _i64, _f64, _ptr]),
     "sp_soft": (None, [_ptr, _f32, _f32, _f32, _f32, _i64, _ptr]),
     "sp_hard": (None, [_ptr, _f32, _i64]),
+    "sp_values": (None, [_ptr]),
     "sp_grad_dot": (_f64, [_ptr, _ptr]),
     "sp_grad": (None, [_ptr, _ptr, _ptr, _f32, _f32]),
 }
@@ -141,11 +142,12 @@ def pointers(tensors: list[Tensor]) -> ctypes.Array[ctypes.c_void_p]:
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
 
-def view(offsets: Tensor, weights: list[Tensor], weffs: list[Tensor], c: Tensor | None,
-         v: Tensor, m: Tensor) -> tuple[GroupView, list[object]]:
-    """A GroupView of the tensors, and the ctypes arrays it points into (keep them alive)."""
+def view(offsets: Tensor, sizes: Tensor, weights: list[Tensor], weffs: list[Tensor],
+         c: Tensor | None, v: Tensor, m: Tensor) -> tuple[GroupView, list[object]]:
+    """A GroupView of the tensors (offsets: the layers' first items, then n; sizes: weights per
+    item of each layer), and the ctypes arrays it points into (keep them alive)."""
     w, we = pointers(weights), pointers(weffs)
     g = GroupView(v.numel(), len(weights), threads(v.numel()), offsets.data_ptr(),
-                  ctypes.addressof(w), ctypes.addressof(we), 0 if c is None else c.data_ptr(),
-                  v.data_ptr(), m.data_ptr())
+                  sizes.data_ptr(), ctypes.addressof(w), ctypes.addressof(we),
+                  0 if c is None else c.data_ptr(), v.data_ptr(), m.data_ptr())
     return g, [w, we]

@@ -64,6 +64,46 @@ def run(cfg: SparsifierConfig, steps: int = 30, costs: object = None,
     return model, sp, trace
 
 
+class SmallCNN(nn.Module):
+    """3x3 and 1x1 convs (masked per kernel and per weight), a grouped conv and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+                                  nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Flatten())
+        self.head = nn.Linear(4 * 4 * 5, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.view(-1, 1, 4, 5)))
+
+
+def test_fused_step_matches_torch_path_on_convs(native: pytest.MonkeyPatch) -> None:
+    cfg = SparsifierConfig(budget=0.3, warmup_frac=0.3, finetune_frac=0.2)
+    runs = []
+    for on in (True, False):
+        use_native(native, on)
+        model = SmallCNN()
+        sp = Sparsifier(model, cfg, total_steps=30)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        trace = []
+        for _ in range(20):
+            loss = nn.functional.cross_entropy(model(X), Y)
+            opt.zero_grad()
+            loss.backward()
+            trace.append([p.grad.clone() for p in sp.weights.values()])  # type: ignore[union-attr]
+            opt.step()
+            sp.step()
+            trace[-1].append(sp.masks())
+        assert sp._groups[0].fast_mode == on
+        runs.append(trace)
+    for a, b in zip(*runs, strict=True):
+        for ga, gb in zip(a[:-1], b[:-1], strict=True):
+            torch.testing.assert_close(ga, gb, rtol=2e-3, atol=2e-5)
+        assert all(torch.equal(a[-1][k], b[-1][k]) for k in a[-1])
+
+
 def layer_costs(name: str, param: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     scale = {"0.weight": 3.0, "2.weight": 1.0, "4.weight": 0.5}[name]
     return torch.full(grid, scale) + torch.rand(grid, generator=torch.Generator().manual_seed(2))
