@@ -50,6 +50,7 @@ class FastState:
     s: float = math.nan  # sum c m (1 - m) at u
     d0: float = math.nan  # sum c m (1 - m) x at u
     c_total: float = math.nan  # sum of the solver costs
+    lib: ctypes.CDLL | None = None  # the library that made the buffers in use
     cand: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
     cnt: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
@@ -188,7 +189,7 @@ def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bo
         lib.sp_hard(ctypes.byref(view), st.t, st.lim)
         g.mode = "ste"
     del keep
-    g.stale, g.fast_mode = True, True
+    g.stale, g.fast_mode, st.lib = True, True, lib
     return True
 
 
@@ -244,7 +245,7 @@ def rebuild(g: Group) -> bool:
     else:
         lib.sp_hard(ctypes.byref(view), st.t, st.lim)
     del keep
-    g.stale, g.fast_mode = True, True
+    g.stale, g.fast_mode, st.lib = True, True, lib
     return True
 
 
@@ -267,15 +268,15 @@ def restore(g: Group, saved: dict[str, float] | None, method: str) -> None:
     g.fast = st
 
 
-def backward(g: Group, weights: tuple[Tensor, ...], grads: tuple[Tensor, ...], m: Tensor,
-             beta: float, s: float) -> list[Tensor]:
-    """dL/dw of the soft mask (see spartan.masking) in two fused passes."""
-    lib = _native.library()
-    assert lib is not None and g.fast is not None
+def backward(g: Group, st: FastState, weights: tuple[Tensor, ...], grads: tuple[Tensor, ...],
+             m: Tensor, beta: float, s: float) -> list[Tensor]:
+    """dL/dw of the soft mask (see spartan.masking) in two fused passes, by the library that
+    made the forward's buffers (st: the state at the forward)."""
+    lib = st.lib
+    assert lib is not None
     gs = [gr.to(torch.float32).contiguous() for gr in grads]
     outs = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
-    view, keep = _native.view(g.fast.offsets, g.fast.sizes, list(weights), outs, g.solver_costs,
-                              g.v, m)
+    view, keep = _native.view(st.offsets, st.sizes, list(weights), outs, g.solver_costs, g.v, m)
     gp = _native.pointers(gs)
     lam = lib.sp_grad_dot(ctypes.byref(view), gp) / max(s, 1e-30)
     lib.sp_grad(ctypes.byref(view), gp, _native.pointers(outs), beta, lam)

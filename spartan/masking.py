@@ -155,6 +155,8 @@ class Group:
         budget = self.solver_budget(fraction)
         if _fast.update(self, method, budget, beta_eff, scale_mean):
             return
+        if self.stale:  # last step's h, made while the fused state is still at hand
+            self.set_hard(_fast.hard_mask(self))
         fast, self.fast = self.fast, None  # the torch path below; seed() takes it back
         self.compute_values()
         if self.nm:
@@ -262,7 +264,8 @@ class MaskedWeights(torch.autograd.Function):
     def forward(ctx: Any, group: Group, *weights: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         ctx.group, ctx.mode = group, group.mode
         if group.mode == "soft" and group.fast_mode:
-            ctx.mode, ctx.beta, ctx.s = "fast", group.beta, float(group.s)  # type: ignore[arg-type]
+            ctx.mode, ctx.fast = "fast", group.fast
+            ctx.beta, ctx.s = group.beta, float(group.s)  # type: ignore[arg-type]
             ctx.save_for_backward(*weights, group.m)
             return tuple(layer.weff.detach() for layer in group.layers)  # type: ignore[union-attr]
         extra = [group.m, group.mm1, group.s] if group.mode == "soft" else []
@@ -284,7 +287,8 @@ class MaskedWeights(torch.autograd.Function):
         if ctx.mode == "ste":
             return (None, *grads)
         if ctx.mode == "fast":
-            return (None, *_fast.backward(group, weights, grads, saved[n], ctx.beta, ctx.s))
+            return (None, *_fast.backward(group, ctx.fast, weights, grads, saved[n], ctx.beta,
+                                          ctx.s))
         if ctx.mode == "hard":
             pairs = zip(group.layers, grads, strict=True)
             return (None, *[lay.mul_blocks(g, h[lay.start:lay.stop]) for lay, g in pairs])

@@ -232,3 +232,24 @@ def test_fused_step_under_autocast(native: pytest.MonkeyPatch) -> None:
     assert fast_tau == pytest.approx(slow_tau, rel=1e-3)
     changed = sum(int((fast_masks[k] != slow_masks[k]).sum()) for k in fast_masks)
     assert changed <= 2  # bfloat16 rounding may swap a weight at the threshold
+
+
+def test_switching_paths_between_steps(native: pytest.MonkeyPatch) -> None:
+    """The fused path turned off and on mid-training: each step's masks as the torch path's."""
+    cfg = SparsifierConfig(budget=0.2, warmup_frac=0.3, finetune_frac=0.2)
+    use_native(native, True)
+    model = mlp()
+    sp = Sparsifier(model, cfg, total_steps=40)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(36):
+        use_native(native, step % 3 != 2)
+        loss = nn.functional.cross_entropy(model(X), Y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sp.step()
+        g = sp._groups[0]
+        if not sp.frozen:
+            budget = g.solver_budget(sp.schedule.fraction(sp.step_count))
+            assert torch.equal(g.h, hard_topk(g.v.clone(), g.solver_costs, budget)), step
+    sp.finalize()
