@@ -160,6 +160,9 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
         out["machine"] = prof.machine
     if prof.overhead is not None:
         out["overhead"] = prof.overhead
+    excludes = (prof.model_extra or {}).get("overhead_excludes")
+    if excludes:  # layers whose dense time the profiler took off the overhead
+        out["overhead_excludes"] = list(excludes)
     validate_cost_model(out)
     return out
 

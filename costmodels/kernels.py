@@ -9,7 +9,8 @@ from spartan.kernels import (
     candidate_kernels,
     layer_module,
     matrix_block,
+    replace_module,
 )
 
 __all__ = ["KERNELS", "SparseConv2d", "SparseLinear", "apply_kernels", "candidate_kernels",
-           "layer_module", "matrix_block"]
+           "layer_module", "matrix_block", "replace_module"]

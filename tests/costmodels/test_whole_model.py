@@ -1,0 +1,74 @@
+"""Whole-model predictions: layers timed as the deployed model runs them, nothing counted twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import costmodels.profiler as profiler
+from costmodels import fit_profile, predict_latency
+from costmodels.kernels import apply_kernels
+from costmodels.profiler import profile_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _strides_timed(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[int, ...]]:
+    """Records the strides of the input each layer is profiled on."""
+    seen: dict[str, tuple[int, ...]] = {}
+    original = profiler._profile_layer
+
+    def spy(pname: str, w: torch.Tensor, module: nn.Module, inp: torch.Tensor,
+            *args: Any) -> dict[str, Any]:
+        seen[profiler.layer_name(pname)] = tuple(inp.stride())
+        return original(pname, w, module, inp, *args)
+
+    monkeypatch.setattr(profiler, "_profile_layer", spy)
+    return seen
+
+
+def test_layers_timed_on_the_deployed_models_activations(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    # A CSR layer hands the next layer a transposed activation; a dense layer on that layout
+    # ran 3-5x slower here than on the dense model's contiguous one (the whole-model bias).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(),
+                          nn.Linear(24, 8))
+    x = torch.randn(12, 16)
+    seen = _strides_timed(monkeypatch)
+    prof = profile_model(model, x, kernel="csr", quick=True, progress=False)
+    deployed = apply_kernels(model, {lay["name"]: lay["kernel"] for lay in prof["layers"]})
+    owners = {name: deployed.get_submodule(name) for name in seen}
+    with torch.inference_mode():
+        inputs, _ = profiler._capture(deployed, x, owners)
+    assert seen == {name: tuple(t.stride()) for name, t in inputs.items()}
+    assert seen["2"] != (32, 1)  # i.e. not the dense model's layout
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_attention_projections_counted_once() -> None:
+    # Few tokens, wide embedding: the projections are nearly all of the attention's time.
+    torch.manual_seed(0)
+    prof = profile_model(_Attention(256), torch.randn(64, 4, 256), kernel="dense", quick=True,
+                         progress=False)
+    projections = sum(lay["dense_latency"] for lay in prof["layers"])
+    assert prof["overhead"] < 0.5 * projections
+    cm = fit_profile(prof)
+    assert cm["overhead_excludes"] == ["attn.in_proj_weight", "attn.out_proj"]
+    full = {lay["name"]: lay["samples"][-1]["nnz_blocks"] for lay in prof["layers"]}
+    predicted = predict_latency(cm, full)
+    assert predicted == pytest.approx(prof["dense_model_latency"], rel=0.5)
