@@ -240,7 +240,10 @@ def apply_kernels(model: nn.Module, kernels: Mapping[str, str],
     out = copy.deepcopy(model).eval()
     for name, kernel in kernels.items():
         module = out.get_submodule(name)
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        parent = out.get_submodule(name.rpartition(".")[0])
+        # nn.MultiheadAttention reads out_proj.weight itself: its out_proj is never called.
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(
+                parent, nn.MultiheadAttention):
             log.warning("%s (%s) keeps its own forward", name, type(module).__name__)
             continue
         block = (blocks or {}).get(name, (1, 1))

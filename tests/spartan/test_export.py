@@ -121,3 +121,28 @@ def test_semi_structured_stays_dense_without_a_capable_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU may have 2:4 kernels")
     assert set(to_sparse(model, "semi_structured").kernels.values()) == {"dense"}
+
+
+def test_apply_kernels_leaves_attention_out_proj_alone() -> None:
+    """nn.MultiheadAttention reads out_proj.weight directly, so its out_proj keeps its module;
+    the Linear beside it runs the sparse kernel. Outputs equal the model's."""
+    from spartan.kernels import apply_kernels
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.att(x, x, x)[0])
+
+    torch.manual_seed(0)
+    model = Block().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_((torch.rand_like(model.fc.weight) > 0.8).float())
+    fast = apply_kernels(model, {"att.out_proj": "csr", "fc": "csr"})
+    assert isinstance(fast.att.out_proj, nn.Linear) and not isinstance(fast.fc, nn.Linear)
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-6)
