@@ -14,12 +14,31 @@ from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport import filesystem
 
 from jobs.settings import Settings, get_settings
 
 RUN_JOB = "spartan.run_job"
 REAP = "spartan.reap"
 QUEUES = ("cpu", "gpu")
+# The embedded broker's transport, by import path (Celery's broker_transport setting).
+EMBEDDED_TRANSPORT = "jobs.queue:EmbeddedTransport"
+
+
+class EmbeddedTransport(filesystem.Transport):
+    """kombu's filesystem transport, with each wait for messages cut to `max_wait_s`.
+
+    The transport is not asynchronous, so Celery runs the worker in its blocking loop, which
+    calls drain_events(timeout=2.0) and looks at its shutdown flag only between calls: a
+    SIGTERM to an idle worker waited up to 2 s for the wait to end. Shorter waits cost only a
+    loop turn each (the transport polls the folder every polling_interval either way)."""
+
+    max_wait_s = 0.2
+
+    def drain_events(self, connection: Any, timeout: Any = None, **kwargs: Any) -> Any:
+        if timeout is not None and timeout > self.max_wait_s:
+            timeout = self.max_wait_s  # None (block until a message) is left alone
+        return super().drain_events(connection, timeout=timeout, **kwargs)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,6 +63,7 @@ def make_celery(settings: Settings) -> Celery:
         options = {"visibility_timeout": 24 * 3600}
     app.conf.update(
         broker_url=settings.broker,
+        broker_transport=EMBEDDED_TRANSPORT if settings.embedded_broker else None,
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
         task_serializer="json",

@@ -1,0 +1,39 @@
+"""The embedded broker's transport: short waits, so an idle worker notices a shutdown soon."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.queue import EmbeddedTransport, enqueue_job, make_celery, waiting_job_ids
+from jobs.settings import Settings
+
+
+def test_embedded_broker_waits_at_most_max_wait_s(tmp_path: Path) -> None:
+    app = make_celery(Settings(data_dir=tmp_path, database_url=None, broker_url=None))
+    with app.connection_for_read() as conn:
+        assert isinstance(conn.transport, EmbeddedTransport)
+        with conn.Consumer(app.amqp.queues["cpu"], callbacks=[lambda *a: None]):
+            start = time.monotonic()
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=2.0)  # Celery's blocking loop asks for 2 s
+            assert time.monotonic() - start < EmbeddedTransport.max_wait_s + 0.5
+
+
+def test_embedded_broker_still_delivers_and_lists_messages(tmp_path: Path) -> None:
+    app = make_celery(Settings(data_dir=tmp_path, database_url=None, broker_url=None))
+    enqueue_job("job1", "cpu", app=app)
+    assert waiting_job_ids(app) == {"job1"}  # still read as a filesystem queue
+    got: list[object] = []
+    with app.connection_for_read() as conn:
+        with conn.Consumer(app.amqp.queues["cpu"], callbacks=[lambda body, m: got.append(body)]):
+            conn.drain_events(timeout=2.0)
+    assert got and got[0][0] == ["job1"]  # type: ignore[index]
+
+
+def test_redis_broker_keeps_kombu_s_transport() -> None:
+    app = make_celery(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    assert app.conf.broker_transport is None
