@@ -7,6 +7,7 @@ rule is the API's. Nothing is loaded from elsewhere, and the Content-Security-Po
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -41,8 +42,19 @@ _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(js|css|svg)$")
 router = APIRouter(include_in_schema=False)
 
 
+_INCLUDE = re.compile(r"^[ \t]*<!-- include ([\w.]+) -->\n", re.MULTILINE)
+
+
+@functools.lru_cache
+def _render(name: str) -> str:
+    """A page with its `<!-- include NAME -->` lines replaced by those files (the sign-in form
+    every page shares)."""
+    text = (PAGES_DIR / name).read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: (PAGES_DIR / m.group(1)).read_text(encoding="utf-8"), text)
+
+
 def page(name: str) -> HTMLResponse:
-    return HTMLResponse((PAGES_DIR / name).read_text(encoding="utf-8"), headers=HEADERS)
+    return HTMLResponse(_render(name), headers=HEADERS)
 
 
 @router.get("/")
