@@ -22,7 +22,7 @@ accepted; `validate_profile` and `validate_cost_model` convert them to "ms".
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -191,20 +191,29 @@ def _unwrap(exc: ValidationError, data: Any) -> ProfileError:
     return ProfileError(err["msg"], layer, field or None)
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
 def _to_ms(unit: str) -> float:
     return TIME_UNITS[unit]
 
 
-def validate_profile(data: dict[str, Any] | Profile) -> Profile:
-    """Parse and check a profile; latencies come back in ms. Raises ProfileError."""
-    if isinstance(data, Profile):
+def _parse(cls: type[_Model], data: Any, what: str) -> _Model:
+    """cls parsed from a dict (or a model of it, re-checked); ProfileError naming the layer and
+    field otherwise."""
+    if isinstance(data, cls):
         data = data.model_dump()
     if not isinstance(data, dict):
-        raise ProfileError(f"a profile is a JSON object, got {type(data).__name__}")
+        raise ProfileError(f"{what} is a JSON object, got {type(data).__name__}")
     try:
-        prof = Profile.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
         raise _unwrap(exc, data) from None
+
+
+def validate_profile(data: dict[str, Any] | Profile) -> Profile:
+    """Parse and check a profile; latencies come back in ms. Raises ProfileError."""
+    prof = _parse(Profile, data, "a profile")
     k = _to_ms(prof.unit)
     if k != 1.0:
         for layer in prof.layers:
@@ -220,14 +229,7 @@ def validate_profile(data: dict[str, Any] | Profile) -> Profile:
 
 def validate_cost_model(data: dict[str, Any] | CostModel) -> CostModel:
     """Parse and check a cost model; time units come back in ms. Raises ProfileError."""
-    if isinstance(data, CostModel):
-        data = data.model_dump()
-    if not isinstance(data, dict):
-        raise ProfileError(f"a cost model is a JSON object, got {type(data).__name__}")
-    try:
-        cm = CostModel.model_validate(data)
-    except ValidationError as exc:
-        raise _unwrap(exc, data) from None
+    cm = _parse(CostModel, data, "a cost model")
     if cm.unit in TIME_UNITS and cm.unit != "ms":
         k = _to_ms(cm.unit)
         for lay in cm.layers.values():
