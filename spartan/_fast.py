@@ -2,12 +2,13 @@
 
 A step of the torch path runs ~20 tensor operations over the group: a sampled bracket and an
 exact pass for the hard threshold, a Newton solve from scratch-ish, then the buffers. Here:
-- one scan writes the values, collects the items near last step's hard threshold (a bracket of
-  adaptive width) and sums the first-order change of sum c m since the last step;
+- one scan collects the items near last step's hard threshold (a bracket of adaptive width)
+  and sums the first-order change of sum c m since the last step;
 - the hard threshold is a weighted quickselect among the collected items (exact: the scan also
   counts the cost above the bracket, and a bracket that misses falls back to `hard_threshold`);
 - tau starts from the first-order prediction, and each Newton evaluation is one pass that also
-  writes m, h and the forward weights, so the last evaluation leaves the step done;
+  writes the values, m and the forward weights, so the last evaluation leaves the step done;
+  the hard mask h itself is made only when asked for (`hard_mask`);
 - the backward reads G twice (lam, then dL/dw), computing m (1 - m) from m on the fly.
 Same masks and gradients as the torch path (tested); float32 weights on CPU, masks per weight or
 per conv kernel (block 1 x 1), methods spartan and dual_averaging, in a budget group whose every
