@@ -10,9 +10,10 @@ exact pass for the hard threshold, a Newton solve from scratch-ish, then the buf
   writes the values, m and the forward weights, so the last evaluation leaves the step done;
   the hard mask h itself is made only when asked for (`hard_mask`);
 - the backward reads G twice (lam, then dL/dw), computing m (1 - m) from m on the fly.
-Same masks and gradients as the torch path (tested); float32 weights on CPU, masks per weight or
-per conv kernel (block 1 x 1), methods spartan and dual_averaging, in a budget group whose every
-layer qualifies; anything else (larger blocks, N:M, IMP, float64, CUDA) takes the torch path.
+Same masks and gradients as the torch path (tested); float32 weights on CPU, masks per weight,
+per conv kernel or per block (blocks that tile the weight), methods spartan and dual_averaging,
+in a budget group whose every layer qualifies; anything else (N:M, IMP, float64, CUDA) takes the
+torch path.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class FastState:
     """What a fused step starts from: last step's hard threshold and soft-mask root."""
 
     offsets: Tensor  # int64, the layers' starts in the flat buffers, then n
-    sizes: Tensor  # int64, weights per item of each layer (1, or a conv's kh x kw)
+    geom: Tensor  # int64 (layers, 4): where each layer's items lie (see _geometry)
     t: float = math.nan  # ratio of the first dropped item (knapsack order)
     lim: int = -1  # its index: items at ratio t below it are kept
     delta: float = math.nan  # half-width of the bracket around t
@@ -64,13 +65,19 @@ class FastState:
         return cap
 
 
-def _item_size(lay: MaskedLayer) -> int:
-    """Weights per item when an item is a contiguous run of them (0 otherwise): 1 for an
-    elementwise mask, kh x kw for a conv masked per kernel (block 1 x 1)."""
+def _geometry(lay: MaskedLayer) -> tuple[int, int, int, int] | None:
+    """(rows, width, per_row, stride) of the layer's items, as the C passes read them (geom_t
+    in spartan/_native.c): the weight as a matrix out x (in kh kw), an item a tile of R rows by
+    C kh kw floats. None when the blocks do not tile the weight exactly."""
+    n = lay.grid[0] * lay.grid[1]
     if lay.elementwise:
-        return 1
+        return (1, 1, n, n)
     shape = tuple(lay.param.shape)
-    return math.prod(shape[2:]) if lay.block == (1, 1) and lay.grid == shape[:2] else 0
+    (rows, cols), k = lay.block, math.prod(shape[2:])
+    if len(shape) < 2 or lay.grid != (shape[0] // rows, shape[1] // cols) \
+            or shape[0] % rows or shape[1] % cols:
+        return None
+    return (rows, cols * k, lay.grid[1], shape[1] * k)
 
 
 def eligible(g: Group, method: str) -> bool:
@@ -79,14 +86,14 @@ def eligible(g: Group, method: str) -> bool:
     c = g.solver_costs
     if c is not None and not (c.dtype == torch.float32 and c.is_contiguous()):
         return False
-    return all(_item_size(lay) and lay.param.dtype == torch.float32
+    return all(_geometry(lay) is not None and lay.param.dtype == torch.float32
                and lay.param.is_contiguous() and lay.param.device.type == "cpu"
                for lay in g.layers)
 
 
 def _new_state(g: Group) -> FastState:
     return FastState(torch.tensor([*[lay.start for lay in g.layers], g.n]),
-                     torch.tensor([_item_size(lay) for lay in g.layers]))
+                     torch.tensor([_geometry(lay) for lay in g.layers], dtype=torch.int64))
 
 
 def seed(g: Group, method: str) -> None:
@@ -146,6 +153,10 @@ def _move(st: FastState, t: float, lim: int, hit: bool, count: int = 0,
     st.t, st.lim = t, lim
 
 
+def _threads(g: Group) -> int:
+    return _native.threads(sum(lay.param.numel() for lay in g.layers))
+
+
 def _group_view(g: Group, m: Tensor) -> tuple[_native.GroupView, list[object]]:
     st = g.fast
     assert st is not None
@@ -154,8 +165,8 @@ def _group_view(g: Group, m: Tensor) -> tuple[_native.GroupView, list[object]]:
         if lay.weff is None or lay.weff.shape != lay.param.shape:
             lay.weff = torch.empty_like(lay.param, memory_format=torch.contiguous_format)
         weffs.append(lay.weff)
-    return _native.view(st.offsets, st.sizes, [lay.param for lay in g.layers], weffs,
-                        g.solver_costs, g.v, m)
+    return _native.view(st.offsets, st.geom, [lay.param for lay in g.layers], weffs,
+                        g.solver_costs, g.v, m, _threads(g))
 
 
 def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bool) -> bool:
@@ -165,7 +176,7 @@ def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bo
         return False
     if method == "spartan" and (g.m is None or not math.isfinite(st.u)):
         return False
-    threads = _native.threads(g.n)
+    threads = _threads(g)
     cap = st.slots(g.n, threads)
     view, keep = _group_view(g, g.m if method == "spartan" and g.m is not None else g.v)
     res = torch.empty(5, dtype=torch.float64)
@@ -277,7 +288,8 @@ def backward(g: Group, st: FastState, weights: tuple[Tensor, ...], grads: tuple[
     assert lib is not None
     gs = [gr.to(torch.float32).contiguous() for gr in grads]
     outs = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
-    view, keep = _native.view(st.offsets, st.sizes, list(weights), outs, g.solver_costs, g.v, m)
+    view, keep = _native.view(st.offsets, st.geom, list(weights), outs, g.solver_costs, g.v, m,
+                              _threads(g))
     gp = _native.pointers(gs)
     lam = lib.sp_grad_dot(ctypes.byref(view), gp) / max(s, 1e-30)
     lib.sp_grad(ctypes.byref(view), gp, _native.pointers(outs), beta, lam)

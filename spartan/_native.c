@@ -16,12 +16,19 @@
 #define KERNEL static inline __attribute__((always_inline)) void
 #define COSTS(c, j) ((c) ? (c)[j] : 1.f)
 
+/* A layer's weight seen as a matrix of rows x stride floats (out x in kh kw): item j is a tile
+ * of `rows` rows by `width` contiguous floats, per_row tiles to a row of tiles. A weight per item
+ * is 1 x 1; a conv kernel 1 x kh kw; an R x C block R x C kh kw. */
+typedef struct {
+  int64_t rows, width, per_row, stride;
+} geom_t;
+
 typedef struct {
   int64_t n;         /* items in the group */
   int64_t nl;        /* layers */
   int64_t nt;        /* threads */
   const int64_t *off; /* nl + 1 offsets of the layers in the flat buffers */
-  const int64_t *size; /* weights per item, per layer: 1, or kh x kw for a conv's kernels */
+  const geom_t *geom; /* where each layer's items lie in its weight */
   float *const *w;   /* each layer's weight */
   float *const *weff; /* each layer's forward weight */
   const float *c;    /* costs, or NULL for unit costs */
@@ -90,26 +97,81 @@ KERNEL scan_run(int64_t k, const float *restrict w, const float *restrict c,
   acc[4] += d1;
 }
 
-/* Items of K > 1 contiguous weights (a conv kernel per output x input channel): the value is
- * the sum of |w| over the item; the per-item work is scalar, the per-weight work a short loop. */
-static inline float item_abs(const float *restrict w, int64_t K) {
+/* Items of more than one weight (conv kernels, blocks): per-item work is scalar, the tile's a
+ * short loop over contiguous runs. `j` counts items within the layer, `w` is the layer's. */
+/* Walks the items of a layer from item j0 on: `at` is the current item's first weight. One
+ * division per run of items, not per item (a 64-bit division costs tens of cycles). */
+typedef struct {
+  int64_t at, col;
+  const geom_t *q;
+} walk_t;
+
+static inline walk_t walk_from(const geom_t *q, int64_t j0) {
+  int64_t row = j0 / q->per_row, col = j0 % q->per_row;
+  return (walk_t){row * q->rows * q->stride + col * q->width, col, q};
+}
+
+static inline void walk_next(walk_t *it) {
+  it->at += it->q->width;
+  if (++it->col == it->q->per_row) { /* on to the next row of tiles */
+    it->col = 0;
+    it->at += (it->q->rows - 1) * it->q->stride + it->q->stride - it->q->per_row * it->q->width;
+  }
+}
+
+/* Sums over a tile. Tiles 16 or more wide add rows into 16 lanes and reduce once per tile, so
+ * a row costs one vector operation, not a reduction. */
+#define LANES 16
+
+static inline float item_abs(const float *restrict w, const geom_t *q) {
   float a = 0;
-  for (int64_t q = 0; q < K; q++) a += fabsf(w[q]);
+  if (q->width < LANES) {
+    for (int64_t r = 0; r < q->rows; r++)
+      for (int64_t p = 0; p < q->width; p++) a += fabsf(w[r * q->stride + p]);
+    return a;
+  }
+  for (int64_t p0 = 0; p0 < q->width; p0 += LANES) {
+    float lane[LANES] = {0};
+    int64_t n = q->width - p0 < LANES ? q->width - p0 : LANES;
+    for (int64_t r = 0; r < q->rows; r++) {
+      const float *restrict row = w + r * q->stride + p0;
+      if (n == LANES) {
+#pragma omp simd
+        for (int64_t p = 0; p < LANES; p++) lane[p] += fabsf(row[p]);
+      } else {
+        for (int64_t p = 0; p < n; p++) lane[p] += fabsf(row[p]);
+      }
+    }
+    for (int64_t p = 0; p < LANES; p++) a += lane[p];
+  }
   return a;
 }
 
-KERNEL scan_items(int64_t k, int64_t K, const float *restrict w, const float *restrict c,
-                  const float *restrict m, float lo, float hi, double acc[5], int64_t base,
-                  cand_t *mine, int64_t cap, int64_t *kept) {
-  for (int64_t j = 0; j < k; j++) {
-    float ci = COSTS(c, j), a = item_abs(w + j * K, K), x = a / ci;
+static inline int single(const geom_t *q) { return q->rows == 1 && q->width == 1; }
+
+static inline void tile_scale(const float *restrict w, float *restrict out, float k,
+                              const geom_t *q) {
+  for (int64_t r = 0; r < q->rows; r++) {
+    const float *restrict wr = w + r * q->stride;
+    float *restrict orow = out + r * q->stride;
+#pragma omp simd
+    for (int64_t p = 0; p < q->width; p++) orow[p] = wr[p] * k;
+  }
+}
+
+KERNEL scan_items(int64_t j0, int64_t k, const geom_t *q, const float *restrict w,
+                  const float *restrict c, const float *restrict m, float lo, float hi,
+                  double acc[5], int64_t at, cand_t *mine, int64_t cap, int64_t *kept) {
+  walk_t it = walk_from(q, j0);
+  for (int64_t j = 0; j < k; j++, walk_next(&it)) {
+    float ci = COSTS(c, j), a = item_abs(w + it.at, q), x = a / ci;
     acc[0] += a;
     acc[4] += ci * m[j] * (1.f - m[j]) * x;
     if (x > hi) {
       acc[1] += ci;
     } else if (x >= lo) {
       acc[2] += ci;
-      if (*kept < cap) mine[*kept] = (cand_t){x, ci, base + j};
+      if (*kept < cap) mine[*kept] = (cand_t){x, ci, at + j};
       (*kept)++;
     }
   }
@@ -120,11 +182,17 @@ KERNEL scan_items(int64_t k, int64_t K, const float *restrict w, const float *re
 void sp_values(const group_t *g) {
 #pragma omp parallel num_threads(g->nt)
   for (int64_t l = 0; l < g->nl; l++) {
-    int64_t base = g->off[l], len = g->off[l + 1] - base, K = g->size[l];
+    int64_t base = g->off[l], len = g->off[l + 1] - base;
+    const geom_t *q = &g->geom[l];
     const float *restrict w = g->w[l];
     float *restrict v = g->v + base;
+    int64_t runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
-    for (int64_t j = 0; j < len; j++) v[j] = item_abs(w + j * K, K);
+    for (int64_t r = 0; r < runs; r++) {
+      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a;
+      walk_t it = walk_from(q, a);
+      for (int64_t j = a; j < a + k; j++, walk_next(&it)) v[j] = item_abs(w + it.at, q);
+    }
   }
 }
 
@@ -150,9 +218,10 @@ void sp_scan(const group_t *g, float lo, float hi, cand_t *cand, int64_t cap, in
       int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < runs; r++) {
-        int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a, K = g->size[l];
-        if (K > 1)
-          scan_items(k, K, g->w[l] + a * K, g->c ? g->c + at : NULL, g->m + at, lo, hi, acc, at,
+        int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a;
+        const geom_t *q = &g->geom[l];
+        if (!single(q))
+          scan_items(a, k, q, g->w[l], g->c ? g->c + at : NULL, g->m + at, lo, hi, acc, at,
                      cand + tid * cap, cap, &kept);
         else if (g->c)
           scan_run(k, g->w[l] + a, g->c + at, g->m + at, lo, hi, acc, at, cand + tid * cap, cap,
@@ -249,18 +318,21 @@ KERNEL soft_run(int64_t k, const float *restrict w, const float *restrict c,
   acc[4] += d0;
 }
 
-KERNEL soft_items(int64_t k, int64_t K, const float *restrict w, const float *restrict c,
-                  float *restrict v, float *restrict m, float *restrict weff, float beta,
-                  float u1, float u2, float t, int64_t tie, float acc[5]) {
-  for (int64_t j = 0; j < k; j++) {
-    float ci = COSTS(c, j), a = item_abs(w + j * K, K), x = a / ci, z = beta * x - u1 - u2;
+KERNEL soft_items(int64_t j0, int64_t k, const geom_t *q, const float *restrict w,
+                  const float *restrict c, float *restrict v, float *restrict m,
+                  float *restrict weff, float beta, float u1, float u2, float t, int64_t tie,
+                  float acc[5]) {
+  walk_t it = walk_from(q, j0);
+  for (int64_t j = 0; j < k; j++, walk_next(&it)) {
+    int64_t o = it.at;
+    float ci = COSTS(c, j), a = item_abs(w + o, q), x = a / ci, z = beta * x - u1 - u2;
     acc[2] = z < acc[2] ? z : acc[2];
     acc[3] = z > acc[3] ? z : acc[3];
     float mi = sigmoid(z), cmm = ci * mi * (1.f - mi);
     float keep = (x > t || (x == t && j < tie)) ? mi : 0.f;
     v[j] = a;
     m[j] = mi;
-    for (int64_t q = 0; q < K; q++) weff[j * K + q] = w[j * K + q] * keep;
+    tile_scale(w + o, weff + o, keep, q);
     acc[0] += ci * mi;
     acc[1] += cmm;
     acc[4] += cmm * x;
@@ -284,11 +356,12 @@ void sp_soft(const group_t *g, float beta, float u1, float u2, float t, int64_t 
       int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < runs; r++) {
-        int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a, K = g->size[l];
+        int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a;
+        const geom_t *q = &g->geom[l];
         acc[0] = acc[1] = acc[4] = 0;
-        if (K > 1)
-          soft_items(k, K, g->w[l] + a * K, g->c ? g->c + at : NULL, g->v + at, g->m + at,
-                     g->weff[l] + a * K, beta, u1, u2, t, lim - at, acc);
+        if (!single(q))
+          soft_items(a, k, q, g->w[l], g->c ? g->c + at : NULL, g->v + at, g->m + at,
+                     g->weff[l], beta, u1, u2, t, lim - at, acc);
         else if (g->c)
           soft_run(k, g->w[l] + a, g->c + at, g->v + at, g->m + at, g->weff[l] + a, beta, u1,
                    u2, t, lim - at, acc);
@@ -325,13 +398,16 @@ KERNEL hard_run(int64_t k, const float *restrict w, const float *restrict c,
     if (v[j] / COSTS(c, j) == t) weff[j] = w[j];
 }
 
-KERNEL hard_items(int64_t k, int64_t K, const float *restrict w, const float *restrict c,
-                  float *restrict v, float *restrict weff, float t, int64_t tie) {
-  for (int64_t j = 0; j < k; j++) {
-    float a = item_abs(w + j * K, K), x = a / COSTS(c, j);
+KERNEL hard_items(int64_t j0, int64_t k, const geom_t *q, const float *restrict w,
+                  const float *restrict c, float *restrict v, float *restrict weff, float t,
+                  int64_t tie) {
+  walk_t it = walk_from(q, j0);
+  for (int64_t j = 0; j < k; j++, walk_next(&it)) {
+    int64_t o = it.at;
+    float a = item_abs(w + o, q), x = a / COSTS(c, j);
     float keep = (x > t || (x == t && j < tie)) ? 1.f : 0.f;
     v[j] = a;
-    for (int64_t q = 0; q < K; q++) weff[j * K + q] = w[j * K + q] * keep;
+    tile_scale(w + o, weff + o, keep, q);
   }
 }
 
@@ -343,10 +419,11 @@ void sp_hard(const group_t *g, float t, int64_t lim) {
     int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < runs; r++) {
-      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a, K = g->size[l];
-      if (K > 1)
-        hard_items(k, K, g->w[l] + a * K, g->c ? g->c + at : NULL, g->v + at,
-                   g->weff[l] + a * K, t, lim - at);
+      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a;
+      const geom_t *q = &g->geom[l];
+      if (!single(q))
+        hard_items(a, k, q, g->w[l], g->c ? g->c + at : NULL, g->v + at, g->weff[l], t,
+                   lim - at);
       else if (g->c)
         hard_run(k, g->w[l] + a, g->c + at, g->v + at, g->weff[l] + a, t, lim - at);
       else
@@ -363,12 +440,37 @@ KERNEL dot_run(int64_t k, const float *restrict gr, const float *restrict w,
   *acc += f;
 }
 
-KERNEL dot_items(int64_t k, int64_t K, const float *restrict gr, const float *restrict w,
-                 const float *restrict m, double *acc) {
-  for (int64_t j = 0; j < k; j++) {
-    float gw = 0;
-    for (int64_t q = 0; q < K; q++) gw += gr[j * K + q] * w[j * K + q];
-    *acc += gw * m[j] * (1.f - m[j]);
+static inline float item_dot(const float *restrict a, const float *restrict b,
+                             const geom_t *q) {
+  float s = 0;
+  if (q->width < LANES) {
+    for (int64_t r = 0; r < q->rows; r++)
+      for (int64_t p = 0; p < q->width; p++) s += a[r * q->stride + p] * b[r * q->stride + p];
+    return s;
+  }
+  for (int64_t p0 = 0; p0 < q->width; p0 += LANES) {
+    float lane[LANES] = {0};
+    int64_t n = q->width - p0 < LANES ? q->width - p0 : LANES;
+    for (int64_t r = 0; r < q->rows; r++) {
+      const float *restrict x = a + r * q->stride + p0, *restrict y = b + r * q->stride + p0;
+      if (n == LANES) {
+#pragma omp simd
+        for (int64_t p = 0; p < LANES; p++) lane[p] += x[p] * y[p];
+      } else {
+        for (int64_t p = 0; p < n; p++) lane[p] += x[p] * y[p];
+      }
+    }
+    for (int64_t p = 0; p < LANES; p++) s += lane[p];
+  }
+  return s;
+}
+
+KERNEL dot_items(int64_t j0, int64_t k, const geom_t *q, const float *restrict gr,
+                 const float *restrict w, const float *restrict m, double *acc) {
+  walk_t it = walk_from(q, j0);
+  for (int64_t j = 0; j < k; j++, walk_next(&it)) {
+    int64_t o = it.at;
+    *acc += item_dot(gr + o, w + o, q) * m[j] * (1.f - m[j]);
   }
 }
 
@@ -380,9 +482,10 @@ double sp_grad_dot(const group_t *g, float *const *grad) {
     int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < runs; r++) {
-      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, K = g->size[l];
-      if (K > 1)
-        dot_items(k, K, grad[l] + a * K, g->w[l] + a * K, g->m + base + a, &total);
+      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a;
+      const geom_t *q = &g->geom[l];
+      if (!single(q))
+        dot_items(a, k, q, grad[l], g->w[l], g->m + base + a, &total);
       else
         dot_run(k, grad[l] + a, g->w[l] + a, g->m + base + a, &total);
     }
@@ -401,16 +504,21 @@ KERNEL grad_run(int64_t k, const float *restrict gr, const float *restrict w,
 }
 
 /* Items: dL/dw = G m + sign(w) beta m (1 - m) (sum_item(G w) / c - lam), per item. */
-KERNEL grad_items(int64_t k, int64_t K, const float *restrict gr, const float *restrict w,
-                  const float *restrict c, const float *restrict m, float *restrict o,
-                  float beta, float lam) {
-  for (int64_t j = 0; j < k; j++) {
-    float gw = 0;
-    for (int64_t q = 0; q < K; q++) gw += gr[j * K + q] * w[j * K + q];
-    float d = beta * m[j] * (1.f - m[j]) * (gw / COSTS(c, j) - lam);
-    for (int64_t q = 0; q < K; q++) {
-      float wq = w[j * K + q], sg = wq > 0.f ? 1.f : (wq < 0.f ? -1.f : 0.f);
-      o[j * K + q] = gr[j * K + q] * m[j] + sg * d;
+KERNEL grad_items(int64_t j0, int64_t k, const geom_t *q, const float *restrict gr,
+                  const float *restrict w, const float *restrict c, const float *restrict m,
+                  float *restrict out, float beta, float lam) {
+  walk_t it = walk_from(q, j0);
+  for (int64_t j = 0; j < k; j++, walk_next(&it)) {
+    int64_t o = it.at;
+    float d = beta * m[j] * (1.f - m[j]) * (item_dot(gr + o, w + o, q) / COSTS(c, j) - lam);
+    for (int64_t r = 0; r < q->rows; r++) {
+      const float *restrict wr = w + o + r * q->stride, *restrict gq = gr + o + r * q->stride;
+      float *restrict orow = out + o + r * q->stride;
+#pragma omp simd
+      for (int64_t p = 0; p < q->width; p++) {
+        float sg = wr[p] > 0.f ? 1.f : (wr[p] < 0.f ? -1.f : 0.f);
+        orow[p] = gq[p] * m[j] + sg * d;
+      }
     }
   }
 }
@@ -423,10 +531,11 @@ void sp_grad(const group_t *g, float *const *grad, float *const *out, float beta
     int64_t base = g->off[l], len = g->off[l + 1] - base, runs = (len + RUN - 1) / RUN;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < runs; r++) {
-      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a, K = g->size[l];
-      if (K > 1)
-        grad_items(k, K, grad[l] + a * K, g->w[l] + a * K, g->c ? g->c + at : NULL, g->m + at,
-                   out[l] + a * K, beta, lam);
+      int64_t a = r * RUN, k = a + RUN < len ? RUN : len - a, at = base + a;
+      const geom_t *q = &g->geom[l];
+      if (!single(q))
+        grad_items(a, k, q, grad[l], g->w[l], g->c ? g->c + at : NULL, g->m + at, out[l], beta,
+                   lam);
       else if (g->c)
         grad_run(k, grad[l] + a, g->w[l] + a, g->c + at, g->m + at, out[l] + a, beta, lam);
       else

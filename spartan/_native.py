@@ -33,7 +33,7 @@ _i64, _f32, _f64, _ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes
 class GroupView(ctypes.Structure):
     """Mirror of the C group_t: pointers into one budget group's tensors."""
 
-    _fields_ = [("n", _i64), ("nl", _i64), ("nt", _i64), ("off", _ptr), ("size", _ptr),
+    _fields_ = [("n", _i64), ("nl", _i64), ("nt", _i64), ("off", _ptr), ("geom", _ptr),
                 ("w", _ptr), ("weff", _ptr), ("c", _ptr), ("v", _ptr), ("m", _ptr)]
 
 
@@ -132,22 +132,23 @@ def reset() -> None:
     _state.clear()
 
 
-def threads(n: int) -> int:
-    """Threads for a pass over n items: torch's, or one below ~64K items, where waking the
+def threads(weights: int) -> int:
+    """Threads for a pass over this many weights: torch's, or one below ~64K, where waking the
     others costs more than the pass."""
-    return 1 if n < 1 << 16 else torch.get_num_threads()
+    return 1 if weights < 1 << 16 else torch.get_num_threads()
 
 
 def pointers(tensors: list[Tensor]) -> ctypes.Array[ctypes.c_void_p]:
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
 
-def view(offsets: Tensor, sizes: Tensor, weights: list[Tensor], weffs: list[Tensor],
-         c: Tensor | None, v: Tensor, m: Tensor) -> tuple[GroupView, list[object]]:
-    """A GroupView of the tensors (offsets: the layers' first items, then n; sizes: weights per
-    item of each layer), and the ctypes arrays it points into (keep them alive)."""
+def view(offsets: Tensor, geom: Tensor, weights: list[Tensor], weffs: list[Tensor],
+         c: Tensor | None, v: Tensor, m: Tensor, nt: int) -> tuple[GroupView, list[object]]:
+    """A GroupView of the tensors (offsets: the layers' first items, then n; geom: each layer's
+    item tiles, int64 (layers, 4); nt threads, as sized for sp_scan's candidate slots), and the
+    ctypes arrays it points into (keep them alive)."""
     w, we = pointers(weights), pointers(weffs)
-    g = GroupView(v.numel(), len(weights), threads(v.numel()), offsets.data_ptr(),
-                  sizes.data_ptr(), ctypes.addressof(w), ctypes.addressof(we),
+    g = GroupView(v.numel(), len(weights), nt, offsets.data_ptr(),
+                  geom.data_ptr(), ctypes.addressof(w), ctypes.addressof(we),
                   0 if c is None else c.data_ptr(), v.data_ptr(), m.data_ptr())
     return g, [w, we]
