@@ -103,11 +103,11 @@ def _sync(device: torch.device) -> None:
 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparse: bool,
-             amp: bool) -> Callable[[], None]:
+             amp: bool, block: tuple[int, int] = (1, 1)) -> Callable[[], None]:
     sp = None
     if sparse:
         # No warmup and no finetune: every timed step runs the full soft-mask update.
-        cfg = SparsifierConfig(budget=0.1, warmup_frac=0.0, finetune_frac=0.0)
+        cfg = SparsifierConfig(budget=0.1, block=block, warmup_frac=0.0, finetune_frac=0.0)
         sp = Sparsifier(model, cfg, total_steps=10**9)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -131,7 +131,8 @@ def _fused(on: bool) -> None:
 
 
 def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], classes: int,
-            device: torch.device, steps: int, amp: bool = False) -> dict:
+            device: torch.device, steps: int, amp: bool = False,
+            block: tuple[int, int] = (1, 1)) -> dict:
     """Median dense and sparse step times, one dense and one sparse step alternating."""
     torch.manual_seed(0)
     x = torch.randn(*shape, device=device)
@@ -140,12 +141,12 @@ def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], c
     sparse_model = build().to(device)
     sparse_model.load_state_dict(dense_model.state_dict())
     runs = {"dense": _step_fn(dense_model, x, y, False, amp),
-            "sparse": _step_fn(sparse_model, x, y, True, amp)}
+            "sparse": _step_fn(sparse_model, x, y, True, amp, block)}
     if device.type == "cpu":  # the same sparse step without the fused CPU passes
         torch_model = build().to(device)
         torch_model.load_state_dict(dense_model.state_dict())
         _fused(False)
-        runs["sparse_torch_path"] = _step_fn(torch_model, x, y, True, amp)
+        runs["sparse_torch_path"] = _step_fn(torch_model, x, y, True, amp, block)
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     for kind, fn in runs.items():  # warm up allocator, kernels and the solver's warm start
@@ -169,6 +170,7 @@ def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], c
     med = {k: {kind: statistics.median(v) for kind, v in d.items()}
            for k, d in (("wall", wall), ("cpu", cpu))}
     out = {"model": name, "device": device.type, "masked_weights": weights, "batch": shape[0],
+           "block": list(block),
            "amp_bf16": amp, "dense_ms": round(1e3 * med["wall"]["dense"], 3),
            "sparse_ms": round(1e3 * med["wall"]["sparse"], 3),
            "ratio": round(med["wall"]["sparse"] / med["wall"]["dense"], 4),
@@ -225,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         measure("mlp", mlp, (64, 784), 10, cpu, steps=10 if args.quick else 300),
         # Beyond the target's batch 64: the mask's cost is per step, the dense work per example.
         measure("mlp", mlp, (256, 784), 10, cpu, steps=5 if args.quick else 150),
+        measure("mlp", mlp, (64, 784), 10, cpu, steps=5 if args.quick else 150, block=(16, 16)),
         measure("resnet_small", resnet_small, (64, 3, 32, 32), 10, cpu,
                 steps=3 if args.quick else 40),
     ]
