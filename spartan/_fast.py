@@ -43,6 +43,7 @@ class FastState:
 
     offsets: Tensor  # int64, the layers' starts in the flat buffers, then n
     geom: Tensor  # int64 (layers, 4): where each layer's items lie (see _geometry)
+    weights: int  # weights in the group (the passes' thread count follows it)
     t: float = math.nan  # ratio of the first dropped item (knapsack order)
     lim: int = -1  # its index: items at ratio t below it are kept
     delta: float = math.nan  # half-width of the bracket around t
@@ -93,7 +94,8 @@ def eligible(g: Group, method: str) -> bool:
 
 def _new_state(g: Group) -> FastState:
     return FastState(torch.tensor([*[lay.start for lay in g.layers], g.n]),
-                     torch.tensor([_geometry(lay) for lay in g.layers], dtype=torch.int64))
+                     torch.tensor([_geometry(lay) for lay in g.layers], dtype=torch.int64),
+                     sum(lay.param.numel() for lay in g.layers))
 
 
 def seed(g: Group, method: str) -> None:
@@ -153,10 +155,6 @@ def _move(st: FastState, t: float, lim: int, hit: bool, count: int = 0,
     st.t, st.lim = t, lim
 
 
-def _threads(g: Group) -> int:
-    return _native.threads(sum(lay.param.numel() for lay in g.layers))
-
-
 def _group_view(g: Group, m: Tensor) -> tuple[_native.GroupView, list[object]]:
     st = g.fast
     assert st is not None
@@ -166,7 +164,7 @@ def _group_view(g: Group, m: Tensor) -> tuple[_native.GroupView, list[object]]:
             lay.weff = torch.empty_like(lay.param, memory_format=torch.contiguous_format)
         weffs.append(lay.weff)
     return _native.view(st.offsets, st.geom, [lay.param for lay in g.layers], weffs,
-                        g.solver_costs, g.v, m, _threads(g))
+                        g.solver_costs, g.v, m, _native.threads(st.weights))
 
 
 def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bool) -> bool:
@@ -176,7 +174,7 @@ def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bo
         return False
     if method == "spartan" and (g.m is None or not math.isfinite(st.u)):
         return False
-    threads = _threads(g)
+    threads = _native.threads(st.weights)
     cap = st.slots(g.n, threads)
     view, keep = _group_view(g, g.m if method == "spartan" and g.m is not None else g.v)
     res = torch.empty(5, dtype=torch.float64)
@@ -190,8 +188,7 @@ def update(g: Group, method: str, budget: float, beta_eff: float, scale_mean: bo
                    res.data_ptr())
         _move(st, res[0].item(), int(res[1].item()), True, int(st.cnt.sum()))
     else:
-        if g.stale:  # last step's h, from the values it was cut on
-            g.set_hard(hard_mask(g))
+        g.settle_h()
         lib.sp_values(ctypes.byref(view))  # as the passes sum them (torch may round otherwise)
         h = hard_threshold(g.v, g.solver_costs, budget)
         _move(st, *_first_dropped(g, h), hit=False, overflow=overflow > 0)
@@ -289,7 +286,7 @@ def backward(g: Group, st: FastState, weights: tuple[Tensor, ...], grads: tuple[
     gs = [gr.to(torch.float32).contiguous() for gr in grads]
     outs = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
     view, keep = _native.view(st.offsets, st.geom, list(weights), outs, g.solver_costs, g.v, m,
-                              _threads(g))
+                              _native.threads(st.weights))
     gp = _native.pointers(gs)
     lam = lib.sp_grad_dot(ctypes.byref(view), gp) / max(s, 1e-30)
     lib.sp_grad(ctypes.byref(view), gp, _native.pointers(outs), beta, lam)

@@ -108,16 +108,20 @@ class Group:
     @property
     def h(self) -> Tensor:
         """Hard mask (bool, one per block)."""
-        if self.stale:  # made when asked: the fused path's forward needs no h
-            self.set_hard(_fast.hard_mask(self))
+        self.settle_h()
         return self.h_
 
     @property
     def hf(self) -> Tensor:
         """h as 0/1 floats."""
+        self.settle_h()
+        return self.hf_
+
+    def settle_h(self) -> None:
+        """Make h after a fused step (whose forward needs none), from the values it was cut on:
+        before the values change."""
         if self.stale:
             self.set_hard(_fast.hard_mask(self))
-        return self.hf_
 
     @property
     def n(self) -> int:
@@ -131,8 +135,7 @@ class Group:
         return fraction * self.total_cost / self.c0
 
     def compute_values(self) -> None:
-        if self.stale:  # h is made from the values it was cut on
-            self.set_hard(_fast.hard_mask(self))
+        self.settle_h()
         for layer in self.layers:
             layer.values_into(self.v[layer.start:layer.stop])
 
@@ -155,10 +158,8 @@ class Group:
         budget = self.solver_budget(fraction)
         if _fast.update(self, method, budget, beta_eff, scale_mean):
             return
-        if self.stale:  # last step's h, made while the fused state is still at hand
-            self.set_hard(_fast.hard_mask(self))
-        fast, self.fast = self.fast, None  # the torch path below; seed() takes it back
         self.compute_values()
+        fast, self.fast = self.fast, None  # the torch path below; seed() takes it back
         if self.nm:
             update_nm(self, method, fraction, beta_eff, scale_mean)
             return
