@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     api_tokens: str | None = None
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # An .npz upload's members, decompressed, all together (a zip bomb stops here).
+    max_unpacked_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    # Bytes of uploads one tenant may keep (deleting uploads frees it).
+    tenant_quota_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
     # torch threads per worker process; 0 = leave one core to the API.
     worker_threads: int = Field(default=0, ge=0)
     progress_interval_s: float = Field(default=1.0, gt=0)

@@ -6,6 +6,7 @@ workers (or a worker and a cancel request) cannot both win.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def plausible_id(value: str) -> bool:
+    """Ids are ours (hex); anything else names nothing, and is never sent to the database
+    (PostgreSQL refuses NUL characters with an error, not an empty result)."""
+    return _ID.fullmatch(value) is not None
 
 
 def make_engine(url: str) -> Engine:
@@ -93,6 +103,8 @@ class JobStore:
         return job
 
     def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        if not plausible_id(job_id):
+            return None
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None or (tenant is not None and job.tenant != tenant):
@@ -222,6 +234,8 @@ class JobStore:
 
     def request_cancel(self, job_id: str, tenant: str | None = None) -> Job | None:
         """A queued job is cancelled at once; a running one when its worker next reports."""
+        if not plausible_id(job_id):
+            return None
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None or (tenant is not None and job.tenant != tenant):
@@ -301,6 +315,8 @@ class JobStore:
         return row
 
     def get_cost_model(self, model_id: str, tenant: str | None = None) -> CostModel | None:
+        if not plausible_id(model_id):
+            return None
         with self.session() as s:
             row = s.get(CostModel, model_id)
             if row is None or (tenant is not None and row.tenant != tenant):
@@ -332,15 +348,44 @@ class JobStore:
         return row
 
     def get_upload(self, upload_id: str, tenant: str | None = None) -> Upload | None:
+        if not plausible_id(upload_id):
+            return None
         with self.session() as s:
             row = s.get(Upload, upload_id)
             if row is None or (tenant is not None and row.tenant != tenant):
                 return None
             return row
 
-    def list_uploads(self, tenant: str | None = None) -> list[Upload]:
+    def list_uploads(
+        self, tenant: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Upload], int]:
         query = select(Upload)
         if tenant is not None:
             query = query.where(Upload.tenant == tenant)
         with self.session() as s:
-            return list(s.scalars(query.order_by(Upload.created_at.desc())).all())
+            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(
+                query.order_by(Upload.created_at.desc(), Upload.id).limit(limit).offset(offset)
+            ).all()
+            return list(rows), int(count)
+
+    def upload_bytes(self, tenant: str) -> int:
+        """What a tenant's uploads hold, for its quota."""
+        with self.session() as s:
+            return int(s.scalar(select(func.coalesce(func.sum(Upload.size), 0))
+                                .where(Upload.tenant == tenant)) or 0)
+
+    def upload_ids(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Upload.id)).all())
+
+    def delete_upload(self, upload_id: str, tenant: str | None = None) -> Upload | None:
+        """Remove the record (the caller removes the file); None when there is none."""
+        if not plausible_id(upload_id):
+            return None
+        with self.session() as s:
+            row = s.get(Upload, upload_id)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                return None
+            s.delete(row)
+            return row

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from jobs.settings import Settings, get_settings
+from jobs.uploads import clean_partial
 from service import errors, openapi
 from service.limits import MULTIPART_SLACK, BodyLimitMiddleware
 from service.routes import cost_models, dashboard, health, jobs, metrics, uploads
@@ -59,6 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resources.store  # noqa: B018 - creates or migrates the schema
         except Exception:
             log.exception("job store unavailable at startup; /readyz reports it")
+        else:
+            removed = clean_partial(resources.settings.uploads_dir, resources.store.upload_ids())
+            if removed:
+                log.warning("removed %d partial or orphaned upload files", len(removed))
         resources.celery  # noqa: B018
         yield
         resources.close()

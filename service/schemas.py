@@ -95,11 +95,12 @@ class ArtifactsPublic(BaseModel):
 
 
 class UploadPublic(BaseModel):
+    """An upload as lists show it: its tensors counted, not listed (GET one for them)."""
+
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [{
         "id": "9b1f0c2d3e4a5b6c7d8e9f0a1b2c3d4e", "filename": "train.npz", "kind": "npz",
         "size": 81234, "sha256": "ab12...", "created_at": "2025-01-01T12:00:00Z",
-        "tensors": {"x": {"dtype": "float32", "shape": [1000, 64]},
-                    "y": {"dtype": "int64", "shape": [1000]}},
+        "tensor_count": 2,
     }]})
 
     id: str
@@ -107,8 +108,30 @@ class UploadPublic(BaseModel):
     kind: Literal["safetensors", "npz"]
     size: int
     sha256: str
-    tensors: dict[str, Any] = Field(description="name -> {dtype, shape} of every tensor.")
     created_at: datetime
+    tensor_count: int = Field(description="How many tensors the file holds.")
+
+    @classmethod
+    def of(cls, row: Any) -> UploadPublic:
+        return cls(id=row.id, filename=row.filename, kind=row.kind, size=row.size,
+                   sha256=row.sha256, created_at=row.created_at,
+                   tensor_count=len(row.tensors or {}))
+
+
+class UploadDetail(UploadPublic):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "9b1f0c2d3e4a5b6c7d8e9f0a1b2c3d4e", "filename": "train.npz", "kind": "npz",
+        "size": 81234, "sha256": "ab12...", "created_at": "2025-01-01T12:00:00Z",
+        "tensor_count": 2,
+        "tensors": {"x": {"dtype": "float32", "shape": [1000, 64]},
+                    "y": {"dtype": "int64", "shape": [1000]}},
+    }]})
+
+    tensors: dict[str, Any] = Field(description="name -> {dtype, shape} of every tensor.")
+
+    @classmethod
+    def of(cls, row: Any) -> UploadDetail:
+        return cls(**UploadPublic.of(row).model_dump(), tensors=row.tensors or {})
 
 
 class UploadsPublic(BaseModel):

@@ -1,81 +1,117 @@
 """Uploads: tensor files (.safetensors weights, .npz/.safetensors data) that jobs refer to by id.
 
-Content is checked by jobs.uploads (headers and byte ranges; numpy with allow_pickle=False),
-never unpickled, and stored atomically as `{uploads_dir}/{id}.{kind}`.
+The body is streamed to a partial file in the uploads directory (service.upload_stream), in
+bounded memory and stopped at the size limit or the tenant's quota; the file is then checked
+by jobs.uploads (bounded headers, exact byte ranges, streamed decompression; never unpickled)
+and renamed to `{uploads_dir}/{id}.{kind}`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, UploadFile, status
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 
-from jobs.artifacts import write_atomic
 from jobs.store import new_id
-from jobs.uploads import UploadError, inspect, kind_of
+from jobs.uploads import Limits, UploadError, inspect_path, kind_of
 from service.deps import CurrentTenant, ResourcesDep, StoreDep
-from service.errors import field_error, not_found, responses
-from service.schemas import UploadPublic, UploadsPublic
+from service.errors import MAX_OFFSET, field_error, not_found, responses
+from service.schemas import UploadDetail, UploadPublic, UploadsPublic
+from service.state import Resources
+from service.upload_stream import FIELD, receive_file, too_large
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=responses(401))
-_CHUNK = 1 << 20
+
+_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "required": [FIELD], "properties": {
+        FIELD: {"type": "string", "format": "binary",
+                "description": "A .safetensors or .npz file (by its name)."}}},
+}}}}
 
 
-def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while chunk := upload.file.read(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                detail=f"upload is larger than the limit of {limit} bytes",
-            )
-        parts.append(chunk)
-    return b"".join(parts)
+def _limit(resources: Resources, used: int) -> tuple[int, str]:
+    """The most bytes this upload may have, and what to say beyond it."""
+    settings = resources.settings
+    left = settings.tenant_quota_bytes - used
+    if left < settings.max_upload_bytes:
+        return max(left, 0), (f"upload would exceed the tenant's quota of "
+                              f"{settings.tenant_quota_bytes} bytes ({used} bytes used; "
+                              f"delete uploads to free space)")
+    return settings.max_upload_bytes, (f"upload is larger than the limit of "
+                                       f"{settings.max_upload_bytes} bytes")
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=UploadPublic,
+    response_model=UploadDetail,
     responses=responses(400, 413, 422),
     summary="Upload a .safetensors or .npz file",
     description="Multipart form, field `file`. Weights for `model.weights` must be "
-    ".safetensors; data for `data.upload` needs tensors `x` and `y`. Pickles are refused.",
+    ".safetensors; data for `data.upload` needs tensors `x` and `y`. Pickles are refused. "
+    "Uploads count against the tenant's quota (413 beyond it).",
+    openapi_extra=_BODY,
 )
-def create_upload(
-    file: UploadFile, resources: ResourcesDep, store: StoreDep, tenant: CurrentTenant
-) -> UploadPublic:
-    # Shown back to users only: no path, no control characters, bounded length.
-    filename = "".join(c for c in Path(file.filename or "").name if c.isprintable())[:300]
+async def create_upload(
+    request: Request, resources: ResourcesDep, store: StoreDep, tenant: CurrentTenant
+) -> UploadDetail:
+    used = await run_in_threadpool(store.upload_bytes, tenant)
+    limit, message = _limit(resources, used)
+    uploads_dir = resources.settings.uploads_dir
+    received = await receive_file(request, uploads_dir, limit, message)
     try:
-        kind_of(filename)
-    except UploadError as exc:
-        raise field_error(["body", "file"], str(exc)) from None
-    data = _read_limited(file, resources.settings.max_upload_bytes)
-    try:
-        kind, tensors = inspect(filename, data)
-    except UploadError as exc:
-        raise field_error(["body", "file"], str(exc)) from None
-    upload_id = new_id()
-    write_atomic(resources.upload_path(upload_id, kind), data)
-    row = store.create_upload(tenant, filename, kind, len(data), hashlib.sha256(data).hexdigest(),
-                              tensors, upload_id=upload_id)
-    return UploadPublic.model_validate(row)
+        try:
+            kind_of(received.filename)
+            limits = Limits(max_unpacked_bytes=resources.settings.max_unpacked_bytes)
+            kind, tensors = await run_in_threadpool(
+                inspect_path, received.filename, received.path, limits)
+        except UploadError as exc:
+            raise field_error(["body", FIELD], str(exc)) from None
+        # Uploads racing each other were each under the quota when they began.
+        used = await run_in_threadpool(store.upload_bytes, tenant)
+        if used + received.size > resources.settings.tenant_quota_bytes:
+            raise too_large(_limit(resources, used)[1])
+        upload_id = new_id()
+        os.replace(received.path, resources.upload_path(upload_id, kind))
+    except BaseException:
+        received.path.unlink(missing_ok=True)
+        raise
+    row = await run_in_threadpool(store.create_upload, tenant, received.filename, kind,
+                                  received.size, received.sha256, tensors, upload_id)
+    return UploadDetail.of(row)
 
 
-@router.get("", response_model=UploadsPublic, summary="List uploads")
-def list_uploads(store: StoreDep, tenant: CurrentTenant) -> UploadsPublic:
-    rows = store.list_uploads(tenant)
-    return UploadsPublic(data=[UploadPublic.model_validate(r) for r in rows], count=len(rows))
+@router.get("", response_model=UploadsPublic, responses=responses(422), summary="List uploads")
+def list_uploads(
+    store: StoreDep,
+    tenant: CurrentTenant,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> UploadsPublic:
+    rows, count = store.list_uploads(tenant, limit, offset)
+    return UploadsPublic(data=[UploadPublic.of(r) for r in rows], count=count)
 
 
-@router.get("/{upload_id}", response_model=UploadPublic, responses=responses(404),
-            summary="Get an upload's description")
-def get_upload(upload_id: str, store: StoreDep, tenant: CurrentTenant) -> UploadPublic:
+@router.get("/{upload_id}", response_model=UploadDetail, responses=responses(404),
+            summary="Get an upload's description, with every tensor")
+def get_upload(upload_id: str, store: StoreDep, tenant: CurrentTenant) -> UploadDetail:
     row = store.get_upload(upload_id, tenant)
     if row is None:
         raise not_found("upload")
-    return UploadPublic.model_validate(row)
+    return UploadDetail.of(row)
+
+
+@router.delete("/{upload_id}", status_code=status.HTTP_204_NO_CONTENT,
+               response_class=Response, responses=responses(404),
+               summary="Delete an upload (frees its bytes from the tenant's quota)",
+               description="Jobs already queued that use it fail when they start.")
+def delete_upload(upload_id: str, resources: ResourcesDep, store: StoreDep,
+                  tenant: CurrentTenant) -> Response:
+    row = store.delete_upload(upload_id, tenant)
+    if row is None:
+        raise not_found("upload")
+    Path(resources.upload_path(row.id, row.kind)).unlink(missing_ok=True)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -156,4 +156,4 @@ def test_cost_models_and_uploads_are_per_tenant(store: JobStore) -> None:
     assert store.list_cost_models(tenant="t1")[1] == 1
     up = store.create_upload("t1", "x.npz", "npz", 10, "0" * 64, {"x": {}})
     assert store.get_upload(up.id, tenant="t2") is None
-    assert [u.id for u in store.list_uploads("t1")] == [up.id]
+    assert [u.id for u in store.list_uploads("t1")[0]] == [up.id]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from jobs.uploads import UploadError, inspect, kind_of, upload_path
+from jobs.uploads import Limits, UploadError, inspect, kind_of, upload_path
 
 
 def st_bytes(header: dict[str, Any], body: bytes) -> bytes:
@@ -96,3 +98,136 @@ def test_kinds_and_paths(tmp_path: Path) -> None:
     assert upload_path(tmp_path, "abc123", "npz") == tmp_path / "abc123.npz"
     with pytest.raises(UploadError):
         upload_path(tmp_path, "../etc", "npz")
+
+
+# --- bounded checks: declared sizes, exact arithmetic, tiling, nesting, zip bombs ---------
+
+def npy_member(shape: tuple[int, ...], descr: str = "<f4", data: bytes = b"") -> bytes:
+    """An .npy file whose header declares `shape`, followed by `data` (whatever its length)."""
+    from numpy.lib import format as npy_format
+
+    buf = io.BytesIO()
+    npy_format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
+                                            "shape": shape})
+    return buf.getvalue() + data
+
+
+def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def tensor(dtype: str, shape: list[Any], offsets: list[Any]) -> dict[str, Any]:
+    return {"dtype": dtype, "shape": shape, "data_offsets": offsets}
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    (zip_of({"x.npy": npy_member((2,), data=b"\0" * 8), "notes.txt": b"hi"}),
+     "'notes.txt' is not an .npy array"),
+    (zip_of({"x.npy": npy_member((30_000_000_000,))}), "declares 120000000000 bytes"),
+    (zip_of({"x.npy": npy_member((2**40, 2**40), data=b"\0" * 8)}),  # > int64 elements
+     "declares 4835703278458516698824704 bytes"),
+    (zip_of({"x.npy": npy_member((2,), descr="|O", data=b"\0" * 16)}), "without pickles"),
+    (zip_of({"x.npy": b"not an npy file at all"}), "not a readable .npy header"),
+    (zip_of({f"a{i}.npy": npy_member((0,)) for i in range(12)}), "at most 10 are allowed"),
+    (zip_of({"x.npy": npy_member((50_000,), data=b"\0" * 200_000)}), "unpack to 200128 bytes"),
+])
+def test_npz_checks_are_bounded(data: bytes, needle: str) -> None:
+    limits = Limits(max_tensors=10, max_unpacked_bytes=100_000)
+    with pytest.raises(UploadError, match=re.escape(needle)):
+        inspect("d.npz", data, limits)
+
+
+def test_npz_bomb_is_refused_without_inflating_it() -> None:
+    # 64 MiB of zeros in 64 KiB of zip, under a 16 MiB cap: refused from the declared sizes
+    # before anything is unpacked...
+    bomb = zip_of({"x.npy": npy_member((16 << 20,), data=bytes(64 << 20))})
+    assert len(bomb) < 200_000
+    with pytest.raises(UploadError, match="at most 16777216 are allowed"):
+        inspect("bomb.npz", bomb, Limits(max_unpacked_bytes=16 << 20))
+    # ... and when a member lies about its size, zipfile stops at the declared size and the
+    # checksum no longer matches.
+    honest = zip_of({"x.npy": npy_member((4,), data=bytes(16))}, zipfile.ZIP_STORED)
+    liar = honest.replace(struct.pack("<I", len(npy_member((4,))) + 16),
+                          struct.pack("<I", len(npy_member((4,))) + 8))
+    with pytest.raises(UploadError):
+        inspect("liar.npz", liar)
+
+
+def test_large_compressible_npz_is_accepted_chunk_by_chunk() -> None:
+    data = npz(x=np.zeros((4096, 1024), np.float32), y=np.zeros(4096, np.int64))  # 16 MiB
+    kind, tensors = inspect("d.npz", data)
+    assert tensors["x"] == {"dtype": "float32", "shape": [4096, 1024]}
+
+
+def test_npz_values_are_checked_across_chunks() -> None:
+    x = np.zeros((4096, 128), np.float32)  # 2 MiB: spans chunks
+    x[-1, -1] = np.nan
+    with pytest.raises(UploadError, match="NaN"):
+        inspect("d.npz", npz(x=x, y=np.zeros(4096, np.int64)))
+    y = np.zeros(4096, np.int64)
+    y[-1] = -3
+    with pytest.raises(UploadError, match=">= 0"):
+        inspect("d.npz", npz(x=np.zeros((4096, 2), np.float32), y=y))
+
+
+@pytest.mark.parametrize(("header", "body", "needle"), [
+    # shape whose element count overflows int64: exact arithmetic, never a wrap-around match
+    ({"x": tensor("F32", [2**62, 2**62, 4], [0, 0])}, b"", "do not match its shape"),
+    ({"x": tensor("F32", [True], [0, 4])}, b"\0" * 4, "shape must be a list"),
+    ({"x": tensor("F32", [1], [0, 4]), "y": tensor("F32", [1], [2, 6])}, b"\0" * 6,
+     "overlaps the previous tensor"),
+    ({"x": tensor("F32", [1], [0, 4]), "y": tensor("F32", [1], [8, 12])}, b"\0" * 12,
+     "leaves a gap"),
+    ({"x": tensor("F32", [1], [0, 4]), "y": tensor("F32", [1], [0, 4])}, b"\0" * 4,
+     "overlaps"),
+    ({"__metadata__": {"a": 1}, "x": tensor("F32", [1], [0, 4])}, b"\0" * 4,
+     "__metadata__ must map names to strings"),
+    ({f"t{i}": tensor("F32", [0], [0, 0]) for i in range(11)}, b"", "11 tensors; at most 10"),
+    ({"x": tensor("F32", [1] * 40, [0, 4])}, b"\0" * 4, "40 dimensions"),
+])
+def test_safetensors_checks_are_exact_and_bounded(header: dict[str, Any], body: bytes,
+                                                  needle: str) -> None:
+    with pytest.raises(UploadError, match=re.escape(needle)):
+        inspect("w.safetensors", st_bytes(header, body), Limits(max_tensors=10))
+
+
+def test_deeply_nested_safetensors_header_is_refused_unparsed() -> None:
+    raw = b'{"__metadata__": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b'}, "x": {}}'
+    data = struct.pack("<Q", len(raw)) + raw
+    with pytest.raises(UploadError, match="nested 100002 deep; at most 4"):
+        inspect("w.safetensors", data)
+    raw = (b'{"__metadata__": {"s": "[[[[[[\\"["}, '
+           b'"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}')
+    assert inspect("w.safetensors", struct.pack("<Q", len(raw)) + raw + bytes(4))  # in a string
+
+
+def test_safetensors_header_over_the_limit_is_refused_unparsed() -> None:
+    data = struct.pack("<Q", 9 << 20) + b" " * (9 << 20)
+    with pytest.raises(UploadError, match="over the limit"):
+        inspect("w.safetensors", data)
+
+
+def test_zero_size_tensors_share_an_offset() -> None:
+    header = {"e": tensor("F32", [0], [0, 0]), "x": tensor("F32", [1], [0, 4]),
+              "z": tensor("F32", [0, 3], [4, 4])}
+    assert set(inspect("w.safetensors", st_bytes(header, b"\0" * 4))[1]) == {"e", "x", "z"}
+
+
+def test_partial_and_orphaned_files_are_cleaned(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from jobs.uploads import clean_partial
+
+    old = time.time() - 3600
+    for name in (".part-abc", ".tmp-def", "orphan.npz", "kept.npz"):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (old, old))
+    (tmp_path / ".part-fresh").write_bytes(b"x")  # an upload in progress elsewhere
+    removed = clean_partial(tmp_path, {"kept"})
+    assert sorted(p.name for p in removed) == [".part-abc", ".tmp-def", "orphan.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".part-fresh", "kept.npz"]

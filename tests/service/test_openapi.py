@@ -11,7 +11,7 @@ ROUTES = {
     "/v1/jobs/{job_id}/artifacts": {"get"},
     "/v1/jobs/{job_id}/artifacts/{name}": {"get"},
     "/v1/uploads": {"get", "post"},
-    "/v1/uploads/{upload_id}": {"get"},
+    "/v1/uploads/{upload_id}": {"get", "delete"},
     "/v1/cost-models": {"get", "post"},
     "/v1/cost-models/{model_id}": {"get"},
     "/healthz": {"get"},

@@ -42,7 +42,9 @@ def test_safetensors_upload_is_checked_and_stored(client: TestClient, tmp_path: 
     assert stored.read_bytes() == WEIGHTS
     assert not [p for p in stored.parent.iterdir() if p.name.startswith(".tmp")]
     assert client.get(f"/v1/uploads/{body['id']}").json() == body
-    assert client.get("/v1/uploads").json() == {"data": [body], "count": 1}
+    listed = {k: v for k, v in body.items() if k != "tensors"}
+    assert body["tensor_count"] == 2
+    assert client.get("/v1/uploads").json() == {"data": [listed], "count": 1}
 
 
 def test_npz_upload_lists_its_arrays(client: TestClient) -> None:
@@ -146,3 +148,58 @@ def test_streamed_upload_over_the_limit_is_413(make_client: MakeClient) -> None:
                            headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     assert response.status_code == 413
     assert "limit" in response.json()["detail"]
+
+
+def test_uploads_are_paginated_summarised_and_deletable(make_client: MakeClient,
+                                                         tmp_path: Path) -> None:
+    client = make_client()
+    many = safetensors_bytes({f"t{i}": np.zeros(1, np.float32) for i in range(50)})
+    ids = [upload(client, f"w{i}.safetensors", many).json()["id"] for i in range(3)]
+    page = client.get("/v1/uploads", params={"limit": 2, "offset": 0}).json()
+    assert page["count"] == 3 and len(page["data"]) == 2
+    assert all("tensors" not in item and item["tensor_count"] == 50 for item in page["data"])
+    rest = client.get("/v1/uploads", params={"limit": 2, "offset": 2}).json()
+    assert {i["id"] for i in page["data"] + rest["data"]} == set(ids)
+    assert len(client.get(f"/v1/uploads/{ids[0]}").json()["tensors"]) == 50
+
+    assert client.delete(f"/v1/uploads/{ids[0]}").status_code == 204
+    assert not (tmp_path / "uploads" / f"{ids[0]}.safetensors").exists()
+    assert client.get(f"/v1/uploads/{ids[0]}").status_code == 404
+    assert client.delete(f"/v1/uploads/{ids[0]}").status_code == 404
+    assert client.get("/v1/uploads").json()["count"] == 2
+
+
+def test_uploads_are_deleted_only_by_their_tenant(make_client: MakeClient) -> None:
+    client = make_client(api_tokens="a:token-of-tenant-a,b:token-of-tenant-b")
+    as_a = {"Authorization": "Bearer token-of-tenant-a"}
+    as_b = {"Authorization": "Bearer token-of-tenant-b"}
+    up = client.post("/v1/uploads", headers=as_a,
+                     files={"file": ("w.safetensors", WEIGHTS, "application/octet-stream")})
+    upload_id = up.json()["id"]
+    assert client.delete(f"/v1/uploads/{upload_id}", headers=as_b).status_code == 404
+    assert client.get(f"/v1/uploads/{upload_id}", headers=as_a).status_code == 200
+    assert client.delete(f"/v1/uploads/{upload_id}", headers=as_a).status_code == 204
+
+
+def test_tenant_quota_counts_uploads_and_deleting_frees_it(make_client: MakeClient,
+                                                            tmp_path: Path) -> None:
+    client = make_client(tenant_quota_bytes=2 * len(WEIGHTS) + 10)
+    first = upload(client, "a.safetensors", WEIGHTS).json()["id"]
+    assert upload(client, "b.safetensors", WEIGHTS).status_code == 201
+    over = upload(client, "c.safetensors", WEIGHTS)
+    assert over.status_code == 413
+    assert "quota" in over.json()["detail"] and "delete uploads" in over.json()["detail"]
+    assert not [p for p in (tmp_path / "uploads").iterdir() if p.name.startswith(".")]
+    assert client.delete(f"/v1/uploads/{first}").status_code == 204
+    assert upload(client, "c.safetensors", WEIGHTS).status_code == 201
+
+
+def test_malformed_multipart_and_odd_ids_are_4xx(client: TestClient) -> None:
+    response = client.post("/v1/uploads", content=b"--x\r\nnonsense",
+                           headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code in (400, 422)
+    response = client.post("/v1/uploads", content=b"{}",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422 and locs(response) == [["body", "file"]]
+    assert client.get("/v1/uploads/a%00b").status_code == 404
+    assert client.delete("/v1/uploads/..%2F..").status_code == 404
