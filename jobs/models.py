@@ -82,3 +82,33 @@ class Upload(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     tensors: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Sweep(Base):
+    """Jobs of one base spec at several budgets; `points` lists them in order as
+    [{"budget", "method", "structure", "job_id"}]."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    budgets: Mapped[list[float]] = mapped_column(JSON)
+    points: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JobLog(Base):
+    """One log record a worker wrote while running a job (warnings, errors with traceback)."""
+
+    __tablename__ = "job_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    level: Mapped[str] = mapped_column(String(16))
+    logger: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, up
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.models import CostModel, Job, Upload, utcnow
+from jobs.store_extra import SweepsAndLogs
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("queued", "running", *TERMINAL)
@@ -68,7 +69,7 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-class JobStore:
+class JobStore(SweepsAndLogs):
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.engine = make_engine(url)
         if create:

@@ -1,4 +1,5 @@
-"""The `spartan` command: serve, worker, submit, status, download, profile, fit, demo.
+"""The `spartan` command: serve, worker, submit, status, list, cancel, logs, sweep, download,
+profile, fit, demo.
 
 Client commands take the API's URL from --url or SPARTAN_URL (default http://127.0.0.1:8000)
 and a token from SPARTAN_TOKEN. Commands that need torch import it inside the command only.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.settings import get_settings
+from service import commands
 from service.client import Client, ClientError
 from service.progress import JobBar
 
@@ -56,7 +58,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = _read_json(args.spec)
     with Client(args.url) as client:
         job = client.submit(spec)
-        print(f"job {job['id']} {job['status']} ({client.url}/v1/jobs/{job['id']})")
+        print(f"job {job['id']} {job['status']} ({client.page_url('jobs', job['id'])})")
         for warning in job.get("warnings") or []:
             print(f"warning: {warning}", file=sys.stderr)
         if not args.wait:
@@ -66,7 +68,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             job = client.wait(job["id"], bar.update)
         finally:
             bar.close()
+        url = client.page_url("jobs", job["id"])
     print(f"job {job['id']} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
+    print(f"job page: {url}")
     return 0 if job["status"] == "succeeded" else 1
 
 
@@ -156,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "print a job as JSON")
     p.add_argument("job_id")
     url_option(p)
+
+    commands.add_parsers(add, url_option, _floats)
 
     p = add("download", cmd_download, "download a job's artifacts")
     p.add_argument("job_id")

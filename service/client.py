@@ -73,6 +73,34 @@ class Client:
         job: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/cancel")
         return job
 
+    def jobs(self, status: str | None = None, limit: int = 50) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        page: dict[str, Any] = self.request("GET", "/v1/jobs", params=params)
+        return page
+
+    def logs(self, job_id: str, since: int = 0) -> dict[str, Any]:
+        page: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}/logs",
+                                            params={"since": since})
+        return page
+
+    def create_sweep(self, body: dict[str, Any]) -> dict[str, Any]:
+        sweep: dict[str, Any] = self.request("POST", "/v1/sweeps", json=body)
+        return sweep
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        sweep: dict[str, Any] = self.request("GET", f"/v1/sweeps/{sweep_id}")
+        return sweep
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        sweep: dict[str, Any] = self.request("POST", f"/v1/sweeps/{sweep_id}/cancel")
+        return sweep
+
+    def page_url(self, kind: str, item_id: str) -> str:
+        """The dashboard page of a job or a sweep."""
+        return f"{self.url}/{kind}/{item_id}"
+
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         page: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}/artifacts")
         return list(page["data"])
@@ -104,11 +132,22 @@ class Client:
     def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
              poll_s: float = 0.5, timeout_s: float | None = None) -> dict[str, Any]:
         """Poll until the job ends; unreachable API (a restart) is retried for 30 s."""
+        return self._wait(self.job, job_id, on_update, poll_s, timeout_s)
+
+    def wait_sweep(self, sweep_id: str,
+                   on_update: Callable[[dict[str, Any]], None] | None = None,
+                   poll_s: float = 1.0, timeout_s: float | None = None) -> dict[str, Any]:
+        """Poll until every point of the sweep has ended."""
+        return self._wait(self.sweep, sweep_id, on_update, poll_s, timeout_s)
+
+    def _wait(self, get: Callable[[str], dict[str, Any]], item_id: str,
+              on_update: Callable[[dict[str, Any]], None] | None, poll_s: float,
+              timeout_s: float | None) -> dict[str, Any]:
         start = time.monotonic()
         lost_since: float | None = None
         while True:
             try:
-                job = self.job(job_id)
+                job = get(item_id)
                 lost_since = None
             except ClientError as exc:
                 if exc.status is not None:
@@ -123,5 +162,5 @@ class Client:
             if job["status"] in TERMINAL:
                 return job
             if timeout_s is not None and time.monotonic() - start > timeout_s:
-                raise ClientError(f"job {job_id} still {job['status']} after {timeout_s} s")
+                raise ClientError(f"{item_id} still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)

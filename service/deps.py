@@ -17,6 +17,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from jobs.artifacts import ArtifactStore
+from jobs.results import ResultsCache
 from jobs.settings import Settings
 from jobs.store import JobStore
 from service.state import Resources
@@ -68,6 +69,10 @@ async def get_artifacts(resources: ResourcesDep) -> ArtifactStore:
     return resources.artifacts
 
 
+async def get_results(resources: ResourcesDep) -> ResultsCache:
+    return resources.results
+
+
 async def get_celery_app(resources: ResourcesDep) -> Celery:
     return resources.celery
 
@@ -76,6 +81,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 CeleryDep = Annotated[Celery, Depends(get_celery_app)]
+ResultsDep = Annotated[ResultsCache, Depends(get_results)]
 
 
 def tenant_for(tokens: dict[str, str], presented: str) -> str | None:

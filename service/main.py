@@ -16,7 +16,16 @@ from jobs.settings import Settings, get_settings
 from jobs.uploads import clean_partial
 from service import errors, openapi
 from service.limits import MULTIPART_SLACK, BodyLimitMiddleware
-from service.routes import cost_models, dashboard, health, jobs, metrics, uploads
+from service.routes import (
+    cost_models,
+    dashboard,
+    health,
+    jobs,
+    logs,
+    metrics,
+    sweeps,
+    uploads,
+)
 from service.state import Resources
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,8 @@ With `SPARTAN_API_TOKENS` set, every `/v1` route needs `Authorization: Bearer TO
 
 TAGS = [
     {"name": "jobs", "description": "Sparse-training jobs, their progress and artifacts."},
+    {"name": "sweeps", "description": "One spec at several budgets: the accuracy-latency "
+     "frontier."},
     {"name": "uploads", "description": "Initial weights and datasets (.safetensors, .npz)."},
     {"name": "cost models", "description": "Linear latency models fitted from profiles."},
     {"name": "health", "description": "Probes for orchestrators."},
@@ -79,6 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limit(resources.settings))
     errors.install(app)
     openapi.install(app, secured=bool(resources.settings.tokens()))
-    for module in (jobs, metrics, uploads, cost_models, health, dashboard):
+    for module in (jobs, metrics, logs, sweeps, uploads, cost_models, health, dashboard):
         app.include_router(module.router)
     return app

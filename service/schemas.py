@@ -69,10 +69,25 @@ class JobPublic(BaseModel):
     worker: str | None
     cancel_requested: bool
     spec: dict[str, Any] = Field(description="The submitted spec with its defaults filled in.")
+    results: JobResults | None = Field(
+        default=None, description="Once succeeded: accuracy and latency from its report.")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class JobResults(BaseModel):
+    """A finished job's headline figures, from its report (latencies in ms)."""
+
+    accuracy: float | None = Field(description="The sparse model's validation metric.")
+    dense_accuracy: float | None
+    measured_latency: float | None = Field(description="The exported model, on the worker.")
+    dense_latency: float | None
+    predicted_latency: float | None = Field(description="The cost model's, when it is one of "
+                                            "latency.")
+    latency_unit: str = "ms"
+    density: float | None
 
 
 class JobsPublic(BaseModel):
@@ -208,3 +223,84 @@ class CostModelsPublic(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class SweepPoint(BaseModel):
+    budget: float | None = Field(description="The point's budget (null for a dense point).")
+    method: str
+    structure: str | None
+    job_id: str
+    status: JobStatus
+    accuracy: float | None
+    measured_latency: float | None = Field(description="ms, the exported model on the worker.")
+    predicted_latency: float | None = Field(description="ms, from a latency cost model.")
+    pareto: bool = Field(description="On the frontier of max accuracy and min measured latency "
+                         "(only points with both figures can be).")
+    error: str | None = None
+
+
+class DenseReference(BaseModel):
+    accuracy: float | None
+    measured_latency: float | None
+    job_id: str | None = Field(description="The sweep's dense point, when it has one.")
+    source: str
+
+
+class SweepSummary(BaseModel):
+    id: str
+    name: str | None
+    status: JobStatus = Field(description="running while any point is queued or running.")
+    counts: dict[str, int] = Field(description="Points by status.")
+    budgets: list[float]
+    budget_kind: Literal["fraction", "budget_ms"]
+    cancel_requested: bool
+    created_at: datetime
+
+
+class SweepPublic(SweepSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "5e1f...", "name": "mlp-digits-frontier", "status": "succeeded",
+        "counts": {"succeeded": 2}, "budgets": [0.1, 0.3], "budget_kind": "fraction",
+        "cancel_requested": False, "created_at": "2025-01-01T12:00:00Z",
+        "spec": {"model": {"arch": "mlp"}}, "latency_unit": "ms",
+        "dense": {"accuracy": 0.97, "measured_latency": 0.21, "job_id": None,
+                  "source": "the points' reports"},
+        "points": [
+            {"budget": 0.1, "method": "spartan", "structure": None, "job_id": "3f2c...",
+             "status": "succeeded", "accuracy": 0.95, "measured_latency": 0.12,
+             "predicted_latency": None, "pareto": True, "error": None},
+            {"budget": 0.3, "method": "spartan", "structure": None, "job_id": "9a0b...",
+             "status": "succeeded", "accuracy": 0.97, "measured_latency": 0.16,
+             "predicted_latency": None, "pareto": True, "error": None}],
+    }]})
+
+    spec: dict[str, Any] = Field(description="The base spec, defaults filled in.")
+    latency_unit: str = "ms"
+    dense: DenseReference | None = Field(description="Where the dense model sits, if known.")
+    points: list[SweepPoint]
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepSummary]
+    count: int
+
+
+class LogRecordPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="Increases with each record; poll with since = the last one.")
+    attempt: int
+    created_at: datetime
+    level: str
+    logger: str
+    message: str = Field(description="The message, with its traceback for an error.")
+
+
+class LogsPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [
+        {"id": 7, "attempt": 1, "created_at": "2025-01-01T12:00:03Z", "level": "WARNING",
+         "logger": "worker.data", "message": "val_fraction leaves 3 examples per class"},
+    ], "count": 1}]})
+
+    data: list[LogRecordPublic]
+    count: int = Field(description="Records after `since` in all.")

@@ -13,6 +13,7 @@ from celery import Celery
 
 from jobs.artifacts import ArtifactStore
 from jobs.queue import make_celery
+from jobs.results import ResultsCache
 from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.uploads import upload_path
@@ -22,6 +23,7 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.artifacts = ArtifactStore(settings.artifacts_dir)
+        self.results = ResultsCache(self.artifacts)
         self._lock = threading.Lock()
         self._store: JobStore | None = None
         self._celery: Celery | None = None

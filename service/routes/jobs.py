@@ -13,12 +13,21 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse
 
 from jobs.artifacts import check_name
+from jobs.models import Job
 from jobs.queue import enqueue_job
+from jobs.results import ResultsCache
 from jobs.spec import JobSpec
 from jobs.store import JobStore
-from service.deps import ArtifactsDep, CeleryDep, CurrentTenant, StoreDep
+from service.deps import ArtifactsDep, CeleryDep, CurrentTenant, ResultsDep, StoreDep
 from service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
-from service.schemas import ArtifactPublic, ArtifactsPublic, JobPublic, JobsPublic, JobStatus
+from service.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
+    JobPublic,
+    JobResults,
+    JobsPublic,
+    JobStatus,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401))
@@ -48,6 +57,15 @@ def check_references(spec: JobSpec, store: JobStore, tenant: str) -> None:
             raise field_error(["body", "data", "upload"],
                               f"uploaded data needs tensors 'x' and 'y'; missing: "
                               f"{', '.join(missing)}")
+
+
+def public_job(job: Job, results: ResultsCache) -> JobPublic:
+    """The job as the API shows it, with its report's figures once it has succeeded."""
+    out = JobPublic.model_validate(job)
+    if job.status == "succeeded":
+        summary = results.get(job.id, job.finished_at)
+        out.results = JobResults.model_validate(summary) if summary else None
+    return out
 
 
 @router.post(
@@ -82,20 +100,22 @@ def submit_job(
 def list_jobs(
     store: StoreDep,
     tenant: CurrentTenant,
+    results: ResultsDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobsPublic:
     rows, count = store.list_jobs(tenant, status_, limit, offset)
-    return JobsPublic(data=[JobPublic.model_validate(r) for r in rows], count=count)
+    return JobsPublic(data=[public_job(r, results) for r in rows], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=responses(404), summary="Get a job")
-def get_job(job_id: str, store: StoreDep, tenant: CurrentTenant) -> JobPublic:
+def get_job(job_id: str, store: StoreDep, tenant: CurrentTenant, results: ResultsDep
+            ) -> JobPublic:
     job = store.get_job(job_id, tenant)
     if job is None:
         raise not_found("job")
-    return JobPublic.model_validate(job)
+    return public_job(job, results)
 
 
 @router.post(

@@ -130,3 +130,31 @@ def test_store_survives_an_api_restart(serve: Serve) -> None:
     assert {j["id"]: j["status"] for j in after["data"] if j["id"] in old} == old
     assert wait_for(client, job_id, timeout=90)["status"] == "succeeded"
 
+
+
+def test_sweep_end_to_end_through_the_cli(serve: Serve, tmp_path: Path) -> None:
+    """A sweep over two budgets plus a dense point, trained by the real worker: every point
+    gets its accuracy and measured latency, and the frontier is the one those figures give."""
+    from jobs.sweeps import pareto
+
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({**SPEC, "name": "e2e sweep"}))
+    swept = cli(serve, "sweep", str(spec_file), "--budgets", "0.05,0.3", "--methods",
+                "spartan,dense", "--wait", timeout=300)
+    assert swept.returncode == 0, swept.stdout + swept.stderr + serve.log_text()
+    sweep_id = swept.stdout.split()[1].rstrip(":")
+    assert serve.client is not None
+    sweep = serve.client.sweep(sweep_id)
+    assert sweep["status"] == "succeeded"
+    points = sweep["points"]
+    assert [(p["method"], p["budget"]) for p in points] == [
+        ("spartan", 0.05), ("spartan", 0.3), ("dense", None)]
+    for p in points:
+        assert 0.0 < p["accuracy"] <= 1.0 and p["measured_latency"] > 0, p
+    assert [p["pareto"] for p in points] == pareto(
+        [(p["accuracy"], p["measured_latency"]) for p in points])
+    assert any(p["pareto"] for p in points)
+    assert sweep["dense"]["job_id"] == points[2]["job_id"]
+    table = swept.stdout.splitlines()
+    assert table[1].split()[0] == "BUDGET"
+    assert table[2].split()[:3] == ["0.05", "spartan", "succeeded"]

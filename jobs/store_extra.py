@@ -1,0 +1,128 @@
+"""The job store's sweeps and job logs, kept apart from jobs/store.py's job life cycle.
+
+`JobStore` inherits these; they use only its `session()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from jobs.models import Job, JobLog, Sweep, utcnow
+
+# A job's log is bounded: this many records, then only errors (a failure's traceback comes
+# last) up to ERRORS_AFTER_LIMIT more; a record's message is cut to MESSAGE_CHARS.
+MAX_LOG_RECORDS = 1000
+ERRORS_AFTER_LIMIT = 50
+MESSAGE_CHARS = 16_000
+ERROR_LEVELS = ("ERROR", "CRITICAL")
+
+
+def _new_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+class SweepsAndLogs:
+    def session(self) -> AbstractContextManager[Session]:
+        raise NotImplementedError
+
+    # sweeps
+    def create_sweep(
+        self, tenant: str, name: str | None, spec: dict[str, Any], budgets: list[float],
+        points: Sequence[tuple[dict[str, Any], dict[str, Any], str, str | None, list[str]]],
+        sweep_id: str | None = None,
+    ) -> tuple[Sweep, list[Job]]:
+        """The sweep and one queued job per point (key, spec, queue, name, warnings), in one
+        transaction: a sweep never exists with only some of its jobs."""
+        now = utcnow()
+        sweep_id = sweep_id or _new_id()
+        jobs = [Job(id=_new_id(), tenant=tenant, name=job_name, status="queued", queue=queue,
+                    spec=job_spec, progress={"step": 0, "total_steps": None}, metrics={},
+                    warnings=warnings, attempts=0, cancel_requested=False, created_at=now,
+                    updated_at=now)
+                for _key, job_spec, queue, job_name, warnings in points]
+        keys = [{**point[0], "job_id": job.id} for point, job in zip(points, jobs, strict=True)]
+        sweep = Sweep(id=sweep_id, tenant=tenant, name=name, spec=spec, budgets=budgets,
+                      points=keys, cancel_requested=False, created_at=now)
+        with self.session() as s:
+            s.add(sweep)
+            s.add_all(jobs)
+        return sweep, jobs
+
+    def get_sweep(self, sweep_id: str, tenant: str | None = None) -> Sweep | None:
+        with self.session() as s:
+            row = s.get(Sweep, sweep_id)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                return None
+            return row
+
+    def list_sweeps(self, tenant: str | None = None, limit: int = 50, offset: int = 0
+                    ) -> tuple[list[Sweep], int]:
+        query = select(Sweep)
+        if tenant is not None:
+            query = query.where(Sweep.tenant == tenant)
+        with self.session() as s:
+            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(query.order_by(Sweep.created_at.desc(), Sweep.id)
+                             .limit(limit).offset(offset)).all()
+            return list(rows), int(count)
+
+    def mark_sweep_cancelled(self, sweep_id: str) -> None:
+        with self.session() as s:
+            row = s.get(Sweep, sweep_id)
+            if row is not None:
+                row.cancel_requested = True
+
+    def jobs_by_id(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The jobs of these ids, in one query per 500 (no tenant check: callers hold ids of
+        their own sweep)."""
+        out: dict[str, Job] = {}
+        with self.session() as s:
+            for start in range(0, len(job_ids), 500):
+                chunk = list(job_ids[start:start + 500])
+                out.update((j.id, j) for j in s.scalars(select(Job).where(Job.id.in_(chunk))))
+        return out
+
+    # job logs
+    def append_logs(self, job_id: str, attempt: int, records: Sequence[dict[str, Any]]) -> int:
+        """Store log records ({created_at, level, logger, message}) of a job within its bound;
+        returns how many were kept."""
+        if not records:
+            return 0
+        with self.session() as s:
+            have = s.scalar(select(func.count()).where(JobLog.job_id == job_id)) or 0
+            kept = 0
+            for record in records:
+                level = str(record.get("level", "INFO"))[:16]
+                if have >= MAX_LOG_RECORDS + ERRORS_AFTER_LIMIT:
+                    break
+                if have >= MAX_LOG_RECORDS and level not in ERROR_LEVELS:
+                    continue
+                message = str(record.get("message", ""))
+                if len(message) > MESSAGE_CHARS:
+                    cut = len(message) - MESSAGE_CHARS
+                    # The end of a traceback names the error: keep head and tail.
+                    message = (message[:MESSAGE_CHARS // 4] + f"\n[... {cut} characters cut]\n"
+                               + message[-(MESSAGE_CHARS * 3 // 4):])
+                s.add(JobLog(job_id=job_id, attempt=attempt,
+                             created_at=record.get("created_at") or utcnow(), level=level,
+                             logger=str(record.get("logger", ""))[:200],
+                             message=message.replace("\x00", "")))
+                have += 1
+                kept += 1
+            return kept
+
+    def job_logs(self, job_id: str, since: int = 0, limit: int = 1000
+                 ) -> tuple[list[JobLog], int]:
+        """Records with id > since, oldest first, and how many there are after `since`."""
+        query = select(JobLog).where(JobLog.job_id == job_id, JobLog.id > since)
+        with self.session() as s:
+            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(query.order_by(JobLog.id).limit(limit)).all()
+            return list(rows), int(count)
