@@ -108,6 +108,26 @@ def waiting_job_ids(app: Celery | None = None) -> set[str]:
     return {job_id for job_id in map(_job_id, messages) if job_id is not None}
 
 
+def queue_depths(app: Celery | None = None) -> dict[str, int]:
+    """Messages waiting in each queue (not yet delivered to a worker). Raises
+    NotImplementedError for a transport other than the filesystem queue and Redis."""
+    with (app or get_celery()).connection_for_read() as conn:
+        driver = conn.transport.driver_type
+        channel = conn.default_channel
+        if driver == "filesystem":
+            folder = Path(channel.data_folder_in)
+            return {q: sum(1 for _ in folder.glob(f"*.{q}.msg")) for q in QUEUES}
+        if driver == "redis":
+            with channel.client.pipeline() as pipe:
+                for queue in QUEUES:
+                    for pri in channel.priority_steps:
+                        pipe.llen(channel._q_for_pri(queue, pri))
+                lengths = iter(pipe.execute())
+            steps = len(channel.priority_steps)
+            return {q: sum(next(lengths) for _ in range(steps)) for q in QUEUES}
+        raise NotImplementedError(f"cannot count the messages of a {driver} broker")
+
+
 def _filesystem_messages(channel: Any) -> list[Any]:
     # One file per message, named "<ms>_<uuid>.<queue>.msg"; a taken one is moved away.
     names = {f"{queue}.msg" for queue in QUEUES}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import func, select
@@ -88,6 +89,24 @@ class SweepsAndLogs:
                 chunk = list(job_ids[start:start + 500])
                 out.update((j.id, j) for j in s.scalars(select(Job).where(Job.id.in_(chunk))))
         return out
+
+    # for /metrics
+    def job_counts(self) -> list[tuple[str, str, int]]:
+        """(status, queue, number of jobs) over all tenants."""
+        with self.session() as s:
+            rows = s.execute(select(Job.status, Job.queue, func.count())
+                             .group_by(Job.status, Job.queue)).all()
+            return [(status, queue, int(n)) for status, queue, n in rows]
+
+    def worker_heartbeats(self) -> dict[str, datetime]:
+        """The latest heartbeat of each worker running a job."""
+        with self.session() as s:
+            rows = s.execute(select(Job.worker, func.max(Job.heartbeat_at))
+                             .where(Job.status == "running", Job.worker.is_not(None))
+                             .group_by(Job.worker)).all()
+        # max() of a timezone-aware column comes back naive on SQLite: UTC either way.
+        return {str(w): (t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+                for w, t in rows if t is not None}
 
     # job logs
     def append_logs(self, job_id: str, attempt: int, records: Sequence[dict[str, Any]]) -> int:

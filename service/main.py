@@ -23,10 +23,12 @@ from service.routes import (
     jobs,
     logs,
     metrics,
+    prometheus,
     sweeps,
     uploads,
 )
 from service.state import Resources
+from service.telemetry import MetricsMiddleware, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.resources = resources
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limit(resources.settings))
+    app.state.telemetry = Telemetry(resources)
+    app.add_middleware(MetricsMiddleware, telemetry=app.state.telemetry)  # outermost: times all
     errors.install(app)
     openapi.install(app, secured=bool(resources.settings.tokens()))
-    for module in (jobs, metrics, logs, sweeps, uploads, cost_models, health, dashboard):
+    for module in (jobs, metrics, logs, sweeps, uploads, cost_models, health, prometheus,
+                   dashboard):
         app.include_router(module.router)
     return app
