@@ -258,12 +258,12 @@ def rebuild(g: Group) -> bool:
     return True
 
 
-_SAVED = ("t", "lim", "delta", "u", "beta", "f", "s", "d0", "c_total")
+SAVED = ("t", "lim", "delta", "u", "beta", "f", "s", "d0", "c_total")
 
 
 def state(g: Group) -> dict[str, float] | None:
     """The fused path's state for a checkpoint (None when it is off)."""
-    return None if g.fast is None else {k: getattr(g.fast, k) for k in _SAVED}
+    return None if g.fast is None else {k: getattr(g.fast, k) for k in SAVED}
 
 
 def restore(g: Group, saved: dict[str, float] | None, method: str) -> None:
@@ -272,7 +272,7 @@ def restore(g: Group, saved: dict[str, float] | None, method: str) -> None:
     if saved is None or not eligible(g, method):
         return
     st = _new_state(g)
-    for k in _SAVED:
+    for k in SAVED:
         setattr(st, k, int(saved[k]) if k == "lim" else float(saved[k]))
     g.fast = st
 

@@ -9,20 +9,24 @@ parametrize) whose value a forward pre-hook on the model prepares once per forwa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from spartan import _fast
+from spartan import distributed as _dist
 from spartan.allocation import group_fractions
 from spartan.build import Costs, build_groups, build_layers, nm_groups
 from spartan.config import SparsifierConfig
 from spartan.layout import block_numel
-from spartan.masking import MaskedWeights, beta_factor
+from spartan.masking import Group, MaskedWeights, beta_factor
 from spartan.report import LayerReport, SparsityReport
 from spartan.schedule import Schedule
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 _STATE_VERSION = 1
 
@@ -46,6 +50,11 @@ class Sparsifier:
     numbers), or a callable(name, param, grid) returning one; default: one per weight, so a
     block costs its number of weights. Create the optimiser after the Sparsifier or before it,
     but the same way when resuming (attaching changes the order of model.parameters()).
+
+    Under torch.distributed (initialised, more than one rank; or `process_group`), attach on
+    every rank before wrapping the model in DistributedDataParallel and call `step()` on every
+    rank: each step's masks are rank 0's, bit for bit (spartan.distributed says why and how).
+    FSDP-sharded models are refused.
     """
 
     def __init__(
@@ -54,9 +63,14 @@ class Sparsifier:
         config: SparsifierConfig,
         total_steps: int,
         costs: Costs = None,
+        *,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         if not isinstance(config, SparsifierConfig):
             raise ValueError(f"config must be a SparsifierConfig, got {type(config).__name__}")
+        _dist.refuse_sharded(model)
+        self._pg = _dist.available_group(process_group)
+        self.adopted = 0  # steps at which this rank's own masks differed from rank 0's
         self.model, self.config = model, config
         self.schedule = Schedule(config, total_steps)
         self._layers = build_layers(model, config, costs)
@@ -110,6 +124,8 @@ class Sparsifier:
                                         [g.total_cost for g in self._groups])
                 for g, f in zip(self._groups, fracs, strict=True):
                     g.update(cfg.method, f, beta, cfg.beta_scale == "mean")
+                if self._pg is not None:
+                    self._sync(0, adopt_step=False)
                 if self.schedule.frozen(t):
                     self._freeze()
         self._record_versions()
@@ -123,6 +139,59 @@ class Sparsifier:
                 g.rebuild()
         self._frozen = True
 
+    def broadcast(self, src: int = 0) -> None:
+        """Collective: every rank takes rank `src`'s step and masks (after `load_state_dict` on
+        that rank alone, say). The weights travel with the model (DistributedDataParallel
+        broadcasts rank 0's when it wraps the model). No-op without torch.distributed."""
+        self._check_live()
+        if self._pg is not None:
+            with torch.no_grad(), _no_autocast(self._layers[0].param):
+                self._sync(src, adopt_step=True)
+            self._record_versions()
+
+    def _sync(self, src: int, adopt_step: bool) -> None:
+        """Rank src's decision of this step on every rank (see spartan.distributed)."""
+        assert self._pg is not None
+        device = self._layers[0].param.device
+        mine = _dist.decide(self._step, self._frozen, self._groups, device)
+        theirs = _dist.exchange(mine, self._groups, self._pg, src)
+        step, frozen = theirs.header.tolist()
+        if adopt_step:
+            self._step, self._frozen = int(step), bool(frozen)
+        elif (int(step), bool(frozen)) != (self._step, self._frozen):
+            raise ValueError(f"this rank is at step {self._step}, rank {src} at {int(step)}: "
+                             "call Sparsifier.step() on every rank after each optimiser step")
+        rows = theirs.scalars.tolist()
+        changed = False
+        for i, g in enumerate(self._groups):
+            if _dist.differs(mine, theirs, i):
+                self._load_group(g, _dist.group_state(rows[i], theirs.masks[i], theirs.taus[i]))
+                changed = True
+        self.adopted += changed
+
+    def _load_group(self, g: Group, gs: Mapping[str, Any]) -> None:
+        """One group's masks from a state_dict entry (h None: the fused path's thresholds
+        decide it), its forward buffers rebuilt from the current weights."""
+        if gs["mode"] == "dense":
+            g.set_dense()
+            return
+        tau = gs["tau"]
+        g.mode, g.beta = gs["mode"], float(gs["beta"])
+        g.tau = tau.to(g.v.device, g.v.dtype) if isinstance(tau, Tensor) else tau
+        if gs["h"] is not None:
+            g.set_hard(gs["h"].to(device=g.v.device, dtype=torch.bool).reshape(-1).clone())
+        if gs.get("fused", True):
+            _fast.restore(g, gs.get("fast"), self.config.method)
+            if gs["h"] is None and g.fast is None:
+                raise ValueError("rank 0 used the fused CPU passes and this rank cannot (no C "
+                                 "compiler, or SPARTAN_NATIVE differs): set SPARTAN_NATIVE "
+                                 "alike on every rank")
+            g.rebuild()
+        else:  # the sender's buffers came from the torch path: the same here, bit for bit
+            g.fast = None
+            g.rebuild()
+            _fast.restore(g, gs.get("fast"), self.config.method)
+
     def _record_versions(self) -> None:
         for lay in self._layers:
             lay.version = lay.param._version
@@ -130,6 +199,12 @@ class Sparsifier:
     def _ensure_fresh(self) -> None:
         """Rebuild forward weights if a weight changed since the last step (e.g. loaded)."""
         for lay in self._layers:
+            if _original(lay.module, lay.attr) is not lay.param:
+                raise ValueError(
+                    f"{lay.name} was replaced after the Sparsifier was attached (FSDP's "
+                    "fully_shard does this): masks would follow the old tensor. Use "
+                    "DistributedDataParallel, or attach after such wrapping is undone "
+                    "(see docs/distributed.md)")
             if (lay.param.device, lay.param.dtype) != lay.layout:
                 raise ValueError(
                     f"{lay.name} moved to {lay.param.device}/{lay.param.dtype} after the "
@@ -251,14 +326,14 @@ class Sparsifier:
         self._step, self._frozen = int(state["step"]), bool(state["frozen"])
         with torch.no_grad(), _no_autocast(self._layers[0].param):
             for g, gs in zip(self._groups, state["groups"], strict=True):
-                if gs["mode"] == "dense":
-                    g.set_dense()
-                    continue
-                g.mode, g.tau, g.beta = gs["mode"], gs["tau"], float(gs["beta"])
-                g.set_hard(gs["h"].to(device=g.v.device, dtype=torch.bool).reshape(-1).clone())
-                _fast.restore(g, gs.get("fast"), self.config.method)
-                g.rebuild()
+                self._load_group(g, gs)
         self._record_versions()
+
+
+def _original(module: nn.Module, attr: str) -> object:
+    """The tensor a parametrized weight reads (None when it is no longer parametrized)."""
+    plist = getattr(getattr(module, "parametrizations", None), attr, None)
+    return getattr(plist, "original", None)
 
 
 def _restore_order(module: nn.Module, order: list[str]) -> None:
