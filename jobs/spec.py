@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from jobs import catalog
 
@@ -161,6 +168,32 @@ class TrainingSpec(_Strict):
         return data
 
 
+MAX_PROCESSES = 64
+
+
+class ResourcesSpec(_Strict):
+    """How many ranks train the job (torch.distributed data parallelism; docs/distributed.md)."""
+
+    processes: int = Field(
+        default=1, ge=1, le=MAX_PROCESSES,
+        description="Ranks on the worker that claims the job (one GPU each on the gpu queue). "
+        "training.batch_size is the global batch, split evenly across them, so it must be "
+        "divisible by processes.")
+    nodes: int = Field(
+        default=1, ge=1, le=MAX_PROCESSES,
+        description="Machines the ranks span; only 1 is supported (docs/distributed.md).")
+
+    @field_validator("nodes")
+    @classmethod
+    def _one_node(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                "nodes > 1 is not supported yet: a job's ranks run on the one worker that "
+                "claims it (see docs/distributed.md for the multi-node design); use nodes 1 "
+                "and up to that worker's processes")
+        return value
+
+
 class JobSpec(_Strict):
     """A sparse-training job. Only model, data, sparsity and training are usually given."""
 
@@ -185,9 +218,21 @@ class JobSpec(_Strict):
     sparsity: SparsitySpec = Field(default_factory=SparsitySpec)
     cost_model: CostSpec = Field(default_factory=CostSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     queue: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="'auto': gpu when training.device is 'cuda', else cpu."
     )
+
+    @field_validator("resources")
+    @classmethod
+    def _batch_splits(cls, value: ResourcesSpec, info: ValidationInfo) -> ResourcesSpec:
+        training = info.data.get("training")
+        if training is not None and training.batch_size % value.processes:
+            raise ValueError(
+                f"training.batch_size {training.batch_size} is the global batch, split evenly "
+                f"across resources.processes {value.processes} ranks: make it a multiple of "
+                f"{value.processes}")
+        return value
 
     def warnings(self) -> list[str]:
         """Known before training: layers whose shape the block does not divide (they fall back

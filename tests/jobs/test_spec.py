@@ -62,6 +62,9 @@ def test_contract_spec_gets_defaults() -> None:
     (with_("training", epochs=0), "epochs"),
     (with_("training", optimizer="lbfgs"), "optimizer"),
     (with_("training", device="tpu"), "device"),
+    (with_("resources", processes=3), "batch_size 64 is the global batch"),
+    (with_("resources", processes=65), "less than or equal to 64"),
+    (with_("resources", nodes=2), "nodes > 1 is not supported"),
 ])
 def test_invalid_specs_are_refused_naming_the_problem(spec: dict[str, Any], needle: str) -> None:
     assert needle in error_of(spec)
@@ -75,3 +78,10 @@ def test_warnings_name_layers_the_block_does_not_divide() -> None:
     teacher["sparsity"] = {"block": [4, 4]}
     names = [w.split("'")[1] for w in JobSpec.model_validate(teacher).warnings()]
     assert names == ["layers.0.weight", "head.weight"]  # dim 30 comes from the data kwargs
+
+
+def test_resources_default_to_one_process_and_split_the_batch() -> None:
+    assert JobSpec.model_validate(CONTRACT).resources.processes == 1
+    spec = JobSpec.model_validate({**with_("training", batch_size=96),
+                                   "resources": {"processes": 4}})
+    assert (spec.resources.processes, spec.resources.nodes) == (4, 1)

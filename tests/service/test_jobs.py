@@ -68,6 +68,9 @@ def test_block_that_does_not_divide_a_layer_is_a_warning(client: TestClient) -> 
         (spec(colour="red"), ["body", "colour"], ["Extra inputs"]),
         (spec(queue="tpu"), ["body", "queue"], ["cpu", "gpu"]),
         (spec(name="a\x00b"), ["body", "name"], ["NUL"]),
+        (spec(resources={"processes": 3}), ["body", "resources"], ["batch_size 64", "of 3"]),
+        (spec(resources={"nodes": 2}), ["body", "resources", "nodes"], ["not supported"]),
+        (spec(resources={"processes": 0}), ["body", "resources", "processes"], []),
     ],
 )
 def test_invalid_spec_is_422_naming_the_field(
