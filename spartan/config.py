@@ -19,6 +19,7 @@ METHODS = ("spartan", "dual_averaging", "imp")
 ALLOCATIONS = ("global", "uniform", "erk")
 SCHEDULES = ("linear", "cosine")
 BETA_SCALES = ("mean", "none")
+STRUCTURES = ("weights", "channels")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class SparsifierConfig:
     finetune_frac: last share of total_steps with masks frozen; only kept weights train.
     schedule: shape of both anneals, "linear" or "cosine".
     prefixes: train only these module / parameter names (see layout.maskable_weights).
+    structure: "weights" (weights or blocks of them are the items) or "channels" (whole
+        output channels, hidden units and attention heads, coupled where widths must agree;
+        see spartan.channels; needs example_inputs, global or uniform allocation, 1x1 block).
+    min_keep: with "channels", the fraction of each layer group's items always kept (at
+        least one). Default 0.1: deep enough for a 30%-of-dense latency budget on our models,
+        while no layer becomes a one-channel bottleneck that training cannot recover from.
     """
 
     method: Method = "spartan"
@@ -59,6 +66,8 @@ class SparsifierConfig:
     schedule: ScheduleKind = "linear"
     prefixes: tuple[str, ...] | None = None
     beta_scale: BetaScale = "mean"
+    structure: str = "weights"
+    min_keep: float = 0.1
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, METHODS)
@@ -86,6 +95,17 @@ class SparsifierConfig:
                 f"warmup_frac + finetune_frac must be <= 1, got "
                 f"{self.warmup_frac} + {self.finetune_frac}"
             )
+        _one_of("structure", self.structure, STRUCTURES)
+        if not 0.0 <= _number("min_keep", self.min_keep) <= 1.0:
+            raise ValueError(f"min_keep must be in [0, 1], got {self.min_keep!r}")
+        if self.structure == "channels":
+            if self.allocation not in ("global", "uniform"):
+                raise ValueError("structure 'channels' takes allocation global or uniform, "
+                                 f"got {self.allocation!r}")
+            if self.block != (1, 1):
+                raise ValueError(f"structure 'channels' has no blocks, got block {self.block}")
+            if self.prefixes is not None:
+                raise ValueError("structure 'channels' does not take prefixes")
         if self.prefixes is not None:
             prefixes = (self.prefixes,) if isinstance(self.prefixes, str) else tuple(self.prefixes)
             if not prefixes or not all(isinstance(p, str) and p for p in prefixes):

@@ -18,9 +18,11 @@ from torch import Tensor, nn
 
 from spartan.export import BuildModel, SparseModel, to_sparse
 from spartan.kernels import SparseConv2d, SparseLinear
+from spartan.shrink import PLAN_ATTR, apply_plan
 from spartan.sparse_attention import SparseMultiheadAttention
 
 FORMAT = "spartan-sparse/1"
+SHRUNK_FORMAT = "spartan-shrunk/1"  # a physically smaller model (spartan.shrink) and its plan
 
 
 def _sparse_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -55,10 +57,30 @@ def _payload(model: SparseModel) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def save_sparse(model: SparseModel, path: str | Path) -> None:
-    """Write a SparseModel as safetensors: sparse layers as CSR / BSR components."""
+    """Write a SparseModel as safetensors: sparse layers as CSR / BSR components (a shrunk
+    model, as save_shrunk)."""
     from safetensors.torch import save_file
 
+    if getattr(model.module, PLAN_ATTR, None) is not None:
+        save_shrunk(model.module, path, model.spec)
+        return
     tensors, meta = _payload(model)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def save_shrunk(model: nn.Module, path: str | Path, spec: dict[str, Any] | None = None) -> None:
+    """Write a model made by spartan.shrink as safetensors: its tensors (new shapes) and, in
+    the metadata, the plan that rebuilds it from the original architecture and that
+    architecture's spec ({arch, kwargs, input_shape, num_classes}) when known."""
+    from safetensors.torch import save_file
+
+    plan = getattr(model, PLAN_ATTR, None)
+    if plan is None:
+        raise ValueError("save_shrunk takes a model made by spartan.shrink")
+    meta = {"format": SHRUNK_FORMAT, "plan": json.dumps(plan)}
+    if spec is not None:
+        meta["model"] = json.dumps(spec)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -104,6 +126,12 @@ def load_sparse(path: str | Path, device: str | torch.device | None = None,
     input_shape, num_classes)` applied to the spec stored in the file (the service's is
     worker.models.build_model). The stored per-layer kernels are used as they are.
     """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        fmt = (f.metadata() or {}).get("format")
+    if fmt == SHRUNK_FORMAT:
+        return _load_shrunk(path, device, build_model, model)
     state, plan, spec = read_sparse(path)
     if model is None:
         if build_model is None or spec is None:
@@ -114,3 +142,30 @@ def load_sparse(path: str | Path, device: str | torch.device | None = None,
     model.load_state_dict(state, strict=True)
     kernels = {n: c["kernel"] for n, c in plan.items()}
     return to_sparse(model, kernels, device=device or "cpu", spec=spec)
+
+
+def _load_shrunk(path: str | Path, device: str | torch.device | None,
+                 build_model: BuildModel | None, model: nn.Module | None) -> SparseModel:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+    try:
+        plan = json.loads(meta["plan"])
+        spec = json.loads(meta["model"]) if "model" in meta else None
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: bad shrunk-model metadata ({exc})") from None
+    if model is None:
+        if build_model is None or spec is None:
+            raise ValueError("load_sparse needs model= or build_model= (and a file with a model "
+                             "spec), e.g. build_model=worker.models.build_model")
+        model = build_model(spec["arch"], spec.get("kwargs", {}), tuple(spec["input_shape"]),
+                            int(spec["num_classes"]))
+    apply_plan(model, plan)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: tensors do not fit the rebuilt model: {exc}") from None
+    model = model.to(device or "cpu").eval()
+    return SparseModel(model, {}, spec)

@@ -55,7 +55,17 @@ class Sparsifier:
     every rank before wrapping the model in DistributedDataParallel and call `step()` on every
     rank: each step's masks are rank 0's, bit for bit (spartan.distributed says why and how).
     FSDP-sharded models are refused.
+    With config.structure == "channels" this makes a spartan.channel_sparsifier.
+    ChannelSparsifier, which needs example_inputs and takes per-layer costs (see there).
     """
+
+    def __new__(cls, model: nn.Module, config: SparsifierConfig, *args: Any,
+                **kwargs: Any) -> Sparsifier:
+        if cls is Sparsifier and getattr(config, "structure", "weights") == "channels":
+            from spartan.channel_sparsifier import ChannelSparsifier
+
+            return super().__new__(ChannelSparsifier)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -65,6 +75,7 @@ class Sparsifier:
         costs: Costs = None,
         *,
         process_group: ProcessGroup | None = None,
+        example_inputs: Any = None,
     ) -> None:
         if not isinstance(config, SparsifierConfig):
             raise ValueError(f"config must be a SparsifierConfig, got {type(config).__name__}")

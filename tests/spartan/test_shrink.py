@@ -1,0 +1,185 @@
+"""spartan.shrink: physically smaller, same outputs; saved and rebuilt without pickle."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
+
+from jobs import catalog
+from spartan import Sparsifier, SparsifierConfig, load_sparse, save_shrunk, shrink
+from spartan.export import SparseModel
+from spartan.sparse_io import save_sparse
+from tests.spartan.channel_models import ConcatNet, GroupedNet, TinyDecoder
+from worker import models
+from worker.models import build_model
+
+SPECS = {
+    "mlp": {"arch": "mlp", "kwargs": {"hidden": [32, 24]}, "input_shape": [12],
+            "num_classes": 4},
+    "cnn": {"arch": "cnn", "kwargs": {"channels": [8, 16], "kernel": 3},
+            "input_shape": [1, 8, 8], "num_classes": 4},
+    "resnet": {"arch": "resnet", "kwargs": {"width": 4, "depth": 8}, "input_shape": [3, 8, 8],
+               "num_classes": 4},
+    "vit": {"arch": "vit", "kwargs": {"dim": 16, "depth": 2, "heads": 4, "mlp_ratio": 2,
+                                      "patch": 4}, "input_shape": [1, 8, 8], "num_classes": 4},
+}
+
+
+class CnnBn(nn.Module):
+    """A user model, built through an entry point: conv + BatchNorm + ReLU, then Linear."""
+
+    def __init__(self, input_shape: tuple[int, ...] = (3, 8, 8), num_classes: int = 4,
+                 width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(input_shape[0], width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, 32), nn.ReLU(),
+                                        nn.Linear(32, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class FakeEntryPoint:
+    def __init__(self, name: str, factory: Any) -> None:
+        self.name, self._factory = name, factory
+
+    def load(self) -> Any:
+        return self._factory
+
+
+@pytest.fixture
+def entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    eps = [FakeEntryPoint("cnnbn", CnnBn)]
+    monkeypatch.setattr(catalog, "entry_points", lambda group: eps if group ==
+                        catalog.MODEL_GROUP else [])
+    monkeypatch.setattr(models, "entry_points", lambda group: eps)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # 2 shared cores: more threads only contend
+
+
+def _built(name: str) -> tuple[nn.Module, Tensor]:
+    spec = SPECS[name]
+    model = build_model(spec["arch"], spec["kwargs"], tuple(spec["input_shape"]),
+                        spec["num_classes"])
+    return model, torch.randn(6, *spec["input_shape"])
+
+
+def _pruned(model: nn.Module, x: Tensor, method: str = "spartan") -> tuple[nn.Module, Tensor]:
+    """Train a few steps to 40% of the parameters; the masked model's eval outputs."""
+    config = SparsifierConfig(method=method, structure="channels", budget=0.4,
+                              warmup_frac=0.5, finetune_frac=0.2, min_keep=0.1)
+    s = Sparsifier(model, config, 6, example_inputs=x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(6):
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        s.step()
+    model.eval()
+    with torch.no_grad():
+        masked = model(x)
+    s.finalize()
+    return model, masked
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _check(model: nn.Module, masked: Tensor, x: Tensor) -> nn.Module:
+    small = shrink(model, x).eval()
+    with torch.no_grad():
+        out = small(x)
+    scale = masked.abs().max()
+    assert float((out - masked).abs().max() / scale) <= 1e-5
+    assert _params(small) < 0.75 * _params(model)
+    return small
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_builtins_shrink_to_the_masked_outputs(name: str) -> None:
+    model, x = _built(name)
+    model, masked = _pruned(model, x)
+    _check(model, masked, x)
+
+
+@pytest.mark.parametrize("make,x", [
+    (GroupedNet, torch.randn(4, 3, 6, 6)), (ConcatNet, torch.randn(4, 3, 6, 6)),
+    (TinyDecoder, torch.randn(4, 5, 6))], ids=["grouped-depthwise", "concat", "hf-attention"])
+@pytest.mark.parametrize("method", ["spartan", "imp"])
+def test_couplings_shrink_to_the_masked_outputs(make: Callable[[], nn.Module], x: Tensor,
+                                                method: str) -> None:
+    model, masked = _pruned(make(), x, method)
+    small = shrink(model, x).eval()
+    with torch.no_grad():
+        out = small(x)
+    assert float((out - masked).abs().max() / masked.abs().max()) <= 1e-5
+    assert _params(small) < _params(model)
+
+
+def test_vit_loses_heads() -> None:
+    model, x = _built("vit")
+    model, masked = _pruned(model, x)
+    small = _check(model, masked, x)
+    heads = [m.num_heads for m in small.modules() if hasattr(m, "q_proj")]
+    assert heads and min(heads) < 4
+
+
+def test_entry_point_model_round_trip(entry_point: None, tmp_path: Path) -> None:
+    spec = {"arch": "cnnbn", "kwargs": {"width": 8}, "input_shape": [3, 8, 8],
+            "num_classes": 4}
+    model = build_model("cnnbn", {"width": 8}, (3, 8, 8), 4)
+    x = torch.randn(5, 3, 8, 8)
+    model, masked = _pruned(model, x)
+    small = _check(model, masked, x)
+    path = tmp_path / "model.sparse.safetensors"
+    save_shrunk(small, path, spec)
+    loaded = load_sparse(path, build_model=build_model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["resnet", "vit"])
+def test_saved_without_pickle_and_rebuilt(name: str, tmp_path: Path) -> None:
+    model, x = _built(name)
+    model, _ = _pruned(model, x)
+    small = shrink(model, x).eval()
+    path = tmp_path / "model.sparse.safetensors"
+    save_sparse(SparseModel(small, {}, SPECS[name]), path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    assert meta["format"] == "spartan-shrunk/1"
+    assert json.loads(meta["model"]) == SPECS[name]
+    assert shapes == {k: tuple(v.shape) for k, v in small.state_dict().items()}
+    loaded = load_sparse(path, build_model=build_model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs model= or build_model="):
+        load_sparse(path)
+
+
+def test_a_plain_model_with_zero_columns_shrinks() -> None:
+    model, x = _built("mlp")
+    with torch.no_grad():
+        model.layers[1].weight[:, :20] = 0.0  # hidden units 0-19 of layers.0 are never read
+        ref = model(x)
+    small = shrink(model, x)
+    assert small.layers[0].out_features == 12 and small.layers[1].in_features == 12
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-6)
