@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from spartan import distributed as _dist
 from spartan.channel_costs import (
     LayerCost,
     check_costs,
@@ -47,7 +48,11 @@ from spartan.schedule import Schedule
 from spartan.sparsifier import Sparsifier
 from spartan.topk import hard_threshold, soft_mask_from_tau, solve_threshold
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 _STATE_VERSION = 1
+_MODES = ("dense", "soft", "ste", "hard")
 _FIX_ITERS = 4  # re-linearise and re-solve while the exact cost is over the budget
 
 
@@ -89,10 +94,14 @@ class ChannelSparsifier(Sparsifier):
     """The Sparsifier for structure="channels" (made by `Sparsifier(...)`; same lifecycle)."""
 
     def __init__(self, model: nn.Module, config: SparsifierConfig, total_steps: int,
-                 costs: Mapping[str, Any] | None = None, example_inputs: Any = None) -> None:
+                 costs: Mapping[str, Any] | None = None, *,
+                 process_group: ProcessGroup | None = None, example_inputs: Any = None) -> None:
         if example_inputs is None:
             raise ValueError("structure='channels' needs example_inputs (one input batch) to "
                              "trace the model")
+        _dist.refuse_sharded(model)
+        self._pg = _dist.available_group(process_group)
+        self.adopted = 0  # steps at which this rank's own masks differed from rank 0's
         self.model, self.config = model, config
         self.schedule = Schedule(config, total_steps)
         self.graph: ChannelGraph = trace_channels(model, example_inputs)
@@ -228,8 +237,13 @@ class ChannelSparsifier(Sparsifier):
 
     @property
     def weights(self) -> dict[str, nn.Parameter]:
-        """The main weight of each layer whose width changes, by module name."""
-        return {lay.name: lay.weight for lay in self.graph.layers.values()}  # type: ignore
+        """The main weight of each layer whose width changes, by parameter name."""
+        out = {}
+        for lay in self.graph.layers.values():
+            w = lay.weight
+            attr = next(n for n, p in lay.module.named_parameters() if p is w)
+            out[f"{lay.name}.{attr}" if lay.name else attr] = w
+        return out
 
     def step(self) -> None:
         """Call after each optimiser step: advances the schedules and updates the masks."""
@@ -250,8 +264,71 @@ class ChannelSparsifier(Sparsifier):
             else:
                 v = self.values().detach().double().cpu()
                 self._update(v, fraction, self.schedule.beta(t), freeze)
+            if self._pg is not None:
+                self._sync(0, adopt_step=False)
             if freeze:
                 self._freeze()
+
+    def broadcast(self, src: int = 0) -> None:
+        """Collective: every rank takes rank `src`'s step and masks. No-op without
+        torch.distributed."""
+        self._check_live()
+        if self._pg is not None:
+            self._sync(src, adopt_step=True)
+
+    def _decision(self) -> tuple[Tensor, Tensor]:
+        """(float64 [step, frozen, mode, c..., per budget group: has soft, tau, beta],
+        uint8 [h..., in a soft pool...]) of this rank."""
+        n = self.graph.n_items
+        pool = torch.zeros(n, dtype=torch.bool)
+        rows = []
+        for s in self._soft:
+            if s is None:
+                rows += [0.0, 0.0, 0.0]
+            else:
+                pool[s["free"]] = True
+                rows += [1.0, s["tau"], s["beta"]]
+        head = [float(self._step), float(self._frozen), float(_MODES.index(self._mode))]
+        floats = torch.cat([torch.tensor(head, dtype=torch.float64), self._c.double(),
+                            torch.tensor(rows, dtype=torch.float64)])
+        return floats, torch.cat([self._h, pool]).to(torch.uint8)
+
+    def _sync(self, src: int, adopt_step: bool) -> None:
+        """Rank src's masks on every rank: the knapsack and tau depend on sums whose last bits
+        differ between ranks (spartan.distributed), so rank src decides for all."""
+        import torch.distributed as dist
+
+        assert self._pg is not None
+        pg, n = self._pg, self.graph.n_items
+        root = dist.get_global_rank(pg, src)
+        floats, bits = self._decision()
+        mine = (floats.clone(), bits.clone())
+        dev = self.device if dist.get_backend(pg) == "nccl" else torch.device("cpu")
+        floats, bits = floats.to(dev), bits.to(dev)
+        dist.broadcast(floats, root, group=pg)
+        dist.broadcast(bits, root, group=pg)
+        floats, bits = floats.cpu(), bits.cpu()
+        step, frozen = int(floats[0]), bool(floats[1])
+        if adopt_step:
+            self._step, self._frozen = step, frozen
+        elif (step, frozen) != (self._step, self._frozen):
+            raise ValueError(f"this rank is at step {self._step}, rank {src} at {step}: call "
+                             "Sparsifier.step() on every rank after each optimiser step")
+        if torch.equal(floats.view(torch.int64), mine[0].view(torch.int64)) and \
+                torch.equal(bits, mine[1]):
+            return
+        self.adopted += 1
+        self._mode = _MODES[int(floats[2])]
+        self._c = floats[3:3 + n].clone()
+        self._h = bits[:n].bool().clone()
+        pool = bits[n:].bool()
+        rows = floats[3 + n:].view(-1, 3).tolist()
+        self._soft = []
+        for idx, (has, tau, beta) in zip(self._budget_groups, rows, strict=True):
+            free = idx[pool[idx]]
+            self._soft.append({"free": free, "c": self._c[free].float(), "tau": tau,
+                               "beta": beta} if has else None)
+        self._masks_now = None
 
     def _update(self, v: Tensor, fraction: float, beta: float, final: bool) -> None:
         cfg = self.config

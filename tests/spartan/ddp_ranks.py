@@ -72,7 +72,7 @@ def train_case(case: dict[str, Any], rank: int, world: int,
     x, y = digits()
     model = mlp(seed=rank)  # different on each rank: DDP's broadcast at wrapping must fix it
     config = SparsifierConfig(**{**PHASES, **case})
-    sp = Sparsifier(model, config, total_steps=STEPS)
+    sp = Sparsifier(model, config, total_steps=STEPS, example_inputs=x[:4])
     ddp = DDP(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
     local = GLOBAL_BATCH // world
@@ -91,7 +91,7 @@ def train_case(case: dict[str, Any], rank: int, world: int,
         if step == resume_at and saved is None:
             saved = (model.state_dict(), opt.state_dict(), sp.state_dict()) if rank == 0 else 0
             model = mlp(seed=100 + rank)
-            sp = Sparsifier(model, config, total_steps=STEPS)
+            sp = Sparsifier(model, config, total_steps=STEPS, example_inputs=x[:4])
             if rank == 0:
                 model.load_state_dict(saved[0])  # type: ignore[index]
                 sp.load_state_dict(saved[2])  # type: ignore[index]

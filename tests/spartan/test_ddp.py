@@ -27,6 +27,7 @@ CASES: list[dict[str, Any]] = [
     {"method": "imp"},
     {"method": "spartan", "block": (4, 4), "allocation": "erk"},
     {"method": "spartan", "allocation": "2:4"},
+    {"method": "spartan", "structure": "channels"},
 ]
 
 
@@ -54,7 +55,10 @@ def test_masks_identical_on_every_rank_at_every_step(
         assert per_rank[0]["adopted"] == 0  # rank 0 always keeps its own
         assert per_rank[0]["fingerprint"] == per_rank[1]["fingerprint"]
         budget = 0.5 if case.get("allocation") == "2:4" else 0.1
-        assert per_rank[0]["density"] == pytest.approx(budget, abs=0.02)
+        if case.get("structure") == "channels":  # the min_keep floors keep a little more
+            assert 0.05 <= per_rank[0]["density"] <= 0.15
+        else:
+            assert per_rank[0]["density"] == pytest.approx(budget, abs=0.02)
     # With 1 and 2 threads the ranks' sums differ in order, and so do their own soft-mask
     # thresholds: rank 1 took rank 0's decision at most warmup steps.
     assert straight[1][0]["adopted"] > 0
