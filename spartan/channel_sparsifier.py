@@ -243,7 +243,7 @@ class ChannelSparsifier(Sparsifier):
             w = lay.weight
             attr = next(n for n, p in lay.module.named_parameters() if p is w)
             out[f"{lay.name}.{attr}" if lay.name else attr] = w
-        return out
+        return out  # type: ignore[return-value]
 
     def step(self) -> None:
         """Call after each optimiser step: advances the schedules and updates the masks."""
