@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from jobs import catalog
+from jobs.fields import INT_MAX, FiniteFloat, JsonDict, Name, Prefix, Ref, Tag, Text
 
 ALLOWED_BLOCKS = {(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32)}
 
@@ -24,14 +25,14 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    arch: str = Field(
+    arch: Text = Field(
         default="mlp",
         description="Built-in architecture, 'torchvision:NAME', 'timm:NAME', or a factory "
         "registered under the 'spartan.models' entry-point group.",
         examples=["mlp"],
     )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of the factory.")
-    weights: str | None = Field(
+    kwargs: JsonDict = Field(default_factory=dict, description="Arguments of the factory.")
+    weights: Ref | None = Field(
         default=None, description="Id of an uploaded .safetensors file with initial weights."
     )
 
@@ -48,15 +49,15 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    dataset: str = Field(
+    dataset: Text = Field(
         default="digits",
         description="Built-in dataset, 'upload' (with upload=ID, an .npz/.safetensors holding x "
         "and y), or a factory under the 'spartan.datasets' entry-point group.",
         examples=["digits"],
     )
-    upload: str | None = Field(default=None, description="Upload id when dataset is 'upload'.")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    upload: Ref | None = Field(default=None, description="Upload id when dataset is 'upload'.")
+    kwargs: JsonDict = Field(default_factory=dict)
+    val_fraction: FiniteFloat = Field(default=0.2, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _known_dataset(self) -> DataSpec:
@@ -71,7 +72,7 @@ class DataSpec(_Strict):
 
 class SparsitySpec(_Strict):
     method: Literal["spartan", "dual_averaging", "imp", "dense"] = "spartan"
-    budget: float = Field(
+    budget: FiniteFloat = Field(
         default=0.1,
         gt=0.0,
         le=1.0,
@@ -79,20 +80,21 @@ class SparsitySpec(_Strict):
         "the default per-weight cost).",
     )
     block: tuple[int, int] = (1, 1)
-    allocation: str = Field(
+    allocation: Text = Field(
         default="global",
         description="'global' (one budget over all layers), 'uniform', 'erk', or 'N:M' "
         "(e.g. '2:4': N kept in every group of M along the input dimension; block 1x1).",
         examples=["global", "2:4"],
     )
-    prefixes: list[str] | None = Field(
-        default=None, description="Only parameters whose names start with one of these."
+    prefixes: list[Prefix] | None = Field(
+        default=None, max_length=256,
+        description="Only parameters whose names start with one of these.",
     )
     schedule: Literal["linear", "cosine"] = "linear"
-    beta_init: float = Field(default=1.0, gt=0.0)
-    beta_final: float = Field(default=20.0, gt=0.0)
-    warmup_frac: float = Field(default=0.2, ge=0.0, lt=1.0)
-    finetune_frac: float = Field(default=0.2, ge=0.0, lt=1.0)
+    beta_init: FiniteFloat = Field(default=1.0, gt=0.0)
+    beta_final: FiniteFloat = Field(default=20.0, gt=0.0)
+    warmup_frac: FiniteFloat = Field(default=0.2, ge=0.0, lt=1.0)
+    finetune_frac: FiniteFloat = Field(default=0.2, ge=0.0, lt=1.0)
 
     @field_validator("block")
     @classmethod
@@ -126,8 +128,8 @@ class SparsitySpec(_Strict):
 
 class CostSpec(_Strict):
     kind: Literal["params", "flops", "fitted"] = "params"
-    id: str | None = Field(default=None, description="Stored cost-model id when kind is 'fitted'.")
-    budget_ms: float | None = Field(
+    id: Ref | None = Field(default=None, description="Stored cost-model id when kind is 'fitted'.")
+    budget_ms: FiniteFloat | None = Field(
         default=None,
         gt=0.0,
         description="Latency budget in the cost model's unit; replaces sparsity.budget.",
@@ -148,16 +150,17 @@ class TrainingSpec(_Strict):
     epochs: int = Field(default=5, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(
+    lr: FiniteFloat = Field(
         default=5e-3, gt=0.0, le=10.0,
         description="Learning rate; when left out, 5e-3 for adamw and 5e-2 for sgd.",
     )
     lr_schedule: Literal["constant", "cosine"] = "cosine"
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    seed: int = Field(default=0, ge=0)
+    momentum: FiniteFloat = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: FiniteFloat = Field(default=0.0, ge=0.0, le=1e3)
+    seed: int = Field(default=0, ge=0, le=INT_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints.")
+    checkpoint_every: int = Field(default=200, ge=1, le=INT_MAX,
+                                  description="Steps between checkpoints.")
 
     @model_validator(mode="before")
     @classmethod
@@ -211,8 +214,8 @@ class JobSpec(_Strict):
         },
     )
 
-    name: str | None = Field(default=None, max_length=200)
-    tags: list[str] = Field(default_factory=list, max_length=32)
+    name: Name | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     sparsity: SparsitySpec = Field(default_factory=SparsitySpec)

@@ -19,6 +19,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.fields import bounded_warnings
 from jobs.models import CostModel, Job, Upload, utcnow
 from jobs.store_extra import SweepsAndLogs
 
@@ -96,7 +97,8 @@ class JobStore(SweepsAndLogs):
         now = utcnow()
         job = Job(
             id=new_id(), tenant=tenant, name=name, status="queued", queue=queue, spec=spec,
-            progress={"step": 0, "total_steps": None}, metrics={}, warnings=warnings or [],
+            progress={"step": 0, "total_steps": None}, metrics={},
+            warnings=bounded_warnings(warnings or []),
             attempts=0, cancel_requested=False, created_at=now, updated_at=now,
         )
         with self.session() as s:
@@ -253,6 +255,19 @@ class JobStore(SweepsAndLogs):
                                extra=(Job.status == "queued",))
             return s.get(Job, job_id, populate_existing=True)
 
+    def delete_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """Remove a finished job's record (the caller removes its artifacts). Returns the job
+        as it was; a job still queued or running is returned and kept."""
+        if not plausible_id(job_id):
+            return None
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or (tenant is not None and job.tenant != tenant):
+                return None
+            if job.status in TERMINAL:
+                s.delete(job)
+            return job
+
     def stale_jobs(self, timeout_s: float) -> list[Job]:
         """Running jobs whose worker has not reported for timeout_s seconds."""
         limit = utcnow() - timedelta(seconds=timeout_s)
@@ -299,7 +314,8 @@ class JobStore(SweepsAndLogs):
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued",
                        Job.updated_at == queued_since)
-                .values(warnings=[*(job.warnings or []), note], updated_at=utcnow())
+                .values(warnings=bounded_warnings([*(job.warnings or []), note]),
+                        updated_at=utcnow())
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             return bool(hit)

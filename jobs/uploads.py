@@ -30,6 +30,8 @@ from typing import IO, Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from jobs.fields import check_text
+
 SAFETENSORS_DTYPES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
@@ -40,6 +42,7 @@ NUMPY_DTYPES = {
     "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8",
 }
 CHUNK = 1 << 20
+MAX_NAME = 1000  # characters of a tensor's name
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EOCD = struct.Struct("<4s4H2LH")  # zip end-of-central-directory record
 _CENTRAL_ENTRY = 46  # bytes of a central directory entry before its name and extras
@@ -197,6 +200,12 @@ def inspect_safetensors_file(
     tensors: dict[str, Any] = {}
     ranges: list[tuple[int, int, str]] = []
     for name, info in entries:
+        try:
+            check_text(name)
+        except ValueError as exc:
+            raise UploadError(f"tensor {name!r}: its name {exc}") from None
+        if len(name) > MAX_NAME:
+            raise UploadError(f"tensor '{name[:50]}...': name longer than {MAX_NAME} characters")
         if not isinstance(info, dict):
             raise UploadError(f"tensor '{name}': entry must be an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")

@@ -7,11 +7,14 @@ import re
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.fields import sanitize
 from service.schemas import Error
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,14 @@ def install(app: FastAPI) -> None:
             if methods:
                 exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input back, which may be the very text or number
+        # that was refused (a lone surrogate, NaN): repaired so that the 422 itself can be sent.
+        detail = sanitize(jsonable_encoder(exc.errors()), [])
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            content={"detail": detail})
 
     @app.exception_handler(OperationalError)
     async def _store_down(request: Request, exc: OperationalError) -> JSONResponse:

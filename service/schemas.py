@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.fields import JsonDict, Name
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 _JOB_EXAMPLE: dict[str, Any] = {
@@ -192,8 +194,8 @@ class CostModelCreate(BaseModel):
                         {"nnz_blocks": 16384, "latency": 0.230}]}]},
     }]})
 
-    name: str | None = Field(default=None, max_length=200)
-    profile: dict[str, Any] = Field(
+    name: Name | None = None
+    profile: JsonDict = Field(
         description="The profile file `spartan profile` writes.",
         json_schema_extra=PROFILE_SCHEMA,
     )

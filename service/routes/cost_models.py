@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 
+from service import serialize
 from service.deps import CurrentTenant, StoreDep
 from service.errors import MAX_OFFSET, check_text, not_found, responses
 from service.schemas import CostModelCreate, CostModelDetail, CostModelPublic, CostModelsPublic
@@ -65,15 +66,15 @@ def list_cost_models(
     tenant: CurrentTenant,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> CostModelsPublic:
+) -> Response:
     rows, count = store.list_cost_models(tenant, limit, offset)
-    return CostModelsPublic(data=[CostModelPublic.model_validate(r) for r in rows], count=count)
+    return serialize.page(CostModelPublic, rows, count)
 
 
 @router.get("/{model_id}", response_model=CostModelDetail, responses=responses(404),
             summary="Get a cost model and the profile it was fitted from")
-def get_cost_model(model_id: str, store: StoreDep, tenant: CurrentTenant) -> CostModelDetail:
+def get_cost_model(model_id: str, store: StoreDep, tenant: CurrentTenant) -> Response:
     row = store.get_cost_model(model_id, tenant)
     if row is None:
         raise not_found("cost model")
-    return CostModelDetail.model_validate(row)
+    return serialize.one(CostModelDetail, row)

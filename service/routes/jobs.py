@@ -17,7 +17,8 @@ from jobs.models import Job
 from jobs.queue import enqueue_job
 from jobs.results import ResultsCache
 from jobs.spec import JobSpec
-from jobs.store import JobStore
+from jobs.store import TERMINAL, JobStore
+from service import serialize
 from service.deps import ArtifactsDep, CeleryDep, CurrentTenant, ResultsDep, StoreDep
 from service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
 from service.schemas import (
@@ -77,8 +78,8 @@ def public_job(job: Job, results: ResultsCache) -> JobPublic:
     summary="Submit a sparse-training job",
 )
 def submit_job(
-    spec: JobSpec, response: Response, store: StoreDep, celery: CeleryDep, tenant: CurrentTenant
-) -> JobPublic:
+    spec: JobSpec, store: StoreDep, celery: CeleryDep, tenant: CurrentTenant
+) -> Response:
     check_references(spec, store, tenant)
     job = store.create_job(tenant, spec.model_dump(mode="json"), spec.resolved_queue(),
                            spec.name, spec.warnings())
@@ -92,8 +93,8 @@ def submit_job(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=f"the job queue is unavailable ({exc}); job {job.id} was marked failed",
         ) from None
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobPublic.model_validate(job)
+    return serialize.one(JobPublic, job, status.HTTP_202_ACCEPTED,
+                         headers={"Location": f"/v1/jobs/{job.id}"})
 
 
 @router.get("", response_model=JobsPublic, responses=responses(422), summary="List jobs")
@@ -104,18 +105,38 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> JobsPublic:
+) -> Response:
     rows, count = store.list_jobs(tenant, status_, limit, offset)
-    return JobsPublic(data=[public_job(r, results) for r in rows], count=count)
+    return serialize.page(JobPublic, rows, count, lambda r: public_job(r, results))
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=responses(404), summary="Get a job")
 def get_job(job_id: str, store: StoreDep, tenant: CurrentTenant, results: ResultsDep
-            ) -> JobPublic:
+            ) -> Response:
     job = store.get_job(job_id, tenant)
     if job is None:
         raise not_found("job")
-    return public_job(job, results)
+    return serialize.one(JobPublic, job, build=lambda r: public_job(r, results))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=responses(404, 409),
+    summary="Delete a finished job and its artifacts",
+    description="Only succeeded, failed or cancelled jobs; cancel a queued or running one first.",
+)
+def delete_job(job_id: str, store: StoreDep, artifacts: ArtifactsDep,
+               tenant: CurrentTenant) -> Response:
+    job = store.delete_job(job_id, tenant)
+    if job is None:
+        raise not_found("job")
+    if job.status not in TERMINAL:
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT,
+                            detail=f"job is {job.status}: cancel it before deleting it")
+    artifacts.remove(job.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
@@ -127,14 +148,14 @@ def get_job(job_id: str, store: StoreDep, tenant: CurrentTenant, results: Result
     description="A queued job is cancelled at once; a running one stops within a few seconds, "
     "when its worker next reports. Cancelling a cancelled job is a no-op.",
 )
-def cancel_job(job_id: str, store: StoreDep, tenant: CurrentTenant) -> JobPublic:
+def cancel_job(job_id: str, store: StoreDep, tenant: CurrentTenant) -> Response:
     job = store.request_cancel(job_id, tenant)
     if job is None:
         raise not_found("job")
     if job.status in ("succeeded", "failed"):
         raise HTTPException(status_code=status.HTTP_409_CONFLICT,
                             detail=f"job already {job.status}")
-    return JobPublic.model_validate(job)
+    return serialize.one(JobPublic, job, status.HTTP_202_ACCEPTED)
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=responses(404),

@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 ROUTES = {
     "/v1/jobs": {"get", "post"},
-    "/v1/jobs/{job_id}": {"get"},
+    "/v1/jobs/{job_id}": {"get", "delete"},
     "/v1/jobs/{job_id}/cancel": {"post"},
     "/v1/jobs/{job_id}/artifacts": {"get"},
     "/v1/jobs/{job_id}/artifacts/{name}": {"get"},
