@@ -12,6 +12,7 @@ from importlib import import_module
 from typing import Any
 
 from costmodels.fit import LinearCostFitter, cross_val_mape, fit_profile, predict_latency
+from costmodels.fit_channels import BilinearCostFitter
 from costmodels.io import load_cost_model, load_profile, write_json_atomic
 from costmodels.plot import plot_fit
 from costmodels.schema import (
@@ -30,9 +31,15 @@ _LAZY = {
     "predict_cost": "costmodels.bridge",
     "params_cost_model": "costmodels.builtin",
     "flops_cost_model": "costmodels.builtin",
+    "channel_cost_model": "costmodels.builtin",
+    "profile_channels": "costmodels.structured",
+    "channel_costs": "costmodels.channel_bridge",
+    "channel_cost_split": "costmodels.channel_bridge",
+    "channel_budget_fraction": "costmodels.channel_bridge",
 }
 
 __all__ = [
+    "BilinearCostFitter",
     "CostModel",
     "LinearCostFitter",
     "Profile",

@@ -102,3 +102,19 @@ def flops_cost_model(model: nn.Module, example_input: Tensor,
         out[name] = {"intercept": 0.0, "slope": 2.0 * block_numel(p.shape, used) * pos,
                      "block": list(used), "r2": 1.0, "mape": 0.0, "shape": list(p.shape)}
     return _file("flops", out)
+
+
+def channel_cost_model(model: nn.Module, example_input: Tensor, kind: str = "params"
+                       ) -> dict[str, Any]:
+    """Built-in structured cost model (params or flops) of the layers whose channels can go:
+    per layer intercept 0, slope per input-output channel pair, slope_out per output channel
+    (spartan.channel_costs)."""
+    from spartan.channel_costs import cost_model_file
+    from spartan.channels import trace_channels
+
+    was_training = model.training
+    try:
+        graph = trace_channels(model, example_input)
+    finally:
+        model.train(was_training)
+    return cost_model_file(graph, kind)

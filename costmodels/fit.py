@@ -135,9 +135,14 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
     """Cost-model file dict (DESIGN.md) from a profile: per layer intercept, slope (ms per
     nonzero block), block, r2 (all samples) and mape (KFold cross-validated). Raises
     ProfileError for a bad profile."""
+    from costmodels import fit_channels
+
     prof = validate_profile(profile)
     layers: dict[str, Any] = {}
     for lay in prof.layers:
+        if (lay.model_extra or {}).get("structure") == "channels":
+            layers[lay.name] = fit_channels.fit_channel_layer(lay, robust, random_state)
+            continue
         x = np.array([s.nnz_blocks for s in lay.samples], dtype=np.float64)
         y = np.array([s.latency for s in lay.samples], dtype=np.float64)
         fitter = LinearCostFitter(robust=robust, random_state=random_state).fit(x, y)
@@ -160,6 +165,13 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
         out["machine"] = prof.machine
     if prof.overhead is not None:
         out["overhead"] = prof.overhead
+    extra = prof.model_extra or {}
+    if extra.get("structure") == "channels":
+        out["structure"] = "channels"
+        overhead, report = fit_channels.calibrate(layers, list(extra.get("calibration") or []),
+                                                  prof.overhead or 0.0)
+        if report:
+            out["overhead"], out["calibration"] = overhead, report
     excludes = (prof.model_extra or {}).get("overhead_excludes")
     if excludes:  # layers whose dense time the profiler took off the overhead
         out["overhead_excludes"] = list(excludes)

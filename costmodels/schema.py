@@ -109,7 +109,10 @@ class Profile(_Open):
 
 class CostLayer(_Open):
     intercept: float
-    slope: float
+    slope: float  # per nonzero block; structured: per connected input-output channel pair
+    slope_out: float | None = None  # structured: per kept output channel
+    slope_in: float | None = None  # structured: per kept input channel
+    structure: str | None = None  # "channels" for a structured layer
     block: tuple[int, int] = (1, 1)
     r2: float | None = None
     mape: float | None = None
@@ -134,6 +137,10 @@ class CostModel(_Open):
                 raise ProfileError(f"must be finite, got {lay.intercept}", name, "intercept")
             if not _finite(lay.slope) or lay.slope < 0:
                 raise ProfileError(f"must be finite and >= 0, got {lay.slope}", name, "slope")
+            for key in ("slope_out", "slope_in"):
+                value = getattr(lay, key)
+                if value is not None and (not _finite(value) or value < 0):
+                    raise ProfileError(f"must be finite and >= 0, got {value}", name, key)
             for key in ("r2", "mape"):
                 value = getattr(lay, key)
                 if value is not None and not _finite(value):
@@ -235,6 +242,8 @@ def validate_cost_model(data: dict[str, Any] | CostModel) -> CostModel:
         for lay in cm.layers.values():
             lay.intercept *= k
             lay.slope *= k
+            lay.slope_out = None if lay.slope_out is None else lay.slope_out * k
+            lay.slope_in = None if lay.slope_in is None else lay.slope_in * k
         cm.overhead = None if cm.overhead is None else cm.overhead * k
         cm.unit = "ms"
     return cm
