@@ -112,3 +112,16 @@ class JobLog(Base):
     level: Mapped[str] = mapped_column(String(16))
     logger: Mapped[str] = mapped_column(String(200))
     message: Mapped[str] = mapped_column(Text)
+
+
+class WorkerRecord(Base):
+    """A live worker and what it can run, refreshed by its main process every few seconds
+    (jobs.registry): the API refuses a job no live worker of its queue could ever run."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # queue -> the most ranks one job may use there (CPU cores, or GPUs on the gpu queue)
+    capacity: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    devices: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)

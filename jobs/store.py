@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.fields import bounded_warnings
 from jobs.models import CostModel, Job, Upload, utcnow
+from jobs.registry import WorkerRegistry
 from jobs.store_extra import SweepsAndLogs
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -70,7 +71,7 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-class JobStore(SweepsAndLogs):
+class JobStore(SweepsAndLogs, WorkerRegistry):
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.engine = make_engine(url)
         if create:

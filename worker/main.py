@@ -166,6 +166,7 @@ def run_worker(queues: list[str] | None, concurrency: int, hostname: str | None 
 
     JobStore(settings.db_url).close()  # create or migrate the schema once, before any child
     os.environ["SPARTAN_WORKER_CONCURRENCY"] = str(concurrency)
+    os.environ["SPARTAN_WORKER_QUEUES"] = ",".join(queues)
     preload()
     from worker.tasks import app
 

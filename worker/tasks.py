@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -29,12 +30,15 @@ from jobs.models import utcnow
 from jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery, waiting_job_ids
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
+from worker.devices import capacity, devices, queues_served
 from worker.runner import run_job, worker_name
 
 log = logging.getLogger(__name__)
 app = get_celery()
 _resources: dict[int, tuple[JobStore, ArtifactStore]] = {}
 _stop_reaper = threading.Event()
+_registry_name: list[str] = [""]
+REQUEUE_PAUSE_S = 5.0
 
 
 def resources(settings: Settings) -> tuple[JobStore, ArtifactStore]:
@@ -51,7 +55,26 @@ def resources(settings: Settings) -> tuple[JobStore, ArtifactStore]:
 def run_job_task(self: Any, job_id: str) -> None:
     settings = get_settings()
     store, artifacts = resources(settings)
+    if not fits_here(store, job_id, settings):
+        return
     run_job(job_id, store, artifacts, settings, worker=worker_name(self.request.hostname))
+
+
+def fits_here(store: JobStore, job_id: str, settings: Settings) -> bool:
+    """Whether this worker can give the job its ranks; if not, the job goes back to its queue
+    (after a pause, so that a lone small worker does not spin on it) for a bigger worker."""
+    job = store.get_job(job_id)
+    if job is None or job.status != "queued":
+        return True  # nothing to decide here: run_job's claim sorts it out
+    wanted = int((job.spec.get("resources") or {}).get("processes", 1))
+    most = capacity(settings, [job.queue]).get(job.queue, 1)
+    if wanted <= most:
+        return True
+    log.warning("job %s needs %d processes; this worker gives at most %d on queue %s: "
+                "left to another worker", job_id, wanted, most, job.queue)
+    time.sleep(REQUEUE_PAUSE_S)
+    enqueue_job(job_id, job.queue)
+    return False
 
 
 def reap(store: JobStore, settings: Settings, app: Celery | None = None) -> list[str]:
@@ -131,20 +154,35 @@ def reap_interval(settings: Settings) -> float:
     return min(10.0, max(0.5, settings.heartbeat_timeout_s / 3))
 
 
-def _reap_forever(settings: Settings) -> None:
+def _reap_forever(settings: Settings, name: str) -> None:
     store = JobStore(settings.db_url, create=False)
     interval = reap_interval(settings)
-    while not _stop_reaper.wait(interval):
+    found = devices()
+    can = capacity(settings, queues_served(), found)
+    while True:
+        try:  # advertise this worker every round (jobs.registry: admission at submit)
+            store.register_worker(name, can, found)
+        except Exception:
+            log.warning("could not refresh this worker's registry row", exc_info=True)
+        if _stop_reaper.wait(interval):
+            break
         try:
             reap(store, settings)
         except Exception:  # a database or broker hiccup: try again next round
             log.warning("reaper round failed", exc_info=True)
+    try:
+        store.forget_worker(name)
+    except Exception:
+        log.warning("could not remove this worker's registry row", exc_info=True)
 
 
 @worker_ready.connect
-def _start_reaper(**_: Any) -> None:
+def _start_reaper(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
-    threading.Thread(target=_reap_forever, args=(settings,), name="reaper", daemon=True).start()
+    name = str(getattr(sender, "hostname", None) or worker_name())
+    _registry_name[0] = name
+    threading.Thread(target=_reap_forever, args=(settings, name), name="reaper",
+                     daemon=True).start()
     log.info("reaper started: every %.1f s, stale after %g s, lost messages after %g s",
              reap_interval(settings), settings.heartbeat_timeout_s,
              settings.requeue_queued_after_s)
@@ -153,6 +191,11 @@ def _start_reaper(**_: Any) -> None:
 @worker_shutting_down.connect
 def _stop(**_: Any) -> None:
     _stop_reaper.set()
+    if _registry_name[0]:  # the reaper thread may not get to it before the process exits
+        try:
+            resources(get_settings())[0].forget_worker(_registry_name[0])
+        except Exception:
+            log.warning("could not remove this worker's registry row", exc_info=True)
 
 
 @worker_process_init.connect

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 from jobs.artifacts import check_name
 from jobs.models import Job
 from jobs.queue import enqueue_job
+from jobs.registry import admission_error
 from jobs.results import ResultsCache
 from jobs.spec import JobSpec
 from jobs.store import TERMINAL, JobStore
@@ -35,8 +36,14 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401))
 
 
 def check_references(spec: JobSpec, store: JobStore, tenant: str) -> None:
-    """Ids in the spec must name this tenant's uploads and cost models, of the right kind."""
+    """Ids in the spec must name this tenant's uploads and cost models, of the right kind; a
+    multi-process job must fit some live worker of its queue (when one is alive to say)."""
     check_text(spec.name, ["body", "name"])
+    if spec.resources.processes > 1:
+        refused = admission_error(store.live_workers(), spec.resolved_queue(),
+                                  spec.resources.processes)
+        if refused:
+            raise field_error(["body", "resources", "processes"], refused)
     if spec.cost_model.kind == "fitted" and spec.cost_model.id:
         if store.get_cost_model(spec.cost_model.id, tenant) is None:
             raise field_error(["body", "cost_model", "id"],
