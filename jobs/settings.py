@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     max_unpacked_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
     # Bytes of uploads one tenant may keep (deleting uploads frees it).
     tenant_quota_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
+    # Processes of the API that fit cost models (each holds a core while it fits).
+    fit_processes: int = Field(default=1, ge=1, le=64)
     # torch threads per worker process; 0 = leave one core to the API.
     worker_threads: int = Field(default=0, ge=0)
     progress_interval_s: float = Field(default=1.0, gt=0)

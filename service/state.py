@@ -17,6 +17,7 @@ from jobs.results import ResultsCache
 from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.uploads import upload_path
+from service.fitting import FitPool
 
 
 class Resources:
@@ -27,6 +28,7 @@ class Resources:
         self._lock = threading.Lock()
         self._store: JobStore | None = None
         self._celery: Celery | None = None
+        self.fit_pool = FitPool(settings.fit_processes)
 
     @property
     def ready(self) -> bool:

@@ -1,7 +1,8 @@
 """Cost models: fit a per-layer linear latency model from a profile, get, list.
 
 The body is JSON, `{"name": ..., "profile": {...}}`, the profile being the file that
-`spartan profile` writes (DESIGN.md). Fitting (scikit-learn) runs in the threadpool.
+`spartan profile` writes (DESIGN.md). Fitting (scikit-learn) runs in a small process pool
+(service/fitting.py), so a large profile never holds the API's CPU or event loop.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
 
 from service import serialize
-from service.deps import CurrentTenant, StoreDep
+from service.deps import CurrentTenant, ResourcesDep, StoreDep
 from service.errors import MAX_OFFSET, check_text, not_found, responses
+from service.fitting import FitRefused
 from service.schemas import CostModelCreate, CostModelDetail, CostModelPublic, CostModelsPublic
 
 router = APIRouter(prefix="/v1/cost-models", tags=["cost models"], responses=responses(401))
@@ -41,22 +44,18 @@ def _profile_error(exc: ValueError) -> HTTPException:
     "scikit-learn; r2 and mape report the fit. A bad profile is answered 422 with `loc` "
     "naming the layer and field.",
 )
-def create_cost_model(
-    body: CostModelCreate, store: StoreDep, tenant: CurrentTenant
-) -> CostModelDetail:
-    # Imported here: scikit-learn is slow to import and only this route needs it.
-    from costmodels.fit import fit_profile
-    from costmodels.schema import validate_profile
-
+async def create_cost_model(
+    body: CostModelCreate, resources: ResourcesDep, store: StoreDep, tenant: CurrentTenant
+) -> Response:
     check_text(body.name, ["body", "name"])
     try:
-        # Stored as validated: latencies in ms, like the fitted model beside it.
-        profile = validate_profile(body.profile).model_dump(mode="json", exclude_none=True)
-        fitted = fit_profile(profile)
-    except ValueError as exc:
+        # Validated and fitted in a pool process (service/fitting.py), never on the API's
+        # event loop or its threads; stored as validated: latencies in ms, like the fit.
+        profile, fitted = await resources.fit_pool.fit(body.profile)
+    except FitRefused as exc:
         raise _profile_error(exc) from None
-    row = store.create_cost_model(tenant, fitted, profile, body.name)
-    return CostModelDetail.model_validate(row)
+    row = await run_in_threadpool(store.create_cost_model, tenant, fitted, profile, body.name)
+    return serialize.one(CostModelDetail, row, status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=CostModelsPublic, responses=responses(422),

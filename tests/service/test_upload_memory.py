@@ -8,12 +8,8 @@ what the API itself holds.
 from __future__ import annotations
 
 import io
-import os
-import socket
 import struct
 import subprocess
-import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +18,10 @@ import httpx
 import pytest
 from numpy.lib import format as npy_format
 
+from tests.service.served import served
+
 MIB = 1 << 20
 BOUNDARY = "spartan-test-boundary"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def peak_rss(pid: int) -> int:
@@ -74,26 +66,8 @@ def npz_bomb(rows: int, cols: int) -> bytes:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARTAN_")}
-    env.update(SPARTAN_DATA_DIR=str(tmp_path), SPARTAN_MAX_UPLOAD_BYTES=str(512 * MIB))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("the API did not start")
-        yield url, proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with served(tmp_path, SPARTAN_MAX_UPLOAD_BYTES=str(512 * MIB)) as running:
+        yield running
 
 
 def post(url: str, name: str, parts: Iterator[bytes]) -> httpx.Response:
