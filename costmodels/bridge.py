@@ -26,6 +26,7 @@ target is at or below the fixed part or above the dense cost.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,8 +39,10 @@ ZERO_SLOPE_FLOOR = 1e-6
 
 
 def _model(cost_model: Mapping[str, Any] | CostModel) -> CostModel:
-    return validate_cost_model(cost_model if isinstance(cost_model, CostModel)
-                               else dict(cost_model))
+    """Validated once: a CostModel passes through as it is."""
+    if isinstance(cost_model, CostModel):
+        return cost_model
+    return validate_cost_model(dict(cost_model))
 
 
 def _key(cm: CostModel, pname: str) -> str | None:
@@ -129,49 +132,75 @@ def _dense_layers_cost(cm: CostModel, model: nn.Module, masked: Iterable[str]) -
     return total
 
 
-def cost_split(cost_model: Mapping[str, Any] | CostModel, model: nn.Module,
-               block: tuple[int, int] = (1, 1), prefixes: Iterable[str] | None = None
-               ) -> tuple[float, float]:
-    """(fixed, variable) parts of the model's dense cost, as in the module doc."""
+@dataclass(frozen=True)
+class CostSplit:
+    """A model's costs under one cost model, computed once per job: the per-block costs for the
+    Sparsifier and the (fixed, variable) parts of the dense cost (module doc)."""
+
+    cost_model: CostModel
+    costs: dict[str, Tensor]
+    fixed: float
+    variable: float
+
+    @property
+    def dense(self) -> float:
+        return self.fixed + self.variable
+
+    def fraction(self, budget: float, unit: str = "fraction") -> float:
+        """The Sparsifier's `budget` (fraction of the total maskable cost) for "at most `budget`
+        of the dense cost" (unit="fraction") or "at most `budget` ms" (unit "ms", "us" or "s";
+        or the cost model's own unit, e.g. "flops")."""
+        cm, fixed, dense = self.cost_model, self.fixed, self.dense
+        if unit == "fraction":
+            if not 0 < budget <= 1:
+                raise ValueError(f"a fractional budget must lie in (0, 1], got {budget}")
+            target = budget * dense
+        elif unit in TIME_UNITS:
+            if cm.unit not in TIME_UNITS:
+                raise ValueError(f"a budget in {unit} needs a latency cost model, this one is "
+                                 f"in {cm.unit}")
+            target = budget * TIME_UNITS[unit]
+        elif unit == cm.unit:
+            target = budget
+        else:
+            raise ValueError(f"unknown budget unit {unit!r}; use fraction, ms, us, s or "
+                             f"{cm.unit}")
+        shown = f"{target:.6g} {cm.unit}"
+        if target <= fixed:
+            raise ValueError(f"budget {shown} is not above the fixed cost {fixed:.6g} {cm.unit} "
+                             "(overhead, intercepts and layers left dense), which no sparsity "
+                             "removes")
+        if target > dense * (1 + 1e-9):
+            raise ValueError(f"budget {shown} is above the dense model's cost {dense:.6g} "
+                             f"{cm.unit}: nothing to prune for")
+        return min(1.0, (target - fixed) / self.variable)
+
+
+def split_costs(cost_model: Mapping[str, Any] | CostModel, model: nn.Module,
+                block: tuple[int, int] = (1, 1), prefixes: Iterable[str] | None = None
+                ) -> CostSplit:
+    """Validate the cost model and compute the block costs once; see CostSplit."""
     cm = _model(cost_model)
     costs = block_costs(cm, model, block, prefixes)
     intercepts = sum(cm.layers[k].intercept for k in {_key(cm, p) for p in costs} if k)
     fixed = (cm.overhead or 0.0) + intercepts + _dense_layers_cost(cm, model, costs)
     variable = float(sum(float(c.sum(dtype=torch.float64)) for c in costs.values()))
-    return fixed, variable
+    return CostSplit(cm, costs, fixed, variable)
+
+
+def cost_split(cost_model: Mapping[str, Any] | CostModel, model: nn.Module,
+               block: tuple[int, int] = (1, 1), prefixes: Iterable[str] | None = None
+               ) -> tuple[float, float]:
+    """(fixed, variable) parts of the model's dense cost, as in the module doc."""
+    split = split_costs(cost_model, model, block, prefixes)
+    return split.fixed, split.variable
 
 
 def budget_fraction(cost_model: Mapping[str, Any] | CostModel, model: nn.Module,
                     block: tuple[int, int] = (1, 1), budget: float = 0.5,
                     unit: str = "fraction", prefixes: Iterable[str] | None = None) -> float:
-    """The Sparsifier's `budget` (fraction of the total maskable cost) for "at most `budget` of
-    the dense cost" (unit="fraction") or "at most `budget` ms" (unit "ms", "us" or "s"; or the
-    cost model's own unit, e.g. "flops"). See the module doc for how the fixed part counts."""
-    cm = _model(cost_model)
-    fixed, variable = cost_split(cm, model, block, prefixes)
-    dense = fixed + variable
-    if unit == "fraction":
-        if not 0 < budget <= 1:
-            raise ValueError(f"a fractional budget must lie in (0, 1], got {budget}")
-        target = budget * dense
-    elif unit in TIME_UNITS:
-        if cm.unit not in TIME_UNITS:
-            raise ValueError(f"a budget in {unit} needs a latency cost model, this one is in "
-                             f"{cm.unit}")
-        target = budget * TIME_UNITS[unit]
-    elif unit == cm.unit:
-        target = budget
-    else:
-        raise ValueError(f"unknown budget unit {unit!r}; use fraction, ms, us, s or {cm.unit}")
-    shown = f"{target:.6g} {cm.unit}"
-    if target <= fixed:
-        raise ValueError(f"budget {shown} is not above the fixed cost {fixed:.6g} {cm.unit} "
-                         "(overhead, intercepts and layers left dense), which no sparsity "
-                         "removes")
-    if target > dense * (1 + 1e-9):
-        raise ValueError(f"budget {shown} is above the dense model's cost {dense:.6g} "
-                         f"{cm.unit}: nothing to prune for")
-    return min(1.0, (target - fixed) / variable)
+    """The Sparsifier's `budget` for a budget in `unit` (CostSplit.fraction)."""
+    return split_costs(cost_model, model, block, prefixes).fraction(budget, unit)
 
 
 def predict_cost(cost_model: Mapping[str, Any] | CostModel, model: nn.Module) -> float:

@@ -20,7 +20,7 @@ class LayerReport:
     kept_weights: int
     cost: float  # total cost of the layer's blocks
     kept_cost: float
-    budget_share: float  # kept_cost / (budget x total cost of all layers)
+    budget_share: float | None  # kept_cost / (budget x total cost); None when unmasked
     fallback: str | None = None  # why the configured block was not used
 
     @property

@@ -11,6 +11,7 @@ retried attempt never sees half a checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import torch
@@ -18,7 +19,12 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor
 
+from jobs import report
 from jobs.artifacts import ArtifactStore
+from worker.plan import JobPlan
+from worker.training import LoopState
+
+log = logging.getLogger(__name__)
 
 NAME = "checkpoint.safetensors"
 FORMAT = "spartan-checkpoint/1"
@@ -88,3 +94,52 @@ def load_checkpoint(artifacts: ArtifactStore, job_id: str,
             raise ValueError(f"{NAME} is not a checkpoint of this version: {meta.get('format')!r}")
         tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
     return decode(json.loads(meta["state"]), tensors)
+
+
+class Checkpointer:
+    """Saves and restores one job's training state; what the training stage is handed."""
+
+    def __init__(self, artifacts: ArtifactStore, plan: JobPlan) -> None:
+        self.artifacts, self.plan, self.job_id = artifacts, plan, plan.job.id
+
+    def save(self, state: LoopState) -> None:
+        p = self.plan
+        # The curve so far, for the dashboard while the job runs (rewritten whole: idempotent).
+        self.artifacts.write_bytes(self.job_id, report.METRICS, state.metrics_jsonl())
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        save_checkpoint(self.artifacts, self.job_id, {
+            "total_steps": p.total_steps, "loop": state.to_json(),
+            "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+            "sparsifier": None if p.sparsifier is None else p.sparsifier.state_dict(),
+            "rng": rng,
+        })
+
+    def restore(self) -> LoopState | None:
+        """The loop state of the last checkpoint, with model, optimiser, Sparsifier and RNG
+        put back; None on a first attempt or without a checkpoint."""
+        p = self.plan
+        if p.job.attempts <= 1:
+            return None
+        ckpt = load_checkpoint(self.artifacts, self.job_id, p.device)
+        if ckpt is None:
+            log.info("job %s: attempt %d starts over (no checkpoint)", self.job_id,
+                     p.job.attempts)
+            return None
+        if ckpt["total_steps"] != p.total_steps:
+            raise ValueError(f"checkpoint is for {ckpt['total_steps']} steps, this run has "
+                             f"{p.total_steps}")
+        p.model.load_state_dict(ckpt["model"])
+        p.optimizer.load_state_dict(ckpt["optimizer"])
+        if p.sparsifier is not None:
+            p.sparsifier.load_state_dict(ckpt["sparsifier"])
+        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
+        cuda = ckpt["rng"].get("cuda")
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        return LoopState.from_json(ckpt["loop"])
+
+    def discard(self) -> None:
+        """Remove the checkpoint once the job's result is recorded."""
+        self.artifacts.path(self.job_id, NAME).unlink(missing_ok=True)

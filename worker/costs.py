@@ -13,15 +13,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import Tensor, nn
 
+from costmodels.schema import CostModel
 from jobs.spec import JobSpec
 from jobs.store import JobStore
 
 
-@dataclass
+@dataclass(frozen=True)
 class CostPlan:
     kind: str
     unit: str
@@ -29,7 +29,7 @@ class CostPlan:
     costs: dict[str, Tensor] | None = None  # per-block costs; None = one per weight
     fixed: float = 0.0  # cost no mask removes, in `unit`
     budget: float | None = None  # the budget in `unit`, when the spec fixes it
-    model: dict[str, Any] | None = field(default=None, repr=False)  # cost-model file
+    model: CostModel | None = field(default=None, repr=False)  # validated once
 
     def budget_cost(self, variable_total: float) -> float:
         """The budget in `unit`, given the masked layers' total (variable) cost."""
@@ -48,13 +48,13 @@ class CostPlan:
 
 def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: JobStore,
                tenant: str | None) -> CostPlan:
-    """Costs and budget fraction for `spec` on `model` (on its training device)."""
+    """Costs and budget fraction for `spec` on `model` (on its training device); the cost
+    model is validated and the block costs computed here, once per job."""
     kind, s = spec.cost_model.kind, spec.sparsity
     dense = s.method == "dense"
     if kind == "params":
         return CostPlan(kind, "params", 1.0 if dense else s.budget)
     from costmodels import bridge, builtin
-    from costmodels.schema import validate_cost_model
 
     block = (s.block[0], s.block[1])
     prefixes = list(s.prefixes) if s.prefixes else None
@@ -70,21 +70,16 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
         if row is None:
             raise ValueError(f"cost model '{spec.cost_model.id}' not found")
         cost_model = row.data
-    costs = bridge.block_costs(cost_model, model, block, prefixes=prefixes)
-    fixed, variable = bridge.cost_split(cost_model, model, block, prefixes=prefixes)
-    unit = validate_cost_model(dict(cost_model)).unit  # time units come back in ms
+    split = bridge.split_costs(cost_model, model, block, prefixes=prefixes)
     budget_ms = spec.cost_model.budget_ms
+    budget: float | None
     if dense:
         fraction, budget = 1.0, budget_ms
     elif budget_ms is not None:
-        fraction = bridge.budget_fraction(cost_model, model, block, budget_ms, unit="ms",
-                                          prefixes=prefixes)
-        budget = budget_ms
+        fraction, budget = split.fraction(budget_ms, unit="ms"), budget_ms
     elif kind == "fitted":
-        fraction = bridge.budget_fraction(cost_model, model, block, s.budget, unit="fraction",
-                                          prefixes=prefixes)
-        budget = s.budget * (fixed + variable)
+        fraction, budget = split.fraction(s.budget, unit="fraction"), s.budget * split.dense
     else:
         fraction, budget = s.budget, None
-    return CostPlan(kind, unit, float(fraction), costs=costs, fixed=fixed, budget=budget,
-                    model=dict(cost_model))
+    return CostPlan(kind, split.cost_model.unit, float(fraction), costs=split.costs,
+                    fixed=split.fixed, budget=budget, model=split.cost_model)

@@ -14,6 +14,8 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from pydantic import ValidationError
+
 from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -95,3 +97,12 @@ def finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
     return obj
+
+
+def describe(exc: BaseException) -> str:
+    """One readable line for the job record."""
+    if isinstance(exc, ValidationError):  # the stored spec no longer validates
+        text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return f"invalid job spec: {text}"[:1000]
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text}"[:1000]

@@ -1,7 +1,9 @@
-"""The training loop of a job: epochs of shuffled mini-batches, the Sparsifier stepped after each
+"""The training stage of a job: epochs of mini-batches, the Sparsifier stepped after each
 optimiser step, progress for the lease, metrics records, resumable checkpoints.
 
-Resuming is exact: the batch order of an epoch is a function of (seed, epoch), and a checkpoint
+The loop reads a `JobPlan` (model, optimiser, Sparsifier, batches, task, total steps) and saves
+checkpoints through the `Checkpoints` object it is given; it never calls back into the runner.
+Resuming is exact: the batch order of an epoch depends on (seed, epoch) only, and a checkpoint
 holds the model, optimizer, Sparsifier, RNG and loop state, so an attempt that resumes at step
 s continues as the interrupted one would have.
 """
@@ -9,22 +11,22 @@ s continues as the interrupted one would have.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import Tensor
 
 from jobs.spec import TrainingSpec
-from worker.data import Dataset
-from worker.lease import Lease
+from worker.lease import Lease, finite
+from worker.objectives import evaluate
+from worker.plan import JobPlan
 
 log = logging.getLogger(__name__)
-EVAL_BATCH = 1024
 
 
 @dataclass
@@ -34,37 +36,34 @@ class LoopState:
     step: int = 0
     epoch: int = 0  # epochs completed
     epoch_loss: float = 0.0  # sums over the current epoch's examples
-    epoch_correct: int = 0
+    epoch_score: float = 0.0  # the task's summed score (correct predictions)
     epoch_seen: int = 0
     window_loss: float = 0.0  # sums since the last metrics record
-    window_correct: int = 0
+    window_score: float = 0.0
     window_seen: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines
     initial_accuracy: float | None = None
     train_seconds: float = 0.0  # over all attempts
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "cuda":
-        raise ValueError("training.device is 'cuda' but this worker has no CUDA device; use "
-                         "device 'auto' or 'cpu', or run a worker on a GPU machine")
-    return torch.device("cpu")
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoopState:
+        legacy = {"epoch_correct": "epoch_score", "window_correct": "window_score"}
+        return cls(**{legacy.get(k, k): v for k, v in data.items()})
 
-
-def total_steps(n_train: int, t: TrainingSpec) -> int:
-    return math.ceil(n_train / t.batch_size) * t.epochs
+    def metrics_jsonl(self) -> bytes:
+        """The records as metrics.jsonl (strict JSON, one record a line)."""
+        return "".join(json.dumps(finite(r), allow_nan=False) + "\n"
+                       for r in self.records).encode()
 
 
-def make_optimizer(model: nn.Module, t: TrainingSpec) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+class Checkpoints(Protocol):
+    def save(self, state: LoopState) -> None:
+        """Persist the loop at `state` (with the model, optimiser and Sparsifier)."""
+        ...
 
 
 def lr_at(t: TrainingSpec, step: int, total: int) -> float:
@@ -73,33 +72,20 @@ def lr_at(t: TrainingSpec, step: int, total: int) -> float:
     return t.lr
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) in eval mode."""
-    was_training = model.training
-    model.eval()
-    correct, loss = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
-    for i in range(0, len(y), EVAL_BATCH):
-        out = model(x[i:i + EVAL_BATCH])
-        loss += F.cross_entropy(out, y[i:i + EVAL_BATCH], reduction="sum")
-        correct += (out.argmax(1) == y[i:i + EVAL_BATCH]).sum()
-    model.train(was_training)
-    return float(correct) / len(y), float(loss) / len(y)
-
-
 class Loop:
     """Runs the steps of one job from `state.step` to the end; raises StopRequested."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 sparsifier: Any | None, data: Dataset, t: TrainingSpec, lease: Lease,
-                 checkpoint: Any, progress_interval_s: float) -> None:
-        self.model, self.optimizer, self.sparsifier = model, optimizer, sparsifier
-        self.data, self.t, self.lease = data, t, lease
-        self.checkpoint = checkpoint  # callable(LoopState) that saves one
+    def __init__(self, plan: JobPlan, lease: Lease, checkpoints: Checkpoints,
+                 progress_interval_s: float) -> None:
+        self.plan, self.t, self.lease = plan, plan.training, lease
+        self.model, self.optimizer, self.sparsifier = plan.model, plan.optimizer, plan.sparsifier
+        self.task, self.total_steps = plan.task, plan.total_steps
+        self.steps_per_epoch = plan.batches.steps_per_epoch
+        self.checkpoints = checkpoints
         self.interval = progress_interval_s
-        self.steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
-        self.total_steps = total_steps(len(data.y_train), t)
         self.log_every = max(1, min(self.steps_per_epoch, self.total_steps // 200))
+        self._started = (time.perf_counter(), 0)  # (clock, step) when this attempt began
+        self._base_seconds = 0.0
 
     def schedule_now(self, step: int) -> tuple[float, float | None]:
         """(kept budget fraction, beta) at `step`."""
@@ -117,10 +103,10 @@ class Loop:
             return "finetune"
         return "warmup" if step < sp.schedule.warmup_steps else "train"
 
-    def progress(self, state: LoopState, started: tuple[float, int], phase: str | None,
-                 loss: float | None, acc: float | None) -> dict[str, Any]:
-        elapsed = time.perf_counter() - started[0]
-        done = state.step - started[1]
+    def progress(self, state: LoopState, phase: str | None, loss: float | None,
+                 acc: float | None) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self._started[0]
+        done = state.step - self._started[1]
         rate = done / elapsed if elapsed > 0 and done > 0 else None
         fraction, beta = self.schedule_now(state.step)
         last = state.history[-1] if state.history else {}
@@ -137,37 +123,36 @@ class Loop:
         return {"history": state.history[-500:], **(state.history[-1] if state.history else {})}
 
     def run(self, state: LoopState) -> LoopState:
-        t, data, model = self.t, self.data, self.model
-        started = (time.perf_counter(), state.step)
+        t, model, task = self.t, self.model, self.task
+        self._started = (time.perf_counter(), state.step)
         self._base_seconds = state.train_seconds
+        self.lease.update(self.progress(state, None, None, None))
         last_report = 0.0
-        device = data.x_train.device
+        device = self.plan.device
         # Sums since the last sync, kept on the device so that a step never waits for it.
         self._loss = torch.zeros((), device=device)
-        self._correct = torch.zeros((), device=device, dtype=torch.long)
+        self._score = torch.zeros((), device=device)
         model.train()
         while state.epoch < t.epochs:
-            order = self.order(state.epoch)
             first = state.step - state.epoch * self.steps_per_epoch
-            for b in range(first, self.steps_per_epoch):
-                idx = order[b * t.batch_size:(b + 1) * t.batch_size]
-                xb, yb = data.x_train[idx], data.y_train[idx]
+            for b, (xb, yb) in enumerate(self.plan.batches.epoch(state.epoch, first), first):
                 lr = lr_at(t, state.step, self.total_steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 out = model(xb)
-                loss = F.cross_entropy(out, yb)
+                loss = task.loss(out, yb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 if self.sparsifier is not None:
                     self.step_sparsifier(state.step, loss)
                 state.step += 1
+                n = task.examples(yb)
                 with torch.no_grad():
-                    self._loss += loss.detach() * len(yb)
-                    self._correct += (out.argmax(1) == yb).sum()
-                state.epoch_seen += len(yb)
-                state.window_seen += len(yb)
+                    self._loss += loss.detach() * n
+                    self._score += task.score(out, yb)
+                state.epoch_seen += n
+                state.window_seen += n
                 epoch_end = b == self.steps_per_epoch - 1
                 now = time.perf_counter()
                 logged = state.step % self.log_every == 0
@@ -175,23 +160,23 @@ class Loop:
                     self.sync(state)
                     if logged:
                         state.records.append(self.record(state, lr))
-                        state.window_loss, state.window_correct, state.window_seen = 0.0, 0, 0
-                    mean_loss = state.epoch_loss / max(state.epoch_seen, 1)
+                        state.window_loss, state.window_score, state.window_seen = 0.0, 0.0, 0
                     self.lease.update(self.progress(
-                        state, started, None, mean_loss,
-                        state.epoch_correct / max(state.epoch_seen, 1)))
+                        state, None, state.epoch_loss / max(state.epoch_seen, 1),
+                        state.epoch_score / max(state.epoch_seen, 1)))
                     last_report = now
                 self.lease.check()
                 if epoch_end:
-                    self.end_epoch(state, started)
+                    self.end_epoch(state)
                 elif state.step % t.checkpoint_every == 0:
-                    self.save(state, started)
+                    self.save(state)
         return state
 
     def step_sparsifier(self, step: int, loss: Tensor) -> None:
+        assert self.sparsifier is not None
         loss = loss.detach()
         try:
-            self.sparsifier.step()  # type: ignore[union-attr]
+            self.sparsifier.step()
         except ValueError:
             # Non-finite weights reach the mask solver before the loss is next synced.
             weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -200,36 +185,32 @@ class Loop:
             raise ValueError(f"training diverged at step {step + 1} (the loss became "
                              f"{float(loss)}); try a lower training.lr") from None
 
-    def order(self, epoch: int) -> Tensor:
-        gen = torch.Generator().manual_seed(self.t.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.data.y_train), generator=gen).to(self.data.y_train.device)
-
     def sync(self, state: LoopState) -> None:
         """Move the device-side sums into the state (one device sync)."""
-        loss, correct = float(self._loss), int(self._correct)
+        loss, score = float(self._loss), float(self._score)
         self._loss.zero_()
-        self._correct.zero_()
+        self._score.zero_()
         if not math.isfinite(loss):
             raise ValueError(f"training diverged by step {state.step} (the loss became "
                              f"{loss}); try a lower training.lr")
         state.epoch_loss += loss
         state.window_loss += loss
-        state.epoch_correct += correct
-        state.window_correct += correct
+        state.epoch_score += score
+        state.window_score += score
 
     def record(self, state: LoopState, lr: float) -> dict[str, Any]:
         fraction, beta = self.schedule_now(state.step)
         seen = max(state.window_seen, 1)
         return {"kind": "step", "step": state.step, "epoch": state.epoch + 1,
-                "loss": state.window_loss / seen, "accuracy": state.window_correct / seen,
+                "loss": state.window_loss / seen, "accuracy": state.window_score / seen,
                 "lr": lr, "budget_fraction": fraction, "beta": beta}
 
-    def end_epoch(self, state: LoopState, started: tuple[float, int]) -> None:
-        val_acc, val_loss = evaluate(self.model, self.data.x_val, self.data.y_val)
+    def end_epoch(self, state: LoopState) -> None:
+        val_acc, val_loss = evaluate(self.model, self.task, self.plan.batches.validation())
         fraction, beta = self.schedule_now(state.step)
         rec: dict[str, Any] = {"kind": "epoch", "step": state.step, "epoch": state.epoch + 1,
                "loss": state.epoch_loss / max(state.epoch_seen, 1),
-               "accuracy": state.epoch_correct / max(state.epoch_seen, 1),
+               "accuracy": state.epoch_score / max(state.epoch_seen, 1),
                "val_loss": val_loss, "val_accuracy": val_acc, "budget_fraction": fraction,
                "beta": beta}
         log.info("epoch %d/%d: loss %.4f acc %.4f val_acc %.4f", rec["epoch"], self.t.epochs,
@@ -237,20 +218,12 @@ class Loop:
         state.history.append(rec)
         state.records.append(rec)
         state.epoch += 1
-        state.epoch_loss, state.epoch_correct, state.epoch_seen = 0.0, 0, 0
-        self.lease.update(self.progress(state, started, None, rec["loss"], rec["accuracy"]),
+        state.epoch_loss, state.epoch_score, state.epoch_seen = 0.0, 0.0, 0
+        self.lease.update(self.progress(state, None, rec["loss"], rec["accuracy"]),
                           metrics=self.metrics(state))
-        self.save(state, started)
+        self.save(state)
 
-    def save(self, state: LoopState, started: tuple[float, int]) -> None:
+    def save(self, state: LoopState) -> None:
         self.sync(state)
-        state.train_seconds = self._base_seconds + time.perf_counter() - started[0]
-        self.checkpoint(state)
-
-
-def state_to_json(state: LoopState) -> dict[str, Any]:
-    return dataclasses.asdict(state)
-
-
-def state_from_json(data: dict[str, Any]) -> LoopState:
-    return LoopState(**data)
+        state.train_seconds = self._base_seconds + time.perf_counter() - self._started[0]
+        self.checkpoints.save(state)

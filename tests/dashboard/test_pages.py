@@ -104,7 +104,7 @@ def test_cancel_from_list_and_job_page(page: Any, served: Served) -> None:
 
 
 def report(layers: list[tuple[str, float, float, float]]) -> dict[str, Any]:
-    """report.json in the worker's shape (worker/runner.py, worker/results.py): per layer
+    """report.json in the worker's shape (jobs/report.py, written by worker/publish.py): per layer
     (name, kept_fraction, kept_cost, cost)."""
     kept = sum(k for _, _, k, _ in layers)
     dense = sum(c for *_, c in layers)

@@ -67,3 +67,25 @@ def test_another_tenant_s_cost_model_is_not_found(submit: Submit, store: JobStor
     job = store.get_job(job_id)
     assert job is not None and job.status == "failed"
     assert job.error == f"ValueError: cost model '{model_id}' not found"
+
+
+def test_a_job_validates_its_cost_model_and_computes_block_costs_once(
+        submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from costmodels import bridge
+
+    calls = {"validate": 0, "block_costs": 0}
+
+    def counted(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(bridge, "validate_cost_model",
+                        counted("validate", bridge.validate_cost_model))
+    monkeypatch.setattr(bridge, "block_costs", counted("block_costs", bridge.block_costs))
+    model_id = store.create_cost_model("t1", LATENCY, None, "cpu").id
+    run(submit, store, artifacts, settings, sparsity={"budget": 0.5},
+        cost_model={"kind": "fitted", "id": model_id})
+    assert calls == {"validate": 1, "block_costs": 1}

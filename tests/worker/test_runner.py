@@ -17,10 +17,11 @@ from sqlalchemy import update
 
 from jobs.artifacts import ArtifactStore
 from jobs.models import Job, utcnow
+from jobs.report import Report
 from jobs.settings import Settings
 from jobs.store import JobStore
 from tests.worker.conftest import TINY, Submit
-from worker import checkpoint, models, training
+from worker import checkpoint, models, objectives, training
 from worker.lease import Lease
 from worker.runner import run_job
 
@@ -45,6 +46,7 @@ def test_tiny_job_writes_exact_sparse_results(submit: Submit, store: JobStore,
         kept, total = kept + int(mask.sum()), total + mask.numel()
     assert abs(kept / total - 0.25) <= 1 / total  # density == budget (default cost)
     report = json.loads(artifacts.read_bytes(job_id, "report.json"))
+    Report.model_validate(report)  # every key is a field of the typed report
     assert report["sparsity"]["density"] == pytest.approx(kept / total)
     assert {r["name"] for r in report["sparsity"]["layers"]} == set(masks)
     assert report["cost"]["unit"] == "params" and report["cost"]["within_budget"]
@@ -56,6 +58,27 @@ def test_tiny_job_writes_exact_sparse_results(submit: Submit, store: JobStore,
     assert job.progress["step"] == job.progress["total_steps"] == 23
     assert job.metrics["val_accuracy"] == report["accuracy"]["sparse"]
     assert job.metrics["history"][0]["epoch"] == 1
+    timed = report["speedup"]["batches"][-1]
+    assert report["latency"] == {
+        "unit": "ms", "device": "cpu", "batch_size": 64, "dense_measured": timed["dense_ms"],
+        "sparse_measured": timed["sparse_ms"], "predicted": None, "promised": None,
+        "kept": None}  # a parameter budget promises no latency
+    assert report["training"]["world_size"] == 1
+
+
+def test_dense_job_reports_every_weight_kept(submit: Submit, store: JobStore,
+                                             artifacts: ArtifactStore,
+                                             settings: Settings) -> None:
+    job_id = submit(sparsity={"method": "dense"})
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    report = Report.model_validate_json(artifacts.read_bytes(job_id, "report.json"))
+    assert report.sparsity.method == "dense" and report.sparsity.density == 1.0
+    assert report.sparsity.measured_density > 0.99
+    assert {row.kept_fraction for row in report.sparsity.layers} == {1.0}
+    assert report.accuracy.sparse is None and report.accuracy.dense == report.accuracy.final
+    assert report.cost.predicted == report.cost.dense  # every weight kept
 
 
 def test_progress_is_written_while_training(submit: Submit, store: JobStore,
@@ -134,12 +157,12 @@ def test_bad_inputs_fail_with_a_readable_message(submit: Submit, store: JobStore
 def test_a_diverging_loss_fails_the_job(submit: Submit, store: JobStore,
                                         artifacts: ArtifactStore, settings: Settings,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    cross_entropy = training.F.cross_entropy
+    cross_entropy = objectives.F.cross_entropy
 
     def diverging(*args: Any, **kwargs: Any) -> torch.Tensor:
         return cross_entropy(*args, **kwargs) * float("inf")
 
-    monkeypatch.setattr(training.F, "cross_entropy", diverging)
+    monkeypatch.setattr(objectives.F, "cross_entropy", diverging)
     job_id = submit()
     run_job(job_id, store, artifacts, settings)
     job = store.get_job(job_id)

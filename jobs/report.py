@@ -1,0 +1,166 @@
+"""What a finished job publishes: the artifact names (declared here once) and report.json as a
+typed model, shared by the worker that writes it and the API and clients that read it.
+
+Every field is part of the report contract in DESIGN.md; extend the models, do not write
+report keys anywhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Public artifacts of a job, listed and downloadable (GET /v1/jobs/{id}/artifacts).
+MODEL = "model.safetensors"  # plain modules, exact zeros where masked
+SPARSE_MODEL = "model.sparse.safetensors"  # spartan.load_sparse rebuilds the fast module
+MASKS = "masks.safetensors"  # one bool mask per masked weight
+METRICS = "metrics.jsonl"  # the training curve, one JSON record a line; rewritten while running
+REPORT = "report.json"  # the Report below; written last, so its presence means "all written"
+PUBLIC = (MODEL, SPARSE_MODEL, MASKS, METRICS, REPORT)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    arch: str
+    input_shape: list[int]
+    num_classes: int
+    parameters: int = Field(description="All parameters of the model, masked or not.")
+
+
+class DataSection(_Section):
+    dataset: str
+    train_examples: int
+    val_examples: int
+
+
+class LayerRow(BaseModel):
+    """One masked weight, as spartan's LayerReport.to_dict() gives it."""
+
+    model_config = ConfigDict(extra="allow")  # the Sparsifier may say more per layer
+
+    name: str
+    shape: list[int]
+    block: list[int]
+    blocks: int
+    kept_blocks: int
+    weights: int
+    kept_weights: int
+    cost: float
+    kept_cost: float
+    budget_share: float | None
+    fallback: str | None = None
+    kept_fraction: float
+
+
+class SparsitySection(_Section):
+    method: str
+    allocation: str
+    budget: float = Field(description="The Sparsifier's budget: kept fraction of masked cost.")
+    step: int
+    cost: float
+    kept_cost: float
+    kept_cost_fraction: float
+    density: float = Field(description="Kept weights / masked weights, from the masks.")
+    measured_density: float = Field(description="Nonzero weights / masked weights, counted in "
+                                    "the written model.")
+    fallbacks: list[str]
+    layers: list[LayerRow]
+
+
+class CostSection(_Section):
+    """The cost model's prediction for the sparse model beside the budget, in its unit."""
+
+    kind: str
+    unit: str
+    budget_fraction: float
+    budget: float
+    predicted: float
+    dense: float
+    fixed: float
+    within_budget: bool
+    predicted_vs_budget: float | None
+
+
+class AccuracySection(_Section):
+    sparse: float | None = Field(description="Final validation metric; null for dense jobs.")
+    final: float
+    dense: float | None = Field(description="Dense reference; see dense_source.")
+    dense_source: str
+    initial: float | None = Field(description="Before training (the initial weights).")
+
+
+class TrainingSection(_Section):
+    steps: int
+    epochs: int
+    device: str
+    seconds: float | None
+    attempts: int
+    resumed_from_step: int | None
+    world_size: int = Field(default=1, description="Ranks that trained the job.")
+
+
+class SpeedupRow(_Section):
+    batch: int
+    dense_ms: float
+    sparse_ms: float
+    speedup: float
+
+
+class PredictedSpeedup(_Section):
+    kind: str | None
+    unit: str | None
+    dense: float | None
+    sparse: float
+    speedup: float | None
+
+
+class SpeedupSection(_Section):
+    """The exported sparse model timed against the dense one on the worker (worker.speedup)."""
+
+    device: str
+    batch_size: int
+    unit: str
+    statistic: str
+    kernels: dict[str, str]
+    batches: list[SpeedupRow]
+    faster: bool
+    predicted: PredictedSpeedup | None
+    summary: str
+
+
+class SpeedupFailed(_Section):
+    error: str
+
+
+class LatencySection(_Section):
+    """Measured latency of the exported model at the training batch size, beside the promise."""
+
+    unit: str
+    device: str
+    batch_size: int
+    dense_measured: float
+    sparse_measured: float
+    predicted: float | None = Field(description="The cost model's latency, when it is one.")
+    promised: float | None = Field(description="The budget, when it was a latency.")
+    kept: bool | None = Field(description="sparse_measured within 15% of promised.")
+
+
+class Report(_Section):
+    job_id: str
+    name: str | None
+    spec: dict[str, Any]
+    model: ModelSection
+    data: DataSection
+    sparsity: SparsitySection
+    cost: CostSection
+    accuracy: AccuracySection
+    val_loss: float | None
+    training: TrainingSection
+    curve: list[dict[str, Any]] = Field(description="One record per epoch.")
+    warnings: list[str]
+    speedup: SpeedupSection | SpeedupFailed
+    latency: LatencySection | None = Field(description="Null when the export failed.")

@@ -1,0 +1,57 @@
+"""Batches for the training loop: what one epoch iterates over, resumable mid-epoch.
+
+The loop asks `epoch(e, start)` for the batches of epoch e from batch `start` on (a resumed
+attempt starts mid-epoch) and `validation()` for the held-out set. `TensorBatches` serves a
+dataset held in memory; a DataLoader-backed source (streamed from storage, sharded across
+ranks) implements the same three members.
+
+Resuming is exact: the order of an epoch is a function of (seed, epoch) only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from worker.data import Dataset
+
+Batch = tuple[Tensor, Tensor]  # (inputs, targets), on the training device
+EVAL_BATCH = 1024
+
+
+class Batches(Protocol):
+    steps_per_epoch: int
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Batches `start`, `start + 1`, ... of `epoch`, in that epoch's fixed order."""
+        ...
+
+    def validation(self) -> Iterator[Batch]:
+        ...
+
+
+class TensorBatches:
+    """Shuffled mini-batches of a `Dataset` whose tensors are already on the device."""
+
+    def __init__(self, data: Dataset, batch_size: int, seed: int) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.data.y_train), generator=gen).to(self.data.y_train.device)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        order, b = self.order(epoch), self.batch_size
+        for i in range(start, self.steps_per_epoch):
+            idx = order[i * b:(i + 1) * b]
+            yield self.data.x_train[idx], self.data.y_train[idx]
+
+    def validation(self) -> Iterator[Batch]:
+        x, y = self.data.x_val, self.data.y_val
+        for i in range(0, len(y), EVAL_BATCH):
+            yield x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]

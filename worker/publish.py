@@ -1,0 +1,175 @@
+"""The last stage of a job: the report (jobs.report.Report) and every artifact, written from one
+manifest, report.json last.
+
+About `accuracy.dense` in the report: training a dense twin would double every job's cost, so
+the report states where its dense figure comes from instead of inventing one:
+- method "dense": the job's own final accuracy;
+- initial weights given (model.weights, the pretrained model being sparsified): the accuracy of
+  those weights before any training;
+- otherwise null: submit the same spec with sparsity.method "dense" for a reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors.torch import save
+from torch import Tensor, nn
+
+from jobs import report as r
+from jobs.artifacts import ArtifactStore
+from spartan.layout import maskable_weights
+from spartan.report import LayerReport, SparsityReport
+from worker.costs import CostPlan
+from worker.lease import describe, finite
+from worker.objectives import evaluate
+from worker.plan import JobPlan
+from worker.training import LoopState
+
+log = logging.getLogger(__name__)
+
+DENSE_SOURCES = {
+    "job": "this job (method 'dense')",
+    "initial": "the initial weights (model.weights) before sparse training",
+    None: "not measured: submit the same spec with sparsity.method 'dense' for a reference",
+}
+KEPT_TOLERANCE = 0.15  # a latency promise is kept when measured <= promised x 1.15
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the job record gets: final metrics and progress."""
+
+    metrics: dict[str, Any]
+    progress: dict[str, Any]
+
+
+def tensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes of CPU copies (no shared storage, contiguous)."""
+    return save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()},
+                metadata=metadata)
+
+
+def dense_report(model: nn.Module, plan: CostPlan, prefixes: list[str] | None,
+                 allocation: str, step: int) -> SparsityReport:
+    """A dense job's sparsity section, in the shape of the Sparsifier's."""
+    rows = []
+    for name, p in maskable_weights(model, prefixes).items():
+        cost = float(plan.costs[name].sum()) if plan.costs else float(p.numel())
+        n = p.shape[0] * p.shape[1]
+        rows.append(LayerReport(name, tuple(p.shape), (1, 1), n, n, p.numel(), p.numel(), cost,
+                                cost, budget_share=None))
+    return SparsityReport("dense", allocation, 1.0, step, tuple(rows))
+
+
+def cost_section(plan: CostPlan, cost: float, predicted: float) -> r.CostSection:
+    """Predicted cost of the sparse model beside the budget, in the cost model's unit."""
+    budget = plan.budget_cost(cost)
+    return r.CostSection(
+        kind=plan.kind, unit=plan.unit, budget_fraction=plan.budget_fraction, budget=budget,
+        predicted=predicted, dense=plan.fixed + cost, fixed=plan.fixed,
+        within_budget=predicted <= budget * (1 + 1e-4),
+        predicted_vs_budget=predicted / budget if budget else None)
+
+
+def accuracy_section(state: LoopState, final: float, method: str, has_weights: bool
+                     ) -> r.AccuracySection:
+    source = "job" if method == "dense" else "initial" if has_weights else None
+    dense = final if source == "job" else state.initial_accuracy if source else None
+    return r.AccuracySection(sparse=final if method != "dense" else None, final=final,
+                             dense=dense, dense_source=DENSE_SOURCES[source],
+                             initial=state.initial_accuracy)
+
+
+def latency_section(speedup: r.SpeedupSection, cost: r.CostSection) -> r.LatencySection:
+    row = speedup.batches[-1]  # the training batch size
+    timed = cost.unit == "ms"
+    promised = cost.budget if timed and cost.kind == "fitted" else None
+    return r.LatencySection(
+        unit=speedup.unit, device=speedup.device, batch_size=row.batch,
+        dense_measured=row.dense_ms, sparse_measured=row.sparse_ms,
+        predicted=cost.predicted if timed else None, promised=promised,
+        kept=None if promised is None else row.sparse_ms <= promised * (1 + KEPT_TOLERANCE))
+
+
+def export(plan: JobPlan, cost: r.CostSection) -> tuple[bytes | None, r.SpeedupSection |
+                                                        r.SpeedupFailed]:
+    """The sparse model's bytes and its timing against dense; a failure here is reported, not
+    fatal: the trained model is already good."""
+    from spartan.sparse_io import sparse_bytes
+    from worker.speedup import speedup_report
+
+    spec, data = plan.spec, plan.data
+    arch = {"arch": spec.model.arch, "kwargs": spec.model.kwargs,
+            "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+    try:
+        sparse, section = speedup_report(plan.model, plan.example, spec.training.batch_size,
+                                         plan.device, cost.model_dump(), arch)
+        return sparse_bytes(sparse), r.SpeedupSection.model_validate(section)
+    except Exception as exc:  # noqa: BLE001 (any kernel failure: say so in the report)
+        log.exception("job %s: sparse export failed", plan.job.id)
+        return None, r.SpeedupFailed(error=describe(exc))
+
+
+def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
+            resumed_from: int | None, progress: dict[str, Any]) -> Outcome:
+    """Finalize the model, build the report and write every artifact of the job."""
+    job, spec, model, s = plan.job, plan.spec, plan.model, plan.spec.sparsity
+    if plan.sparsifier is not None:
+        masks = plan.sparsifier.masks()
+        sparsity = plan.sparsifier.finalize()
+    else:
+        masks = {n: torch.ones_like(p, dtype=torch.bool)
+                 for n, p in maskable_weights(model, s.prefixes).items()}
+        sparsity = dense_report(model, plan.costs, s.prefixes, s.allocation, state.step)
+    params = dict(model.named_parameters())
+    nonzero = sum(int((params[n] != 0).sum()) for n in masks)
+    measured = nonzero / sum(params[n].numel() for n in masks)
+    final_acc, final_loss = evaluate(model, plan.task, plan.batches.validation())
+    cost = cost_section(plan.costs, sparsity.cost,
+                        plan.costs.predicted(model, sparsity.kept_cost))
+    sparse_model, speedup = export(plan, cost)
+    rep = r.Report(
+        job_id=job.id, name=job.name, spec=job.spec,
+        model=r.ModelSection(arch=spec.model.arch, input_shape=list(plan.data.input_shape),
+                             num_classes=plan.data.num_classes,
+                             parameters=sum(p.numel() for p in model.parameters())),
+        data=r.DataSection(dataset=spec.data.dataset, train_examples=len(plan.data.y_train),
+                           val_examples=len(plan.data.y_val)),
+        sparsity=r.SparsitySection.model_validate(
+            {**sparsity.to_dict(), "measured_density": measured}),
+        cost=cost,
+        accuracy=accuracy_section(state, final_acc, s.method, bool(spec.model.weights)),
+        val_loss=final_loss,
+        training=r.TrainingSection(steps=state.step, epochs=spec.training.epochs,
+                                   device=plan.device.type, seconds=state.train_seconds,
+                                   attempts=job.attempts, resumed_from_step=resumed_from),
+        curve=state.history, warnings=list(job.warnings or []), speedup=speedup,
+        latency=latency_section(speedup, cost)
+        if isinstance(speedup, r.SpeedupSection) else None)
+    meta = {"job_id": job.id, "arch": spec.model.arch,
+            "input_shape": ",".join(map(str, plan.data.input_shape)),
+            "num_classes": str(plan.data.num_classes)}
+    manifest: dict[str, bytes] = {
+        r.MODEL: tensors_bytes(model.state_dict(), meta),
+        r.MASKS: tensors_bytes({k: m.to(torch.bool) for k, m in masks.items()}),
+        r.METRICS: state.metrics_jsonl(),
+    }
+    if sparse_model is not None:
+        manifest[r.SPARSE_MODEL] = sparse_model
+    manifest[r.REPORT] = json.dumps(finite(rep.model_dump(mode="json")), indent=2,
+                                    allow_nan=False).encode()  # last: "all written"
+    for name, data in manifest.items():
+        artifacts.write_bytes(job.id, name, data)
+    metrics = {"history": state.history[-500:], **(state.history[-1] if state.history else {}),
+               "val_accuracy": final_acc, "val_loss": final_loss,
+               "dense_accuracy": rep.accuracy.dense, "density": rep.sparsity.density,
+               "predicted_cost": cost.predicted, "budget_cost": cost.budget,
+               "cost_unit": cost.unit}
+    rate = state.step / state.train_seconds if state.train_seconds else None
+    return Outcome(finite(metrics), finite({**progress, "eta_s": 0.0, "val_accuracy": final_acc,
+                                            "steps_per_s": rate}))
