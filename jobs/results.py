@@ -17,10 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from jobs.artifacts import ArtifactStore
+from jobs.report import REPORT
 
 log = logging.getLogger(__name__)
 
-REPORT = "report.json"
 TIME_UNITS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 
 
