@@ -2,8 +2,9 @@
 
 The worker builds them (worker/models.py, worker/data.py) from the defaults defined here; the
 API validates names and kwargs here so that a typo is refused at submit time with the valid
-choices, and warns about layers a block does not divide before any training
-(tests/worker/test_models.py checks these shapes against the torch models).
+choices, and warns about layers a block does not divide before any training.
+`weight_shapes` is the one owner of the built-ins' layer widths: the worker's torch modules
+are sized from it (tests/worker/test_models.py checks the built modules against it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The model registry: built-in architectures, torchvision / timm models, entry-point factories.
 
-Built-ins take their kwargs and defaults from jobs/catalog.py, whose torch-free weight shapes
-must match what is built here (tests/worker/test_models.py checks it).
+Built-ins take their kwargs, defaults and layer widths from jobs/catalog.py: the API reads
+the same torch-free shape function (`catalog.weight_shapes`) to check blocks and prefixes at
+submit time, and the modules here are sized from it, so the shapes have one owner.
 - mlp: Linear + ReLU layers of the given hidden sizes on the flattened input.
 - cnn: Conv2d + ReLU layers (max-pooled between), global average pool, linear head.
 - resnet: the CIFAR ResNet of He et al., "Deep Residual Learning" (CVPR 2016), section 4.2:
@@ -18,10 +19,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from importlib import import_module
 from importlib.metadata import entry_points
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,17 @@ log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
 
 
+def _linear(shape: Shape) -> nn.Linear:
+    return nn.Linear(shape[1], shape[0])
+
+
 class MLP(nn.Module):
     def __init__(self, input_shape: Shape, num_classes: int, hidden: list[int]) -> None:
         super().__init__()
-        sizes = [math.prod(input_shape), *hidden]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))
-        self.head = nn.Linear(sizes[-1], num_classes)
+        *layers, head = catalog.weight_shapes(
+            "mlp", {"hidden": hidden}, input_shape, num_classes).values()
+        self.layers = nn.ModuleList(_linear(shape) for shape in layers)
+        self.head = _linear(head)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
@@ -55,17 +59,19 @@ class CNN(nn.Module):
                  kernel: int) -> None:
         super().__init__()
         self.image = catalog.as_image(input_shape)
-        c, h, w = self.image
-        k = (1 if h == 1 else kernel, kernel)
+        _, h, w = self.image
+        shapes = catalog.weight_shapes("cnn", {"channels": channels, "kernel": kernel},
+                                       input_shape, num_classes)
         self.convs = nn.ModuleList()
         self.pools = nn.ModuleList()
-        for out in channels:
-            self.convs.append(nn.Conv2d(c, out, k, padding=(k[0] // 2, k[1] // 2)))
+        for i in range(len(channels)):
+            out, c, kh, kw = shapes[f"convs.{i}.weight"]
+            self.convs.append(nn.Conv2d(c, out, (kh, kw), padding=(kh // 2, kw // 2)))
             # Halve the spatial size while it stays at least 2 (tiny inputs like digits' 8x8).
             pool = (2 if h >= 4 else 1, 2 if w >= 4 else 1)
             self.pools.append(nn.MaxPool2d(pool) if pool != (1, 1) else nn.Identity())
-            c, h, w = out, h // pool[0], w // pool[1]
-        self.head = nn.Linear(c, num_classes)
+            h, w = h // pool[0], w // pool[1]
+        self.head = _linear(shapes["head.weight"])
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.reshape(x.shape[0], *self.image)
@@ -77,7 +83,8 @@ class CNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: tuple[int, int], kh: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: tuple[int, int], kh: int,
+                 project: bool) -> None:
         super().__init__()
         pad = (kh // 2, 1)
         self.conv1 = nn.Conv2d(c_in, c_out, (kh, 3), stride, pad, bias=False)
@@ -85,7 +92,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, (kh, 3), 1, pad, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut: nn.Module = nn.Identity()
-        if c_in != c_out or stride != (1, 1):
+        if project:  # the shape changes: a 1x1 projection on the shortcut
             self.shortcut = nn.Sequential(
                 nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
@@ -98,21 +105,25 @@ class ResNet(nn.Module):
     def __init__(self, input_shape: Shape, num_classes: int, width: int, depth: int) -> None:
         super().__init__()
         self.image = catalog.as_image(input_shape)
-        c, h, _ = self.image
-        kh, n = (1 if h == 1 else 3), (depth - 2) // 6
-        self.stem = nn.Conv2d(c, width, (kh, 3), 1, (kh // 2, 1), bias=False)
-        self.stem_bn = nn.BatchNorm2d(width)
-        stages, c = [], width
-        for s, out in enumerate((width, 2 * width, 4 * width)):
+        h = self.image[1]
+        shapes = catalog.weight_shapes("resnet", {"width": width, "depth": depth},
+                                       input_shape, num_classes)
+        stem_out, c, kh, _ = shapes["stem.weight"]
+        self.stem = nn.Conv2d(c, stem_out, (kh, 3), 1, (kh // 2, 1), bias=False)
+        self.stem_bn = nn.BatchNorm2d(stem_out)
+        stages = []
+        for s in range(3):
             blocks = []
-            for b in range(n):
+            for b in range((depth - 2) // 6):
+                name = f"stages.{s}.{b}"
+                out, c_in = shapes[f"{name}.conv1.weight"][:2]
                 down = s > 0 and b == 0
                 stride = ((1 if h == 1 else 2) if down else 1, 2 if down else 1)
-                blocks.append(BasicBlock(c, out, stride, kh))
-                c = out
+                blocks.append(BasicBlock(c_in, out, stride, kh,
+                                         project=f"{name}.shortcut.0.weight" in shapes))
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Linear(c, num_classes)
+        self.head = _linear(shapes["head.weight"])
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.reshape(x.shape[0], *self.image)
@@ -121,7 +132,7 @@ class ResNet(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:  # widths: see ViT
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
@@ -139,17 +150,20 @@ class ViT(nn.Module):
                  mlp_ratio: int, patch: int | None) -> None:
         super().__init__()
         self.image = catalog.as_image(input_shape)
-        c, h, w = self.image
+        _, h, w = self.image
         self.patch = catalog.vit_patch((h, w), patch)
         ph, pw = self.patch
         tokens = (h // ph) * (w // pw)
-        self.patch_embed = nn.Linear(c * ph * pw, dim)
+        shapes = catalog.weight_shapes(
+            "vit", {"dim": dim, "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio,
+                    "patch": patch}, input_shape, num_classes)
+        self.patch_embed = _linear(shapes["patch_embed.weight"])
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
-        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, dim * mlp_ratio)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            EncoderBlock(dim, heads, shapes[f"blocks.{i}.mlp.0.weight"][0]) for i in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        self.head = _linear(shapes["head.weight"])
 
     def forward(self, x: Tensor) -> Tensor:
         n, (c, h, w), (ph, pw) = x.shape[0], self.image, self.patch
