@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,13 @@ def _job_id(message: Any) -> str | None:
 
 
 def ping_broker(app: Celery | None = None, timeout: float = 2.0) -> None:
-    """Raise when the broker cannot be reached."""
-    with (app or get_celery()).connection_for_write() as conn:
+    """Raise when the broker cannot be reached (for the filesystem queue: when its folders are
+    gone or not writable, which "connecting" to it does not notice)."""
+    app = app or get_celery()
+    options = app.conf.broker_transport_options or {}
+    for key in ("data_folder_out", "control_folder"):
+        folder = options.get(key)
+        if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+            raise OSError(f"the queue folder {folder} is missing or not writable")
+    with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)

@@ -63,3 +63,17 @@ def admission_error(workers: list[WorkerRecord], queue: str, processes: int) -> 
     return (f"resources.processes {processes} is more than any live worker of queue "
             f"{queue!r} can run: the most is {most} ({len(serving)} worker(s)); lower it, or "
             "start a worker with more devices")
+
+
+UNSERVED = "no live worker serves queue"
+
+
+def unserved_warning(workers: list[WorkerRecord], queue: str) -> str | None:
+    """A note for a job of `queue` when workers are alive but none serves that queue (a gpu
+    job with only cpu workers, say): it waits until one starts. None when some worker serves
+    it, or when no worker at all is alive to tell (starting up, or run elsewhere)."""
+    if not workers or any(queue in w.capacity for w in workers):
+        return None
+    served = sorted({q for w in workers for q in w.capacity})
+    return (f"{UNSERVED} {queue!r} (live workers serve: {', '.join(served) or 'nothing'}); "
+            f"the job waits until a worker of that queue starts")

@@ -303,6 +303,21 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             ).all()
             return list(rows)
 
+    def note_queued_warning(self, job_id: str, note: str, marker: str) -> bool:
+        """Add `note` to a queued job's warnings unless one containing `marker` is there."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.status != "queued":
+                return False
+            if any(marker in w for w in job.warnings or []):
+                return False
+            hit = s.execute(
+                update(Job).where(Job.id == job_id, Job.status == "queued")
+                .values(warnings=bounded_warnings([*(job.warnings or []), note]))
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            return bool(hit)
+
     def note_reenqueued(self, job_id: str, queued_since: datetime, note: str) -> bool:
         """Record that a queued job's message was sent again: `note` joins its warnings and
         its queued-since time restarts. Only while it is still queued since `queued_since`,

@@ -88,9 +88,26 @@ def cmd_download(args: argparse.Namespace) -> int:
             print(f"job {args.job_id} has no artifacts yet", file=sys.stderr)
             return 1
         for a in artifacts:
-            path = client.download(args.job_id, a["name"], target / a["name"])
+            try:
+                path = client.download(args.job_id, a["name"], confined(target, a["name"]))
+            except ValueError as exc:
+                print(f"skipped: {exc}", file=sys.stderr)
+                continue
             print(path)
     return 0
+
+
+def confined(folder: Path, name: str) -> Path:
+    """Where artifact `name` (as the server says) goes: a plain file name inside `folder`.
+    A name with a path in it (`../x`, `/etc/x`, `a/b`), or that leaves the folder once
+    resolved, is refused: the server's word is not trusted with the user's files."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or Path(name).is_absolute()):
+        raise ValueError(f"artifact name {name!r} is not a plain file name")
+    target = folder / name
+    if target.resolve().parent != folder.resolve():
+        raise ValueError(f"artifact name {name!r} leaves the folder {folder}")
+    return target
 
 
 def _block(text: str) -> tuple[int, int]:

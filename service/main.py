@@ -19,6 +19,7 @@ from service.limits import MULTIPART_SLACK, BodyLimitMiddleware
 from service.routes import (
     cost_models,
     dashboard,
+    docs,
     health,
     jobs,
     logs,
@@ -27,6 +28,7 @@ from service.routes import (
     sweeps,
     uploads,
 )
+from service.security import SecurityHeadersMiddleware
 from service.state import Resources
 from service.telemetry import MetricsMiddleware, Telemetry
 
@@ -87,14 +89,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # /docs is served from an installed package (service/routes/docs.py), not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.resources = resources
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limit(resources.settings))
+    app.add_middleware(SecurityHeadersMiddleware)
     app.state.telemetry = Telemetry(resources)
     app.add_middleware(MetricsMiddleware, telemetry=app.state.telemetry)  # outermost: times all
     errors.install(app)
     openapi.install(app, secured=bool(resources.settings.tokens()))
     for module in (jobs, metrics, logs, sweeps, uploads, cost_models, health, prometheus,
-                   dashboard):
+                   dashboard, docs):
         app.include_router(module.router)
     return app

@@ -31,6 +31,11 @@ PR_SET_PDEATHSIG = 1
 WORKER_NICE = 10
 
 
+# Tokens guard a public address; shorter ones can be guessed.
+MIN_PUBLIC_TOKEN = 16
+WORKER_MAIN = "import sys; sys.path.pop(0); from worker.main import main; main(sys.argv[1:])"
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -75,7 +80,10 @@ class WorkerPool:
         self._preexec = _worker_preexec()
 
     def command(self, index: int) -> list[str]:
-        return [sys.executable, "-m", "worker", "--queues", self.queues, "--concurrency", "1"]
+        # Not `python -m worker`: that puts the current directory first on the import path,
+        # so a `profile.py` (or any module name) there would be imported instead of the
+        # library's. `-c` puts '' there, which the command removes before importing anything.
+        return [sys.executable, "-c", WORKER_MAIN, "--queues", self.queues, "--concurrency", "1"]
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(self.command(index), preexec_fn=self._preexec)
@@ -126,6 +134,13 @@ def serve(settings: Settings, host: str, port: int, workers: int, insecure: bool
     if not is_loopback(host) and not settings.tokens() and not insecure:
         print(f"refusing to listen on {host} without SPARTAN_API_TOKENS (anyone who can reach it "
               "could run jobs and read results); set tokens, or pass --insecure", file=sys.stderr)
+        return 2
+    short = sorted(tenant for token, tenant in settings.tokens().items()
+                   if len(token) < MIN_PUBLIC_TOKEN)
+    if not is_loopback(host) and short and not insecure:
+        print(f"refusing to listen on {host}: the token of {', '.join(short)} is shorter than "
+              f"{MIN_PUBLIC_TOKEN} characters (guessable); use e.g. `openssl rand -hex 16`, "
+              "or pass --insecure", file=sys.stderr)
         return 2
     # Create or migrate the schema once, before workers and the API race to do it.
     JobStore(settings.db_url).close()

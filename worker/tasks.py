@@ -28,6 +28,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutting_do
 from jobs.artifacts import ArtifactStore
 from jobs.models import utcnow
 from jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery, waiting_job_ids
+from jobs.registry import UNSERVED, unserved_warning
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 from worker.devices import capacity, devices, queues_served
@@ -81,7 +82,17 @@ def reap(store: JobStore, settings: Settings, app: Celery | None = None) -> list
     """Requeue running jobs whose heartbeat is stale; fail those out of attempts and end those
     whose cancel was requested; re-enqueue queued jobs whose message was lost. Returns the ids
     requeued or re-enqueued."""
+    note_unserved(store)
     return reap_running(store, settings, app) + reenqueue_lost(store, settings, app)
+
+
+def note_unserved(store: JobStore) -> None:
+    """Say in each waiting job's record when no live worker serves its queue (once)."""
+    workers = store.live_workers()
+    for job in store.waiting_jobs(0):
+        note = unserved_warning(workers, job.queue)
+        if note:
+            store.note_queued_warning(job.id, note, UNSERVED)
 
 
 def reap_running(store: JobStore, settings: Settings, app: Celery | None = None) -> list[str]:

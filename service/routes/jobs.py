@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 from jobs.artifacts import check_name
 from jobs.models import Job
 from jobs.queue import enqueue_job
-from jobs.registry import admission_error
+from jobs.registry import admission_error, unserved_warning
 from jobs.results import ResultsCache
 from jobs.spec import JobSpec
 from jobs.store import TERMINAL, JobStore
@@ -88,8 +88,12 @@ def submit_job(
     spec: JobSpec, store: StoreDep, celery: CeleryDep, tenant: CurrentTenant
 ) -> Response:
     check_references(spec, store, tenant)
+    warnings = spec.warnings()
+    unserved = unserved_warning(store.live_workers(), spec.resolved_queue())
+    if unserved:
+        warnings.append(unserved)
     job = store.create_job(tenant, spec.model_dump(mode="json"), spec.resolved_queue(),
-                           spec.name, spec.warnings())
+                           spec.name, warnings)
     try:
         enqueue_job(job.id, job.queue, app=celery)
     except Exception as exc:

@@ -45,3 +45,22 @@ def test_stale_and_departed_workers_do_not_count(client: TestClient) -> None:
     store.forget_worker("small@a")
     assert store.live_workers() == []
     assert client.post("/v1/jobs", json=FOUR).status_code == 202
+
+
+def test_a_job_whose_queue_no_live_worker_serves_says_so(client: TestClient) -> None:
+    from worker.tasks import note_unserved
+
+    store = store_of(client)
+    early = client.post("/v1/jobs", json={**spec(), "queue": "gpu"}).json()
+    assert early["warnings"] == []  # no worker alive to tell yet: it may be starting
+    store.register_worker("cpu@a", {"cpu": 2}, {"cpus": 2, "gpus": []})
+    late = client.post("/v1/jobs", json={**spec(), "queue": "gpu"}).json()
+    assert any("no live worker serves queue 'gpu'" in w and "cpu" in w
+               for w in late["warnings"])
+    assert client.post("/v1/jobs", json=spec()).json()["warnings"] == []  # cpu is served
+
+    note_unserved(store)  # a reaper round: the job queued before the worker came is noted
+    note_unserved(store)  # once
+    noted = client.get(f"/v1/jobs/{early['id']}").json()["warnings"]
+    assert len(noted) == 1 and "no live worker serves queue 'gpu'" in noted[0]
+    assert len(client.get(f"/v1/jobs/{late['id']}").json()["warnings"]) == 1

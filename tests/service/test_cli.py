@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from service.cli import build_parser, main
-from service.serve import is_loopback
+from service.serve import WorkerPool, is_loopback
 from tests.service.factories import profile
 
 
@@ -104,3 +107,74 @@ def test_profile_needs_a_known_input_shape(
     assert main(["profile", "--model", "mlp", "--dataset", "upload", "-o",
                  str(tmp_path / "p.json")]) == 1
     assert "no known input shape" in capsys.readouterr().err
+
+
+class HostileServer(ThreadingHTTPServer):
+    """A server that names its artifacts with paths, as a compromised one could."""
+
+    names = ["../escaped.txt", "/tmp/spartan-absolute.txt", "sub/dir.txt", "..", "ok.txt"]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.endswith("/artifacts"):
+            body = json.dumps({"data": [{"name": n, "size": 2} for n in HostileServer.names],
+                               "count": len(HostileServer.names)}).encode()
+        else:
+            body = b"hi"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_download_keeps_artifacts_inside_the_output_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = HostileServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    out = tmp_path / "a" / "out"
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["download", "job1", "-o", str(out), "--url", url]) == 0
+    finally:
+        server.shutdown()
+    assert [p.name for p in out.iterdir()] == ["ok.txt"]
+    assert not (tmp_path / "a" / "escaped.txt").exists()
+    assert not Path("/tmp/spartan-absolute.txt").exists()
+    err = capsys.readouterr().err
+    assert err.count("skipped:") == 4 and "not a plain file name" in err
+
+
+def test_serve_refuses_a_short_token_on_a_public_address(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPARTAN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SPARTAN_API_TOKENS", "team:x,other:0123456789abcdef")
+    from jobs.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert main(["serve", "--host", "0.0.0.0", "--workers", "0"]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "token of team is shorter than 16" in err and "other" not in err
+    assert not (tmp_path / "spartan.db").exists()
+
+
+def test_embedded_workers_do_not_import_from_the_current_directory(tmp_path: Path) -> None:
+    # A module named like one the worker imports, in the directory `spartan serve` runs from.
+    (tmp_path / "profile.py").write_text("raise SystemExit('imported from the cwd')\n")
+    (tmp_path / "worker.py").write_text("raise SystemExit('imported from the cwd')\n")
+    command = WorkerPool(1).command(0)
+    check = [*command[:2], command[2].replace(
+        "from worker.main import main; main(sys.argv[1:])",
+        "import worker.main, cProfile; print(worker.main.__file__)")]
+    done = subprocess.run(check, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert str(tmp_path) not in done.stdout

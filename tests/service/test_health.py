@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 
 from jobs.store import JobStore
@@ -46,3 +49,32 @@ def test_store_lost_mid_request_is_503(client: TestClient) -> None:
     response = client.get("/v1/jobs")
     assert response.status_code == 503
     assert response.json() == {"detail": "the job store is unavailable"}
+
+
+def test_readyz_is_503_when_the_queue_folder_is_gone(client: TestClient, tmp_path: Path) -> None:
+    assert client.get("/readyz").status_code == 200
+    shutil.rmtree(tmp_path / "broker")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "broker unreachable" in response.json()["detail"]
+
+
+def test_api_responses_carry_security_headers(client: TestClient) -> None:
+    for response in (client.get("/healthz"), client.get("/v1/jobs"),
+                     client.get("/v1/jobs/nope"), client.post("/v1/jobs", json={"x": 1})):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+    page = client.get("/")  # the dashboard keeps its own policy
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_docs_are_served_by_the_app(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/docs/swagger-ui-bundle.js" in page.text
+    assert "http" not in page.text.replace("http-equiv", "")  # nothing from elsewhere
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    bundle = client.get("/docs/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and b"SwaggerUIBundle" in bundle.content
+    assert client.get("/docs/index.html").status_code == 404
+    assert client.get("/redoc").status_code == 404
