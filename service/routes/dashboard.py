@@ -1,4 +1,5 @@
-"""The dashboard: three HTML pages and their scripts and stylesheet, all served by the app.
+"""The dashboard: its HTML pages (jobs, a job, a sweep, the compare view, a cost model) and their
+scripts and stylesheet, all served by the app.
 
 The pages are static; their scripts read the REST API under /v1 (with the bearer token the user
 enters, kept in sessionStorage), so the pages themselves need no authentication and every access
@@ -66,6 +67,17 @@ def jobs_page() -> Response:
 def job_page(job_id: str) -> Response:
     # Whether the job exists (for this tenant) is the API's answer; the page shows it.
     return page("job.html")
+
+
+@router.get("/sweeps/{sweep_id}")
+def sweep_page(sweep_id: str) -> Response:
+    return page("sweep.html")
+
+
+@router.get("/compare")
+def compare_page() -> Response:
+    # The jobs to compare are in the query (?ids=a,b); the page asks the API for each.
+    return page("compare.html")
 
 
 @router.get("/cost-models/{model_id}")

@@ -3,7 +3,8 @@
 
 const Charts = (() => {
   const NS = "http://www.w3.org/2000/svg";
-  const COLORS = ["#1f6fb5", "#d9480f", "#2b8a3e", "#7048e8"];
+  const COLORS = ["#1f6fb5", "#d9480f", "#2b8a3e", "#7048e8", "#c2255c", "#0b7285", "#5c940d",
+    "#495057"];
   const DASHES = ["", "6 3", "2 3", "8 3 2 3"]; // series differ by dash too, not only colour
   const W = 480;
   const H = 220;
@@ -24,14 +25,21 @@ const Charts = (() => {
     return String(Number(v.toPrecision(3)));
   }
 
+  // A round step (1, 2 or 5 times a power of ten) giving about `count` ticks over [lo, hi].
+  // Tolerance: 0.08 / 4 must pick 0.02, not 0.05.
+  function stepFor(lo, hi, count) {
+    const raw = (hi - lo) / count;
+    const mag = 10 ** Math.floor(Math.log10(raw));
+    return [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw * (1 - 1e-9)) || raw;
+  }
+
   // About `count` round tick values covering [lo, hi].
   function ticks(lo, hi, count = 5) {
     if (!(hi > lo)) return [lo];
-    const raw = (hi - lo) / count;
-    const mag = 10 ** Math.floor(Math.log10(raw));
-    const step = [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw) || raw;
+    const step = stepFor(lo, hi, count);
     const out = [];
-    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) {
+    // 0.9 / 0.02 is 45.00000000000001: the first tick must still be 0.9.
+    for (let t = Math.ceil(lo / step - 1e-9) * step; t <= hi + step * 1e-9; t += step) {
       out.push(Number(t.toPrecision(12)));
     }
     return out;
@@ -48,9 +56,8 @@ const Charts = (() => {
 
   // Widen a domain to round tick values at both ends, so the axis is labelled at its ends.
   function nice([lo, hi]) {
-    const t = ticks(lo, hi, 4);
-    const step = t.length > 1 ? t[1] - t[0] : 0;
-    if (!step) return [lo, hi];
+    if (!(hi > lo)) return [lo, hi];
+    const step = stepFor(lo, hi, 4);
     return [Math.floor(lo / step + 1e-9) * step, Math.ceil(hi / step - 1e-9) * step];
   }
 
@@ -73,17 +80,18 @@ const Charts = (() => {
     return root;
   }
 
-  function axes(root, sx, sy, xDomain, yDomain, xLabel, yLabel) {
+  // yTicks: [[position, label], ...] when the y axis is not linear (log scale).
+  function axes(root, sx, sy, xDomain, yDomain, xLabel, yLabel, yTicks, xTicks) {
     const g = svg("g", { class: "axes" });
-    for (const t of ticks(...yDomain, 4)) {
+    for (const [t, text] of yTicks || ticks(...yDomain, 4).map((v) => [v, fmt(v)])) {
       const y = sy(t);
       g.append(svg("line", { x1: M.left, x2: W - M.right, y1: y, y2: y, class: "grid" }));
-      g.append(svg("text", { x: M.left - 6, y: y + 4, "text-anchor": "end" }, fmt(t)));
+      g.append(svg("text", { x: M.left - 6, y: y + 4, "text-anchor": "end" }, text));
     }
-    for (const t of ticks(...xDomain, 5)) {
+    for (const [t, text] of xTicks || ticks(...xDomain, 5).map((v) => [v, fmt(v)])) {
       const x = sx(t);
       g.append(svg("line", { x1: x, x2: x, y1: H - M.bottom, y2: H - M.bottom + 4, class: "tick" }));
-      g.append(svg("text", { x, y: H - M.bottom + 16, "text-anchor": "middle" }, fmt(t)));
+      g.append(svg("text", { x, y: H - M.bottom + 16, "text-anchor": "middle" }, text));
     }
     g.append(svg("line", {
       x1: M.left, x2: W - M.right, y1: H - M.bottom, y2: H - M.bottom, class: "axis",
@@ -107,37 +115,238 @@ const Charts = (() => {
     series.forEach((s, i) => {
       const item = document.createElement("li");
       const key = svg("svg", { width: 22, height: 8, "aria-hidden": "true" });
-      key.append(s.dot ? svg("circle", { cx: 11, cy: 4, r: 3.5, fill: COLORS[i % 4] })
-        : svg("line", { x1: 0, x2: 22, y1: 4, y2: 4, stroke: COLORS[i % 4],
-          "stroke-width": 2.5, "stroke-dasharray": DASHES[i % 4] }));
+      key.append(s.dot ? svg("circle", { cx: 11, cy: 4, r: 3.5, fill: COLORS[i % COLORS.length] })
+        : svg("line", { x1: 0, x2: 22, y1: 4, y2: 4, stroke: COLORS[i % COLORS.length],
+          "stroke-width": 2.5, "stroke-dasharray": DASHES[i % DASHES.length] }));
       item.append(key, " " + s.label);
       list.append(item);
     });
     container.append(list);
   }
 
-  // series: [{label, points: [[x, y], ...]}]; opts: {title, xLabel, yLabel, yDomain}
+  // Exponential moving average as TensorBoard draws it (debiased, so the start is not pulled
+  // toward zero); weight 0 leaves the points as they are.
+  function smooth(points, weight) {
+    if (!weight) return points;
+    let last = 0;
+    let n = 0;
+    return points.map(([x, y]) => {
+      if (!Number.isFinite(y)) return [x, y];
+      last = last * weight + (1 - weight) * y;
+      n += 1;
+      return [x, last / (1 - weight ** n)];
+    });
+  }
+
+  // The chart's state survives redraws (new data every poll): zoom, log scale, and the page's
+  // smoothing, which every line chart shares.
+  const shared = { smoothing: 0, charts: new Set() };
+  function stateOf(container) {
+    if (!container.chartState) container.chartState = { zoom: null, logY: false };
+    return container.chartState;
+  }
+
+  function setSmoothing(weight) {
+    shared.smoothing = weight;
+    for (const redraw of [...shared.charts]) redraw(); // a copy: each redraw re-registers
+  }
+
+  // Index of the point whose x is nearest to x (points sorted by x).
+  function nearest(points, x) {
+    let lo = 0;
+    let hi = points.length - 1;
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1;
+      if (points[mid][0] < x) lo = mid; else hi = mid;
+    }
+    return Math.abs(points[lo][0] - x) <= Math.abs(points[hi][0] - x) ? lo : hi;
+  }
+
+  // x in data units for a mouse event over the chart's svg.
+  function eventX(root, event, xDomain) {
+    const box = root.getBoundingClientRect();
+    const px = ((event.clientX - box.left) / box.width) * W;
+    const frac = (px - M.left) / (W - M.left - M.right);
+    return xDomain[0] + Math.min(1, Math.max(0, frac)) * (xDomain[1] - xDomain[0]);
+  }
+
+  function tooltip(container) {
+    let tip = container.querySelector(".chart-tip");
+    if (!tip) {
+      tip = document.createElement("div");
+      tip.className = "chart-tip";
+      tip.hidden = true;
+      tip.setAttribute("role", "status");
+      container.append(tip);
+    }
+    return tip;
+  }
+
+  function showTip(container, root, px, py, lines) {
+    const tip = tooltip(container);
+    tip.replaceChildren(...lines.map((text) => Object.assign(document.createElement("div"),
+      { textContent: text })));
+    tip.hidden = false;
+    const box = root.getBoundingClientRect();
+    const host = container.getBoundingClientRect();
+    const x = box.left - host.left + (px / W) * box.width;
+    const y = box.top - host.top + (py / H) * box.height;
+    tip.style.left = `${Math.min(x + 12, host.width - tip.offsetWidth - 4)}px`;
+    tip.style.top = `${Math.max(0, y - tip.offsetHeight - 8)}px`;
+  }
+
+  // A row of controls above a chart: log scale, and reset once zoomed.
+  function controls(container, state, redraw, opts) {
+    const bar = document.createElement("div");
+    bar.className = "chart-controls";
+    if (opts.logToggle !== false) {
+      const id = `${container.id || "chart"}-log`;
+      const box = Object.assign(document.createElement("input"),
+        { type: "checkbox", id, checked: state.logY, className: "log-toggle" });
+      box.addEventListener("change", () => {
+        state.logY = box.checked;
+        if (opts.logResetsZoom) state.zoom = null; // the zoomed range was on the other scale
+        redraw();
+      });
+      const label = Object.assign(document.createElement("label"), { htmlFor: id });
+      label.append(box, " log scale");
+      bar.append(label);
+    }
+    const reset = Object.assign(document.createElement("button"),
+      { type: "button", textContent: "Reset zoom", className: "zoom-reset" });
+    reset.hidden = !state.zoom;
+    reset.setAttribute("aria-label", `Reset zoom of ${opts.title}`);
+    reset.addEventListener("click", () => { state.zoom = null; redraw(); });
+    bar.append(reset);
+    container.append(bar);
+  }
+
+  // Drag across the plot to zoom into that x range; a double click resets.
+  function zoomable(root, state, xDomain, redraw) {
+    const band = svg("rect", { y: M.top, height: H - M.top - M.bottom, class: "zoom-band",
+      visibility: "hidden" });
+    root.append(band);
+    let from = null;
+    const toPx = (x) => M.left + ((x - xDomain[0]) / (xDomain[1] - xDomain[0])) *
+      (W - M.left - M.right);
+    root.addEventListener("mousedown", (event) => {
+      from = eventX(root, event, xDomain);
+      event.preventDefault();
+    });
+    root.addEventListener("mousemove", (event) => {
+      if (from === null) return;
+      const to = eventX(root, event, xDomain);
+      band.setAttribute("x", String(toPx(Math.min(from, to))));
+      band.setAttribute("width", String(Math.abs(toPx(to) - toPx(from))));
+      band.setAttribute("visibility", "visible");
+    });
+    const finish = (event) => {
+      if (from === null) return;
+      const to = eventX(root, event, xDomain);
+      const lo = Math.min(from, to);
+      const hi = Math.max(from, to);
+      from = null;
+      band.setAttribute("visibility", "hidden");
+      if (toPx(hi) - toPx(lo) > 4) { state.zoom = [lo, hi]; redraw(); }
+    };
+    root.addEventListener("mouseup", finish);
+    root.addEventListener("mouseleave", () => { from = null; band.setAttribute("visibility", "hidden"); });
+    root.addEventListener("dblclick", () => { if (state.zoom) { state.zoom = null; redraw(); } });
+  }
+
+  // y axis on a log10 scale: positions are log10(y); ticks at powers of ten (or 1-2-5 steps
+  // within one decade), labelled with the values.
+  function logTicks(lo, hi) {
+    const out = [];
+    for (let e = Math.floor(lo); e <= Math.ceil(hi); e += 1) {
+      for (const m of hi - lo < 1.5 ? [1, 2, 5] : [1]) {
+        const t = e + Math.log10(m);
+        if (t >= lo - 1e-9 && t <= hi + 1e-9) out.push(t);
+      }
+    }
+    return out.length >= 2 ? out : ticks(lo, hi, 4);
+  }
+
+  // series: [{label, points: [[x, y], ...]}]; opts: {title, xLabel, yLabel, yDomain, empty,
+  // legend}. Hover shows the values at the nearest step; drag zooms; controls toggle a log y
+  // axis and reset the zoom; the page's smoothing (setSmoothing) applies.
   function line(container, series, opts) {
+    const state = stateOf(container);
+    const redraw = () => line(container, series, opts);
+    container.chartRedraw && shared.charts.delete(container.chartRedraw);
+    container.chartRedraw = redraw;
+    shared.charts.add(redraw);
     const drawn = series.filter((s) => s.points.length);
     if (!drawn.length) {
       container.replaceChildren(Object.assign(document.createElement("p"),
         { className: "empty", textContent: opts.empty || "No data yet." }));
       return;
     }
+    const logY = state.logY && drawn.every((s) => s.points.some(([, y]) => y > 0));
+    const ty = (y) => (logY ? (y > 0 ? Math.log10(y) : NaN) : y);
     const all = drawn.flatMap((s) => s.points);
-    const xDomain = extent(all.map((p) => p[0]), [0, 1]);
-    const yDomain = opts.yDomain || nice(extent(all.map((p) => p[1]), [0, 1]));
+    const full = extent(all.map((p) => p[0]), [0, 1]);
+    const xDomain = state.zoom || full;
+    const inView = (p) => p[0] >= xDomain[0] && p[0] <= xDomain[1];
+    const lines = drawn.map((s) => {
+      const smoothed = smooth(s.points, shared.smoothing);
+      return { ...s, raw: s.points, points: smoothed };
+    });
+    const visible = lines.flatMap((s) => s.points.filter(inView).map((p) => ty(p[1])));
+    const yDomain = !logY && opts.yDomain && !state.zoom ? opts.yDomain
+      : (logY ? extent(visible, [0, 1]) : nice(extent(visible, [0, 1])));
     const last = drawn.map((s) => `${s.label} ${fmt(s.points[s.points.length - 1][1])}`);
     const root = frame(container, opts.title, `latest ${last.join(", ")}`);
+    controls(container, state, redraw, opts);
+    container.append(root); // below the controls
     const [sx, sy] = scales(xDomain, yDomain);
-    axes(root, sx, sy, xDomain, yDomain, opts.xLabel || "step", opts.yLabel || "");
-    drawn.forEach((s, i) => {
-      const d = thin(s.points).filter((p) => Number.isFinite(p[1]))
-        .map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
-      root.append(svg("path", { d, fill: "none", stroke: COLORS[i % 4], "stroke-width": 2,
-        "stroke-dasharray": DASHES[i % 4], class: "series", "data-label": s.label }));
+    axes(root, sx, sy, xDomain, yDomain, opts.xLabel || "step",
+      logY ? `${opts.yLabel || ""} (log)` : opts.yLabel || "",
+      logY ? logTicks(...yDomain).map((t) => [t, fmt(Number((10 ** t).toPrecision(6)))]) : null);
+    const clip = svg("clipPath", { id: `${container.id || "c"}-clip` });
+    clip.append(svg("rect", { x: M.left, y: M.top, width: W - M.left - M.right,
+      height: H - M.top - M.bottom }));
+    root.append(clip);
+    const path = (points) => thin(points.filter(inView)).filter((p) => Number.isFinite(ty(p[1])))
+      .map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(ty(p[1])).toFixed(1)}`).join("");
+    lines.forEach((s, i) => {
+      if (shared.smoothing) {
+        root.append(svg("path", { d: path(s.raw), fill: "none", stroke: COLORS[i % COLORS.length],
+          "stroke-width": 1, opacity: 0.25, class: "raw", "clip-path": `url(#${clip.id})` }));
+      }
+      root.append(svg("path", { d: path(s.points), fill: "none", stroke: COLORS[i % COLORS.length],
+        "stroke-width": 2, "stroke-dasharray": DASHES[i % DASHES.length], class: "series",
+        "data-label": s.label, "clip-path": `url(#${clip.id})` }));
     });
     if (drawn.length > 1 || opts.legend) legend(container, drawn);
+
+    const cursor = svg("g", { class: "cursor", visibility: "hidden" });
+    cursor.append(svg("line", { y1: M.top, y2: H - M.bottom, class: "cursor-line" }));
+    root.append(cursor);
+    root.addEventListener("mousemove", (event) => {
+      const x = eventX(root, event, xDomain);
+      const parts = [];
+      cursor.querySelectorAll("circle").forEach((c) => c.remove());
+      let at = null;
+      lines.forEach((s, i) => {
+        const p = s.points[nearest(s.points, x)];
+        if (!inView(p) || !Number.isFinite(ty(p[1]))) return;
+        at = at === null ? p[0] : at;
+        parts.push(`${s.label} ${fmt(Number(p[1].toPrecision(4)))}`);
+        cursor.append(svg("circle", { cx: sx(p[0]), cy: sy(ty(p[1])), r: 3.5, fill: COLORS[i % COLORS.length] }));
+      });
+      if (at === null) return;
+      const line = cursor.querySelector("line");
+      line.setAttribute("x1", String(sx(at)));
+      line.setAttribute("x2", String(sx(at)));
+      cursor.setAttribute("visibility", "visible");
+      showTip(container, root, sx(at), M.top + 10, [`${opts.xLabel || "step"} ${fmt(at)}`, ...parts]);
+    });
+    root.addEventListener("mouseleave", () => {
+      cursor.setAttribute("visibility", "hidden");
+      tooltip(container).hidden = true;
+    });
+    zoomable(root, state, xDomain, redraw);
   }
 
   // items: [{label, value, total?}] drawn as horizontal bars; a bar's track is `total` (or max).
@@ -200,5 +409,7 @@ const Charts = (() => {
     legend(container, [{ label: "measured", dot: true }, { label: "fitted" }]);
   }
 
-  return { line, bars, fit };
+  const util = { svg, fmt, ticks, extent, nice, scales, axes, frame, tooltip, showTip, controls,
+    stateOf, zoomable, logTicks, COLORS, W, H, M };
+  return { line, bars, fit, smooth, setSmoothing, util };
 })();

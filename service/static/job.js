@@ -84,6 +84,14 @@
     const failed = job.status === "failed" && job.error;
     document.getElementById("job-error").hidden = !failed;
     document.getElementById("job-error-text").textContent = failed ? job.error : "";
+    const sweepTag = ((job.spec || {}).tags || []).find((t) => t.startsWith("sweep:"));
+    const sweepBox = document.getElementById("job-sweep");
+    sweepBox.hidden = !sweepTag;
+    if (sweepTag && !sweepBox.firstChild) {
+      const id = sweepTag.slice("sweep:".length);
+      sweepBox.append("Part of ", el("a", { href: `/sweeps/${encodeURIComponent(id)}`,
+        text: `sweep ${id.slice(0, 8)}` }), ".");
+    }
     const warnings = job.warnings || [];
     const warnBox = document.getElementById("job-warnings");
     warnBox.hidden = !warnings.length;
@@ -149,6 +157,19 @@
   // report.json as the worker writes it: sparsity.layers (the Sparsifier's per-layer rows:
   // kept_fraction, cost = the layer's dense cost, kept_cost), cost (unit, budget, predicted,
   // dense, measured when timed) and accuracy (dense, sparse, final, dense_source).
+  // Measured latency of the exported model and of dense, from the job's results.
+  function latencyRows(job) {
+    const r = (job && job.results) || {};
+    const ms = (v) => (typeof v === "number" ? `${fmtNum(v)} ms` : "—");
+    const rows = [["Measured latency", ms(r.dense_latency), ms(r.measured_latency)]];
+    if (typeof r.dense_latency === "number" && typeof r.measured_latency === "number" &&
+      r.measured_latency > 0) {
+      rows.push(["Measured speedup", "1×", `${fmtNum(r.dense_latency / r.measured_latency)}×`]);
+    }
+    if (typeof r.predicted_latency === "number") rows.push(["Predicted latency", "—", ms(r.predicted_latency)]);
+    return rows;
+  }
+
   function renderReport(report) {
     const sparsity = report.sparsity || {};
     const cost = report.cost || {};
@@ -165,6 +186,7 @@
       ["Budget", "—", typeof cost.budget === "number" ? c(cost.budget) + within : "—"],
       ["Kept weights (target / in saved model)", "100%",
         `${a(sparsity.density)} / ${a(sparsity.measured_density)}`],
+      ...latencyRows(lastJob),
     ];
     document.querySelector("#report-table tbody").replaceChildren(...rows.map(([q, d, s]) =>
       el("tr", {}, el("th", { scope: "row", text: q }), el("td", { class: "num", text: d }),
@@ -225,6 +247,23 @@
     }
   }
 
+  let logSince = 0;
+  async function loadLogs() {
+    const box = document.getElementById("logs");
+    for (;;) {
+      const page = await Spartan.getJSON(`/v1/jobs/${jobId}/logs?since=${logSince}`);
+      for (const rec of page.data) {
+        const line = el("span", { class: `log-line level-${rec.level.toLowerCase()}`,
+          text: `${Spartan.fmtTime(rec.created_at)} ${rec.level} ${rec.logger}: ${rec.message}\n` });
+        box.append(line);
+        logSince = Math.max(logSince, rec.id);
+      }
+      if (!page.data.length || page.data.length >= page.count) break;
+    }
+    box.hidden = !box.childNodes.length;
+    document.getElementById("logs-empty").hidden = !box.hidden;
+  }
+
   let poller = null;
   async function tick() {
     let job;
@@ -241,6 +280,7 @@
     renderJob(job);
     ended = TERMINAL.includes(job.status);
     if (job.status !== "queued" || metrics.length) await loadMetrics(ended);
+    if (job.status !== "queued") await loadLogs();
     if (ended) {
       if (job.status !== "succeeded") {
         for (const id of ["chart-kept", "chart-cost"]) {
@@ -255,6 +295,11 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    const slider = document.getElementById("smoothing");
+    slider.addEventListener("input", () => {
+      document.getElementById("smoothing-value").textContent = slider.value;
+      Charts.setSmoothing(Number(slider.value));
+    });
     drawCurves();
     const cancel = document.getElementById("cancel");
     Spartan.cancelButton(cancel, jobId, "Cancel this job", () => poller && poller.now());
