@@ -16,11 +16,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, update
+from sqlalchemy import Engine, and_, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.fields import bounded_warnings
-from jobs.models import CostModel, Job, Upload, utcnow
+from jobs.models import CostModel, Job, JobLog, Upload, utcnow
 from jobs.registry import WorkerRegistry
 from jobs.store_extra import SweepsAndLogs
 
@@ -267,6 +267,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
                 return None
             if job.status in TERMINAL:
                 s.delete(job)
+                s.execute(delete(JobLog).where(JobLog.job_id == job_id))
             return job
 
     def stale_jobs(self, timeout_s: float) -> list[Job]:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.fields import FiniteFloat, Name, Tag
 from jobs.spec import JobSpec
 
 MAX_POINTS = 200
@@ -31,9 +32,9 @@ class SweepCreate(BaseModel):
         "methods": ["spartan", "dense"],
     }]})
 
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
     spec: JobSpec = Field(description="The base job spec every point starts from.")
-    budgets: list[float] = Field(
+    budgets: list[FiniteFloat] = Field(
         min_length=1, max_length=MAX_POINTS,
         description="One point per budget: sparsity.budget (fraction of the cost kept), or "
         "cost_model.budget_ms when the base spec sets a latency budget.",
@@ -43,7 +44,7 @@ class SweepCreate(BaseModel):
         description="Sparsity methods to sweep (default: the spec's). 'dense' adds one dense "
         "reference point, whatever the budgets.",
     )
-    structures: list[str] | None = Field(
+    structures: list[Tag] | None = Field(
         default=None, min_length=1, max_length=4,
         description="Values of sparsity.structure to sweep (default: the spec's).",
     )

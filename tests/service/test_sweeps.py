@@ -147,3 +147,15 @@ def test_tenants_see_only_their_own_sweeps(make_client: MakeClient) -> None:
     assert secured.get("/v1/sweeps").status_code == 401
     job_id = sweep["points"][0]["job_id"]
     assert secured.get(f"/v1/jobs/{job_id}", headers=BOB).status_code == 404
+
+
+def test_a_deleted_point_says_so(client: TestClient) -> None:
+    sweep = create(client, budgets=[0.1, 0.2])
+    ids = [p["job_id"] for p in sweep["points"]]
+    finish(client, ids[0], 0.9, 1.0)
+    store_of(client).append_logs(ids[0], 1, [{"level": "INFO", "logger": "t", "message": "x"}])
+    assert client.delete(f"/v1/jobs/{ids[0]}").status_code == 204
+    assert store_of(client).job_logs(ids[0]) == ([], 0)  # its log went with it
+    point = client.get(f"/v1/sweeps/{sweep['id']}").json()["points"][0]
+    assert point["status"] == "failed" and point["error"] == "the job was deleted"
+    assert point["accuracy"] is None and point["pareto"] is False
