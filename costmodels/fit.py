@@ -175,6 +175,11 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
     excludes = (prof.model_extra or {}).get("overhead_excludes")
     if excludes:  # layers whose dense time the profiler took off the overhead
         out["overhead_excludes"] = list(excludes)
+    from costmodels.checks import fit_warnings
+
+    warnings = fit_warnings(out)
+    if warnings:
+        out["warnings"] = warnings
     validate_cost_model(out)
     return out
 

@@ -95,6 +95,17 @@ class SparsitySpec(_Strict):
     beta_final: FiniteFloat = Field(default=20.0, gt=0.0)
     warmup_frac: FiniteFloat = Field(default=0.2, ge=0.0, lt=1.0)
     finetune_frac: FiniteFloat = Field(default=0.2, ge=0.0, lt=1.0)
+    structure: Literal["weights", "channels"] = Field(
+        default="weights",
+        description="'weights' (weights or blocks of them) or 'channels' (whole output "
+        "channels, hidden units and attention heads, removed physically: model.sparse."
+        "safetensors is then a smaller dense model).",
+    )
+    min_keep: FiniteFloat = Field(
+        default=0.1, ge=0.0, le=1.0,
+        description="With structure 'channels': the fraction of each layer's channels always "
+        "kept (at least one).",
+    )
 
     @field_validator("block")
     @classmethod
@@ -123,6 +134,14 @@ class SparsitySpec(_Strict):
             raise ValueError(f"allocation {self.allocation!r} needs block [1, 1]")
         if self.warmup_frac + self.finetune_frac >= 1.0:
             raise ValueError("warmup_frac + finetune_frac must be < 1")
+        if self.structure == "channels":
+            if self.allocation not in ("global", "uniform"):
+                raise ValueError(f"structure 'channels' takes allocation 'global' or "
+                                 f"'uniform', not {self.allocation!r}")
+            if tuple(self.block) != (1, 1):
+                raise ValueError("structure 'channels' has no blocks: leave block at [1, 1]")
+            if self.prefixes:
+                raise ValueError("structure 'channels' does not take prefixes")
         return self
 
 

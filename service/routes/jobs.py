@@ -7,11 +7,13 @@ block the event loop.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse
 
+from costmodels import checks
+from jobs import catalog
 from jobs.artifacts import check_name
 from jobs.models import Job
 from jobs.queue import enqueue_job
@@ -45,9 +47,11 @@ def check_references(spec: JobSpec, store: JobStore, tenant: str) -> None:
         if refused:
             raise field_error(["body", "resources", "processes"], refused)
     if spec.cost_model.kind == "fitted" and spec.cost_model.id:
-        if store.get_cost_model(spec.cost_model.id, tenant) is None:
+        row = store.get_cost_model(spec.cost_model.id, tenant)
+        if row is None:
             raise field_error(["body", "cost_model", "id"],
                               f"no cost model with id '{spec.cost_model.id}'")
+        check_cost_model(spec, row.data)
     if spec.model.weights:
         upload = store.get_upload(spec.model.weights, tenant)
         if upload is None:
@@ -65,6 +69,28 @@ def check_references(spec: JobSpec, store: JobStore, tenant: str) -> None:
             raise field_error(["body", "data", "upload"],
                               f"uploaded data needs tensors 'x' and 'y'; missing: "
                               f"{', '.join(missing)}")
+
+
+def check_cost_model(spec: JobSpec, data: dict[str, Any]) -> None:
+    """422 now for what the worker would refuse after queueing (costmodels.checks)."""
+    shapes = None
+    if spec.model.arch in catalog.BUILTIN_MODELS:
+        known = catalog.dataset_shape(spec.data.dataset, spec.data.kwargs)
+        if known is not None:
+            shapes = catalog.weight_shapes(spec.model.arch, spec.model.kwargs, *known)
+    s = spec.sparsity
+    problems = checks.budget_problems(data, s.structure, s.budget, spec.cost_model.budget_ms,
+                                      spec.model.arch, shapes)
+    if problems:
+        loc, msg = problems[0]
+        raise field_error(loc, msg)
+
+
+def cost_model_warnings(spec: JobSpec, store: JobStore, tenant: str) -> list[str]:
+    if spec.cost_model.kind != "fitted" or not spec.cost_model.id:
+        return []
+    row = store.get_cost_model(spec.cost_model.id, tenant)
+    return [f"cost model: {w}" for w in checks.fit_warnings(row.data)] if row else []
 
 
 def public_job(job: Job, results: ResultsCache) -> JobPublic:
@@ -88,7 +114,7 @@ def submit_job(
     spec: JobSpec, store: StoreDep, celery: CeleryDep, tenant: CurrentTenant
 ) -> Response:
     check_references(spec, store, tenant)
-    warnings = spec.warnings()
+    warnings = spec.warnings() + cost_model_warnings(spec, store, tenant)
     unserved = unserved_warning(store.live_workers(), spec.resolved_queue())
     if unserved:
         warnings.append(unserved)

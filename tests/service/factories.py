@@ -89,6 +89,40 @@ def profile(layers: int = 2, device: str = "cpu") -> dict[str, Any]:
     return out
 
 
+def model_profile(arch: str = "mlp", dataset: str = "digits", structure: str = "weights",
+                  intercept: float = 0.01, overhead: float = 0.02) -> dict[str, Any]:
+    """A well-formed profile of a built-in model's layers (shapes from jobs' catalog), linear
+    in nonzero blocks, or with structure "channels" in kept widths (no torch)."""
+    from costmodels.checks import channel_layer_shapes
+    from jobs import catalog
+
+    known = catalog.dataset_shape(dataset, {})
+    assert known is not None
+    shapes = catalog.weight_shapes(arch, {}, *known)
+    out: dict[str, Any] = {"device": "cpu", "unit": "ms", "overhead": overhead, "layers": []}
+    if structure == "weights":
+        for pname, shape in shapes.items():
+            total = shape[0] * shape[1]
+            samples = [{"nnz_blocks": int(total * d), "latency": intercept + 2e-5 * total * d}
+                       for d in (0.1, 0.3, 0.6, 1.0)]
+            out["layers"].append({"name": pname.removesuffix(".weight"), "shape": list(shape),
+                                  "block": [1, 1], "samples": samples})
+        return out
+    out["structure"] = "channels"
+    for name, shape in channel_layer_shapes(arch, shapes).items():
+        full_in, full_out = shape[1], shape[0]
+        samples = []
+        for fi in (0.25, 0.5, 1.0):
+            for fo in (0.25, 0.5, 1.0):
+                i, o = max(1, int(full_in * fi)), max(1, int(full_out * fo))
+                samples.append({"kept_in": i, "kept_out": o, "nnz_blocks": i * o,
+                                "latency": intercept + 1e-5 * i * o + 1e-4 * o})
+        out["layers"].append({"name": name, "shape": list(shape), "block": [1, 1],
+                              "structure": "channels", "kind": "linear",
+                              "full": [full_in, full_out], "samples": samples})
+    return out
+
+
 def store_of(client: TestClient) -> Any:
     return client.app.state.resources.store  # type: ignore[attr-defined]
 

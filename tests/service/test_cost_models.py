@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.factories import locs, profile, spec
+from tests.service.factories import locs, model_profile, profile, spec
 
 
 def create(client: TestClient, body: dict[str, Any]) -> Any:
@@ -96,7 +96,7 @@ def test_unknown_cost_model_is_404(client: TestClient) -> None:
 
 
 def test_job_with_a_fitted_cost_model(client: TestClient) -> None:
-    model_id = create(client, {"profile": profile()}).json()["id"]
+    model_id = create(client, {"profile": model_profile()}).json()["id"]
     body = spec(cost_model={"kind": "fitted", "id": model_id, "budget_ms": 0.5})
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 202, response.text

@@ -1,0 +1,313 @@
+"""Structured sparsity against a fitted latency model: does it pay, and is the promise kept?
+
+For a CNN with BatchNorm, a CIFAR ResNet and an MLP on Fashion-MNIST (scikit-learn's digits
+where it is absent): train dense; profile the model's layers at kept widths at batch 64 and 1
+and fit structured cost models (costmodels.profile_channels / fit_profile); prune channels
+(Spartan, global allocation, latency costs re-linearised each step) from the dense weights to
+70 / 50 / 30% of the dense latency; prune uniformly (the same fraction of every layer group,
+parameter costs) to the parameter count of the 50% model; shrink every result (spartan.shrink)
+and time it with the dense model round-robin at batch 64 and 1.
+
+    python -m benchmarks.structured [--quick] [--seeds N] [--dataset auto|fashion-mnist|digits]
+
+Prints one JSON object on its last line; targets (issue 12): speedup >= 1.8x on the CNN at 50%
+(batch 64) within 1 point of dense accuracy, latency-aware >= 1.15x faster than uniform at
+accuracy within 0.5 point, whole-model prediction MAPE <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import logging
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from costmodels import channel_budget_fraction, channel_costs, fit_profile, profile_channels
+from costmodels.channel_bridge import channel_cost_split
+from costmodels.timing import keep_freed_memory, time_round_robin
+from spartan import Sparsifier, SparsifierConfig, shrink
+from spartan.channel_costs import LayerCost, total_cost
+from worker.models import build_model
+
+log = logging.getLogger("benchmarks.structured")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FRACTIONS = (0.7, 0.5, 0.3)
+
+
+class CnnBn(nn.Module):
+    """Conv + BatchNorm + ReLU stages, max-pooled, global average pool, linear head."""
+
+    def __init__(self, in_ch: int, num_classes: int, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_ch
+        for i, out in enumerate(channels):
+            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU()]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_data(name: str, quick: bool) -> tuple[str, Tensor, Tensor, Tensor, Tensor]:
+    if name in ("auto", "fashion-mnist") and (FASHION / "train-images-idx3-ubyte.gz").exists():
+        xtr = _idx(FASHION / "train-images-idx3-ubyte.gz")
+        ytr = _idx(FASHION / "train-labels-idx1-ubyte.gz")
+        xte = _idx(FASHION / "t10k-images-idx3-ubyte.gz")
+        yte = _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+        ntr, nte = (3000, 1000) if quick else (60000, 10000)
+        rng = np.random.default_rng(0)
+        tr, te = rng.permutation(len(xtr))[:ntr], rng.permutation(len(xte))[:nte]
+        def prep(x: np.ndarray) -> Tensor:
+            return torch.tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
+        return "fashion-mnist", prep(xtr[tr]), torch.tensor(ytr[tr], dtype=torch.long), \
+            prep(xte[te]), torch.tensor(yte[te], dtype=torch.long)
+    if name == "fashion-mnist":
+        raise SystemExit(f"Fashion-MNIST not found under {FASHION}")
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    xt = torch.tensor(x / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
+    yt = torch.tensor(y, dtype=torch.long)
+    return "digits", xt[:1400], yt[:1400], xt[1400:], yt[1400:]
+
+
+def make(arch: str, shape: tuple[int, ...], quick: bool) -> nn.Module:
+    if arch == "cnn_bn":
+        return CnnBn(shape[0], 10, (32, 64, 128) if not quick else (32, 64, 96))
+    if arch == "resnet":
+        return build_model("resnet", {"width": 16, "depth": 8 if quick else 20}, shape, 10)
+    return build_model("mlp", {"hidden": [512, 256]}, shape, 10)
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    model.eval()
+    with torch.inference_mode():
+        pred = torch.cat([model(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
+    return float((pred == y).float().mean())
+
+
+def train(model: nn.Module, data: tuple[Tensor, ...], epochs: int, seed: int,
+          config: SparsifierConfig | None = None, costs: Any = None) -> Sparsifier | None:
+    xtr, ytr = data[0], data[1]
+    steps = epochs * ((len(xtr) + 63) // 64)
+    gen = torch.Generator().manual_seed(seed)
+    sp = None if config is None else Sparsifier(model, config, steps, costs=costs,
+                                                example_inputs=xtr[:8])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3 if config is None else 1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(xtr), generator=gen)
+        for i in range(0, len(xtr), 64):
+            idx = order[i:i + 64]
+            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if sp is not None:
+                sp.step()
+    return sp
+
+
+def cost_model(model: nn.Module, x: Tensor, batch: int, quick: bool) -> dict[str, Any]:
+    prof = profile_channels(model, x, batch=batch, quick=quick, progress=False)
+    return fit_profile(prof)
+
+
+def predicted(cm: dict[str, Any], model: nn.Module, x: Tensor, sp: Sparsifier) -> float:
+    fixed, _ = channel_cost_split(cm, model, x, graph=sp.graph)  # type: ignore[attr-defined]
+    costs = {n: LayerCost.from_dict(n, c) for n, c in
+             channel_costs(cm, model, x, graph=sp.graph).items()}  # type: ignore[attr-defined]
+    return fixed + total_cost(sp.graph, costs, sp.item_mask())  # type: ignore[attr-defined]
+
+
+def pruned(dense: nn.Module, data: tuple[Tensor, ...], epochs: int, seed: int,
+           config: SparsifierConfig, costs: Any, cms: dict[int, dict[str, Any]]
+           ) -> dict[str, Any]:
+    model = copy.deepcopy(dense)
+    x = data[0][:8]
+    torch.manual_seed(seed)
+    sp = train(model, data, epochs, seed, config, costs)
+    assert sp is not None
+    pred = {b: predicted(cm, model, x, sp) for b, cm in cms.items()}
+    rep = sp.finalize()
+    small = shrink(model.eval(), x).eval()
+    params = sum(p.numel() for p in small.parameters())
+    return {"model": small, "accuracy": accuracy(small, data[2], data[3]), "predicted": pred,
+            "params": params, "kept_cost_fraction": rep.kept_cost_fraction}
+
+
+def uniform_fraction(dense: nn.Module, x: Tensor, params: int) -> float:
+    """The width fraction whose uniformly shrunk model has `params` parameters (bisection)."""
+    from costmodels.structured import _uniform_drop
+    from spartan.channels import trace_channels
+    from spartan.shrink import apply_plan, shrink_plan
+
+    graph = trace_channels(dense, x)
+    lo, hi = 0.02, 1.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        small = apply_plan(copy.deepcopy(dense), shrink_plan(graph, _uniform_drop(graph, mid)))
+        if sum(p.numel() for p in small.parameters()) > params:
+            hi = mid
+        else:
+            lo = mid
+    return (lo + hi) / 2
+
+
+def time_models(models: list[nn.Module], x: Tensor, repeats: int) -> list[float]:
+    with torch.inference_mode():
+        res = time_round_robin([partial(m, x) for m in models], repeats=repeats, warmup=2)
+    return [med for med, _ in res]
+
+
+def run_arch(arch: str, data: tuple[Tensor, ...], args: argparse.Namespace) -> dict[str, Any]:
+    shape = tuple(data[0].shape[1:])
+    epochs, tune = (2, 2) if args.quick else (15, 10)
+    seeds = range(args.seeds)
+    out: dict[str, Any] = {"runs": []}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        dense = make(arch, shape, args.quick)
+        train(dense, data, epochs, seed)
+        dense.eval()
+        x64 = data[0][:64]
+        cms = {64: cost_model(dense, x64, 64, args.quick),
+               1: cost_model(dense, x64[:1], 1, args.quick)}
+        costs64 = channel_costs(cms[64], dense, x64[:8])
+        run: dict[str, Any] = {"seed": seed, "dense_accuracy": accuracy(dense, data[2], data[3]),
+                               "fit": {b: cm.get("calibration", {}).get("whole_model_mape")
+                                       for b, cm in cms.items()}}
+        results = {}
+        for frac in FRACTIONS:
+            budget = channel_budget_fraction(cms[64], dense, x64[:8], frac)
+            cfg = SparsifierConfig(structure="channels", budget=budget, min_keep=0.1,
+                                   warmup_frac=0.5, finetune_frac=0.3)
+            results[f"latency_{int(frac * 100)}"] = pruned(dense, data, tune, seed, cfg,
+                                                            costs64, cms)
+        # uniform widths at the parameter count of the 50% latency-aware model
+        frac = uniform_fraction(dense, x64[:8], results["latency_50"]["params"])
+        cfg = SparsifierConfig(structure="channels", allocation="uniform", min_keep=0.1,
+                               budget=frac, warmup_frac=0.5, finetune_frac=0.3)
+        results["uniform_params"] = pruned(dense, data, tune, seed, cfg, None, cms)
+        names = list(results)
+        for batch in (64, 1):
+            xb = data[2][:batch]
+            times = time_models([dense] + [results[n]["model"] for n in names], xb,
+                                args.repeats)
+            run[f"dense_ms_b{batch}"] = times[0]
+            for n, t in zip(names, times[1:], strict=True):
+                results[n][f"measured_ms_b{batch}"] = t
+                results[n][f"speedup_b{batch}"] = times[0] / t
+        run["dense_predicted_ms"] = {b: sum(channel_cost_split(cm, dense, x64[:8]))
+                                     for b, cm in cms.items()}
+        for r in results.values():
+            r.pop("model")
+        run["results"] = results
+        out["runs"].append(run)
+    return out
+
+
+def summarise(arch: str, res: dict[str, Any]) -> dict[str, Any]:
+    runs = res["runs"]
+
+    def mean(f: Any) -> float:
+        return statistics.fmean(f(r) for r in runs)
+
+    s: dict[str, Any] = {"dense_accuracy": mean(lambda r: r["dense_accuracy"])}
+    errs = []
+    for r in runs:
+        for v in r["results"].values():
+            for b in (64, 1):
+                errs.append(abs(v["predicted"][b] - v[f"measured_ms_b{b}"])
+                            / v[f"measured_ms_b{b}"])
+        for b in (64, 1):
+            errs.append(abs(r["dense_predicted_ms"][b] - r[f"dense_ms_b{b}"])
+                        / r[f"dense_ms_b{b}"])
+    s["prediction_mape"] = statistics.fmean(errs)
+    # The same error with both sides divided by the dense model's (measured at profile time
+    # and at measuring time): the shape of the prediction, free of the machine's drift.
+    rel = []
+    for r in runs:
+        for b in (64, 1):
+            pd, md = r["dense_predicted_ms"][b], r[f"dense_ms_b{b}"]
+            for v in r["results"].values():
+                m = v[f"measured_ms_b{b}"] / md
+                rel.append(abs(v["predicted"][b] / pd - m) / m)
+    s["prediction_mape_relative_to_dense"] = statistics.fmean(rel)
+    lat50, uni = (mean(lambda r, k=k: r["results"][k]["measured_ms_b64"])
+                  for k in ("latency_50", "uniform_params"))
+    s["latency50_vs_uniform_b64"] = uni / lat50
+    s["accuracy_gap_latency50_vs_uniform"] = mean(
+        lambda r: r["results"]["latency_50"]["accuracy"] - r["results"]["uniform_params"][
+            "accuracy"])
+    s["speedup50_b64"] = mean(lambda r: r["results"]["latency_50"]["speedup_b64"])
+    s["accuracy_drop50"] = s["dense_accuracy"] - mean(
+        lambda r: r["results"]["latency_50"]["accuracy"])
+    return s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--dataset", default="auto",
+                        choices=["auto", "fashion-mnist", "digits"])
+    parser.add_argument("--archs", default="cnn_bn,resnet,mlp")
+    args = parser.parse_args()
+    args.seeds = args.seeds or (1 if args.quick else 3)
+    args.repeats = args.repeats or (15 if args.quick else 41)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    name, *data = load_data(args.dataset, args.quick)
+    start = time.perf_counter()
+    out: dict[str, Any] = {"benchmark": "structured", "dataset": name, "quick": args.quick,
+                           "seeds": args.seeds, "threads": 1, "archs": {}}
+    for arch in args.archs.split(","):
+        res = run_arch(arch, tuple(data), args)
+        out["archs"][arch] = {"summary": summarise(arch, res), **res}
+        log.warning("%s: %s", arch, json.dumps(out["archs"][arch]["summary"]))
+    cnn = out["archs"].get("cnn_bn", {}).get("summary", {})
+    sums = [a["summary"] for a in out["archs"].values()]
+    out["targets"] = {
+        "cnn_speedup50_b64>=1.8": cnn.get("speedup50_b64", 0.0) >= 1.8,
+        "cnn_accuracy_drop50<=1pt": cnn.get("accuracy_drop50", 1.0) <= 0.01,
+        "latency_aware>=1.15x_uniform": all(s["latency50_vs_uniform_b64"] >= 1.15 and
+                                            s["accuracy_gap_latency50_vs_uniform"] >= -0.005
+                                            for s in sums),
+        "prediction_mape<=10%": all(s["prediction_mape"] <= 0.10 for s in sums),
+    }
+    out["seconds"] = time.perf_counter() - start
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
