@@ -147,6 +147,10 @@ class LatencySection(_Section):
     predicted: float | None = Field(description="The cost model's latency, when it is one.")
     promised: float | None = Field(description="The budget, when it was a latency.")
     kept: bool | None = Field(description="sparse_measured within 15% of promised.")
+    measured_vs_promised: float | None = Field(default=None,
+                                               description="sparse_measured / promised.")
+    note: str | None = Field(default=None, description="The promise in one sentence: kept, or "
+                             "by how much it was missed and why.")
 
 
 class Report(_Section):

@@ -74,21 +74,29 @@ def save_shrunk(model: nn.Module, path: str | Path, spec: dict[str, Any] | None 
     architecture's spec ({arch, kwargs, input_shape, num_classes}) when known."""
     from safetensors.torch import save_file
 
+    tensors, meta = _shrunk_payload(model, spec)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _shrunk_payload(model: nn.Module, spec: dict[str, Any] | None
+                    ) -> tuple[dict[str, Tensor], dict[str, str]]:
     plan = getattr(model, PLAN_ATTR, None)
     if plan is None:
         raise ValueError("save_shrunk takes a model made by spartan.shrink")
     meta = {"format": SHRUNK_FORMAT, "plan": json.dumps(plan)}
     if spec is not None:
         meta["model"] = json.dumps(spec)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=meta)
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, meta
 
 
 def sparse_bytes(model: SparseModel) -> bytes:
     """What save_sparse writes, as bytes."""
     from safetensors.torch import save
 
-    tensors, meta = _payload(model)
+    if getattr(model.module, PLAN_ATTR, None) is not None:
+        tensors, meta = _shrunk_payload(model.module, model.spec)
+    else:
+        tensors, meta = _payload(model)
     return save(tensors, metadata=meta)
 
 

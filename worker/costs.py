@@ -8,11 +8,16 @@
   sparsity.budget means "at most this fraction of the dense model's latency", or
   cost_model.budget_ms an absolute latency; costmodels.bridge turns either into the
   Sparsifier's fraction, counting intercepts, overhead and unmasked layers as fixed cost.
+
+With sparsity.structure "channels" the same three kinds are per-layer functions of the kept
+widths (spartan.channel_costs; costmodels.channel_bridge): params and FLOPs built in, fitted
+from a structured profile; the Sparsifier takes the per-layer coefficients.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -26,10 +31,12 @@ class CostPlan:
     kind: str
     unit: str
     budget_fraction: float  # the Sparsifier's budget: kept fraction of the masked cost
-    costs: dict[str, Tensor] | None = None  # per-block costs; None = one per weight
+    costs: dict[str, Any] | None = None  # per-block costs (channels: per-layer coefficients);
+    # None = one per weight (channels: parameters)
     fixed: float = 0.0  # cost no mask removes, in `unit`
     budget: float | None = None  # the budget in `unit`, when the spec fixes it
     model: CostModel | None = field(default=None, repr=False)  # validated once
+    structure: str = "weights"
 
     def budget_cost(self, variable_total: float) -> float:
         """The budget in `unit`, given the masked layers' total (variable) cost."""
@@ -38,8 +45,9 @@ class CostPlan:
         return self.fixed + self.budget_fraction * variable_total
 
     def predicted(self, model: nn.Module, kept_cost: float) -> float:
-        """Predicted cost of the finalized model, in `unit`."""
-        if self.model is None:
+        """Predicted cost of the finalized model, in `unit` (channels: the Sparsifier's exact
+        cost of the kept widths)."""
+        if self.model is None or self.structure == "channels":
             return self.fixed + kept_cost
         from costmodels import bridge
 
@@ -52,6 +60,8 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
     model is validated and the block costs computed here, once per job."""
     kind, s = spec.cost_model.kind, spec.sparsity
     dense = s.method == "dense"
+    if s.structure == "channels":
+        return _channel_costs(spec, model, example_input, store, tenant)
     if kind == "params":
         return CostPlan(kind, "params", 1.0 if dense else s.budget)
     from costmodels import bridge, builtin
@@ -83,3 +93,46 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
         fraction, budget = s.budget, None
     return CostPlan(kind, split.cost_model.unit, float(fraction), costs=split.costs,
                     fixed=split.fixed, budget=budget, model=split.cost_model)
+
+
+def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobStore,
+                   tenant: str | None) -> CostPlan:
+    from costmodels import builtin, channel_bridge
+    from costmodels.schema import validate_cost_model
+    from spartan.channels import trace_channels
+
+    kind, s = spec.cost_model.kind, spec.sparsity
+    dense = s.method == "dense"
+    if kind == "params" and spec.cost_model.budget_ms is None:
+        cost_model: Any = builtin.channel_cost_model(model, example, "params")
+    elif kind == "flops":
+        cost_model = builtin.channel_cost_model(model, example, "flops")
+    else:
+        row = store.get_cost_model(spec.cost_model.id or "", tenant=tenant)
+        if row is None:
+            raise ValueError(f"cost model '{spec.cost_model.id}' not found")
+        cost_model = row.data
+    was_training = model.training
+    try:
+        graph = trace_channels(model, example)
+    finally:
+        model.train(was_training)
+    costs = channel_bridge.channel_costs(cost_model, model, example, graph=graph)
+    fixed, variable = channel_bridge.channel_cost_split(cost_model, model, example, graph=graph)
+    cm = validate_cost_model(dict(cost_model))
+    budget_ms = spec.cost_model.budget_ms
+    budget: float | None
+    if dense:
+        fraction, budget = 1.0, budget_ms
+    elif budget_ms is not None:
+        fraction = channel_bridge.channel_budget_fraction(cm, model, example, budget_ms, "ms",
+                                                          graph=graph)
+        budget = budget_ms
+    elif kind == "fitted":
+        fraction = channel_bridge.channel_budget_fraction(cm, model, example, s.budget,
+                                                          graph=graph)
+        budget = s.budget * (fixed + variable)
+    else:
+        fraction, budget = s.budget, None
+    return CostPlan(kind, cm.unit, float(fraction), costs=costs, fixed=fixed, budget=budget,
+                    model=cm, structure="channels")

@@ -63,8 +63,8 @@ def make_optimizer(model: nn.Module, t: TrainingSpec) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def make_sparsifier(spec: JobSpec, model: nn.Module, costs: CostPlan, total_steps: int
-                    ) -> Sparsifier | None:
+def make_sparsifier(spec: JobSpec, model: nn.Module, costs: CostPlan, total_steps: int,
+                    example: Tensor | None = None) -> Sparsifier | None:
     s = spec.sparsity
     if s.method == "dense":
         return None
@@ -72,7 +72,10 @@ def make_sparsifier(spec: JobSpec, model: nn.Module, costs: CostPlan, total_step
         method=s.method, budget=costs.budget_fraction, block=(s.block[0], s.block[1]),
         allocation=s.allocation, beta_init=s.beta_init, beta_final=s.beta_final,
         warmup_frac=s.warmup_frac, finetune_frac=s.finetune_frac, schedule=s.schedule,
-        prefixes=tuple(s.prefixes) if s.prefixes else None)
+        prefixes=tuple(s.prefixes) if s.prefixes else None, structure=s.structure,
+        min_keep=s.min_keep)
+    if s.structure == "channels":
+        return Sparsifier(model, config, total_steps, costs.costs, example_inputs=example)
     return Sparsifier(model, config, total_steps, costs.costs)
 
 
@@ -108,8 +111,8 @@ def make_plan(job: Job, store: JobStore, uploads_dir: Path) -> JobPlan:
     batches = TensorBatches(data, t.batch_size, t.seed)
     total = batches.steps_per_epoch * t.epochs
     example = data.x_train[:t.batch_size]
-    costs = plan_costs(spec, model, example[:1], store, job.tenant)
-    sparsifier = make_sparsifier(spec, model, costs, total)
+    costs = plan_costs(spec, model, example[:2], store, job.tenant)
+    sparsifier = make_sparsifier(spec, model, costs, total, example[:2])
     optimizer = make_optimizer(model, t)  # after the Sparsifier, the same way on every attempt
     return JobPlan(job=job, spec=spec, device=device, data=data, batches=batches,
                    task=make_task(), model=model, optimizer=optimizer, costs=costs,

@@ -89,11 +89,38 @@ def latency_section(speedup: r.SpeedupSection, cost: r.CostSection) -> r.Latency
     row = speedup.batches[-1]  # the training batch size
     timed = cost.unit == "ms"
     promised = cost.budget if timed and cost.kind == "fitted" else None
+    predicted = cost.predicted if timed else None
+    kept = None if promised is None else row.sparse_ms <= promised * (1 + KEPT_TOLERANCE)
     return r.LatencySection(
         unit=speedup.unit, device=speedup.device, batch_size=row.batch,
-        dense_measured=row.dense_ms, sparse_measured=row.sparse_ms,
-        predicted=cost.predicted if timed else None, promised=promised,
-        kept=None if promised is None else row.sparse_ms <= promised * (1 + KEPT_TOLERANCE))
+        dense_measured=row.dense_ms, sparse_measured=row.sparse_ms, predicted=predicted,
+        promised=promised, kept=kept,
+        measured_vs_promised=None if promised is None else row.sparse_ms / promised,
+        note=promise_note(row.sparse_ms, promised, predicted, kept, row.batch))
+
+
+def promise_note(measured: float, promised: float | None, predicted: float | None,
+                 kept: bool | None, batch: int) -> str | None:
+    """One plain sentence on the latency promise: kept, or by how much and why not."""
+    if promised is None or kept is None:
+        return None
+    over = measured / promised - 1
+    if kept:
+        return (f"Promise kept: {measured:.4g} ms measured at batch {batch} against "
+                f"{promised:.4g} ms promised ({over:+.0%}; the limit is +15%).")
+    why = "the machine or the load differ from when the cost model was profiled"
+    if predicted is not None:
+        miss = measured / predicted - 1
+        if predicted > promised * (1 + 1e-3):
+            why = (f"the model could not be pruned down to the budget (predicted "
+                   f"{predicted:.4g} ms: the per-layer floors, min_keep, or the fixed cost)")
+        elif abs(miss) > KEPT_TOLERANCE:
+            why = (f"the cost model predicted {predicted:.4g} ms, {miss:+.0%} off the "
+                   f"measurement: its fit is off for this model or this machine's speed "
+                   "changed since it was profiled (profile again on the worker, without "
+                   "--quick)")
+    return (f"Promise not kept: {measured:.4g} ms measured at batch {batch} is {over:.0%} "
+            f"over the promised {promised:.4g} ms (the limit is 15%), because {why}.")
 
 
 def export(plan: JobPlan, cost: r.CostSection) -> tuple[bytes | None, r.SpeedupSection |
@@ -107,12 +134,29 @@ def export(plan: JobPlan, cost: r.CostSection) -> tuple[bytes | None, r.SpeedupS
     arch = {"arch": spec.model.arch, "kwargs": spec.model.kwargs,
             "input_shape": list(data.input_shape), "num_classes": data.num_classes}
     try:
+        if spec.sparsity.structure == "channels":
+            return shrunk_export(plan, cost, arch)
         sparse, section = speedup_report(plan.model, plan.example, spec.training.batch_size,
                                          plan.device, cost.model_dump(), arch)
         return sparse_bytes(sparse), r.SpeedupSection.model_validate(section)
     except Exception as exc:  # noqa: BLE001 (any kernel failure: say so in the report)
         log.exception("job %s: sparse export failed", plan.job.id)
         return None, r.SpeedupFailed(error=describe(exc))
+
+
+def shrunk_export(plan: JobPlan, cost: r.CostSection, arch: dict[str, Any]
+                  ) -> tuple[bytes, r.SpeedupSection]:
+    """Structured jobs: the physically smaller model (spartan.shrink), saved with its plan,
+    timed against the finalized one."""
+    from spartan import SparseModel, shrink
+    from spartan.sparse_io import sparse_bytes
+    from worker.speedup import shrunk_report
+
+    model = plan.model.eval()
+    small = shrink(model, plan.example[:2]).eval()
+    section = shrunk_report(model, small, plan.example, plan.spec.training.batch_size,
+                            plan.device, cost.model_dump())
+    return sparse_bytes(SparseModel(small, {}, arch)), r.SpeedupSection.model_validate(section)
 
 
 def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
@@ -133,6 +177,9 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
     cost = cost_section(plan.costs, sparsity.cost,
                         plan.costs.predicted(model, sparsity.kept_cost))
     sparse_model, speedup = export(plan, cost)
+    latency = latency_section(speedup, cost) if isinstance(speedup, r.SpeedupSection) else None
+    missed = [latency.note] if latency is not None and latency.kept is False and latency.note \
+        else []
     rep = r.Report(
         job_id=job.id, name=job.name, spec=job.spec,
         model=r.ModelSection(arch=spec.model.arch, input_shape=list(plan.data.input_shape),
@@ -148,9 +195,8 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
         training=r.TrainingSection(steps=state.step, epochs=spec.training.epochs,
                                    device=plan.device.type, seconds=state.train_seconds,
                                    attempts=job.attempts, resumed_from_step=resumed_from),
-        curve=state.history, warnings=list(job.warnings or []), speedup=speedup,
-        latency=latency_section(speedup, cost)
-        if isinstance(speedup, r.SpeedupSection) else None)
+        curve=state.history, warnings=list(job.warnings or []) + missed, speedup=speedup,
+        latency=latency)
     meta = {"job_id": job.id, "arch": spec.model.arch,
             "input_shape": ",".join(map(str, plan.data.input_shape)),
             "num_classes": str(plan.data.num_classes)}

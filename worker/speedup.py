@@ -91,3 +91,38 @@ def _predicted(cost: dict[str, Any] | None) -> dict[str, Any] | None:
     dense, sparse = cost.get("dense"), cost["predicted"]
     return {"kind": cost.get("kind"), "unit": cost.get("unit"), "dense": dense,
             "sparse": sparse, "speedup": dense / sparse if dense else None}
+
+
+def shrunk_report(model: nn.Module, small: nn.Module, x: Tensor, batch_size: int,
+                  device: torch.device, cost: dict[str, Any] | None = None, repeats: int = 15
+                  ) -> dict[str, Any]:
+    """Report section for a physically smaller model (spartan.shrink) against the finalized
+    one (dense shapes, zeros): both timed round-robin at batch 1 and `batch_size`."""
+    from costmodels.timing import time_round_robin
+
+    model, small = model.eval(), small.eval()
+    xb = x[:batch_size].to(device)
+    rows = []
+    with torch.inference_mode():
+        for b in sorted({1, int(xb.shape[0])}):
+            xi = xb[:b]
+            (dense_ms, _), (small_ms, _) = time_round_robin(
+                [partial(model, xi), partial(small, xi)], repeats=repeats, warmup=1,
+                device=device)
+            rows.append({"batch": b, "dense_ms": dense_ms, "sparse_ms": small_ms,
+                         "speedup": dense_ms / small_ms})
+    n_dense = sum(p.numel() for p in model.parameters())
+    n_small = sum(p.numel() for p in small.parameters())
+    main = rows[-1]
+    others = ", ".join(f"{r['speedup']:.2f}x at batch {r['batch']}" for r in rows[:-1])
+    tail = f" ({others})" if others else ""
+    kept = f"{n_small:,} of {n_dense:,} parameters"
+    summary = (f"The shrunk model ({kept}) runs {main['speedup']:.2f}x as fast as the dense one "
+               f"at batch {main['batch']} on {device.type}{tail}." if main["speedup"] >= FASTER
+               else f"The shrunk model ({kept}) is not faster than the dense one on "
+               f"{device.type}: {main['speedup']:.2f}x at batch {main['batch']}{tail}; the "
+               "channels removed carry too little of the time at this size.")
+    return {"device": device.type, "batch_size": batch_size, "unit": "ms",
+            "statistic": f"median of {repeats} runs, round-robin", "kernels": {},
+            "batches": rows, "faster": main["speedup"] >= FASTER, "predicted": _predicted(cost),
+            "summary": summary}
