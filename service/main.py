@@ -9,13 +9,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
 from jobs.settings import Settings, get_settings
 from jobs.uploads import clean_partial
 from service import errors, openapi
 from service.limits import MULTIPART_SLACK, BodyLimitMiddleware
+from service.query import refuse_unknown_query
 from service.routes import (
     cost_models,
     dashboard,
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # /docs is served from an installed package (service/routes/docs.py), not a CDN.
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.resources = resources
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limit(resources.settings))

@@ -235,3 +235,11 @@ def test_artifacts_are_listed_and_streamed(client: TestClient) -> None:
     for name in ("missing.bin", ".hidden", "..%2Fspartan.db", "a%2F..%2F..%2Fspartan.db"):
         response = client.get(f"/v1/jobs/{job_id}/artifacts/{name}")
         assert response.status_code == 404, name
+
+
+def test_unknown_query_parameter_is_refused(client: TestClient) -> None:
+    r = client.get("/v1/jobs", params={"stauts": "running"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", "stauts"]
+    assert "status" in r.json()["detail"][0]["msg"]
+    assert client.get("/v1/jobs", params={"status": "running"}).status_code == 200
