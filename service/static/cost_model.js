@@ -18,13 +18,19 @@
       `Device ${data.device || "unknown"} · unit ${unit} · ${layers.length} layers · created ` +
       Spartan.fmtTime(cm.created_at);
     document.getElementById("cm-no-profile").hidden = Boolean(cm.profile);
+    // Poor fits, flagged when the model was fitted (costmodels.checks.fit_warnings).
+    const warnings = Array.isArray(data.warnings) ? data.warnings.map(String) : [];
+    const box = document.getElementById("cm-warnings");
+    box.hidden = warnings.length === 0;
+    box.replaceChildren(...warnings.map((w) => el("p", { text: w })));
     document.querySelector("#cm-table tbody").replaceChildren(...layers.map(([name, fit]) => {
       const samples = (profile[name] || {}).samples || [];
       return el("tr", {},
         el("th", { scope: "row", class: "mono", text: name }),
         el("td", { text: (fit.block || [1, 1]).join("×") }),
         el("td", { class: "num", text: `${fmtNum(fit.intercept)} ${unit}` }),
-        el("td", { class: "num", text: `${fmtNum(fit.slope)} ${unit}` }),
+        el("td", { class: "num", text: `${fmtNum(fit.slope)} ${unit}` +
+          (fit.structure === "channels" ? " per channel pair" : "") }),
         el("td", { class: "num", text: fmtNum(fit.r2) }),
         el("td", { class: "num", text: typeof fit.mape === "number" ? fmtPct(fit.mape) : "—" }),
         el("td", { class: "num", text: String(samples.length || "—") }));

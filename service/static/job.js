@@ -187,12 +187,22 @@
       ["Kept weights (target / in saved model)", "100%",
         `${a(sparsity.density)} / ${a(sparsity.measured_density)}`],
       ...latencyRows(lastJob),
+      ...(report.latency && typeof report.latency.promised === "number"
+        ? [["Promised latency", "—", `${fmtNum(report.latency.promised)} ms` +
+          (report.latency.kept === false ? " (missed)" : report.latency.kept ? " (kept)" : "")]]
+        : []),
     ];
     document.querySelector("#report-table tbody").replaceChildren(...rows.map(([q, d, s]) =>
       el("tr", {}, el("th", { scope: "row", text: q }), el("td", { class: "num", text: d }),
         el("td", { class: "num", text: s }))));
     document.getElementById("report-note").textContent = acc.dense_source
       ? `Dense accuracy: ${acc.dense_source}.` : "";
+    // The latency promise in one sentence: kept, or by how much it was missed and why.
+    const lat = report.latency || {};
+    const note = document.getElementById("latency-note");
+    note.hidden = !lat.note;
+    note.textContent = lat.note || "";
+    note.className = lat.kept === false ? "warning-box" : "muted";
 
     const layers = (sparsity.layers || []).filter((l) => l && l.name !== undefined);
     Charts.bars(document.getElementById("chart-kept"),

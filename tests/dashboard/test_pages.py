@@ -205,7 +205,15 @@ def test_cost_model_page_draws_measured_and_fitted(page: Any, served: Served) ->
     cells = page.locator("#cm-table tbody tr").first.locator("td")
     expect(cells.nth(3)).to_have_text(str(round(fc1["r2"], 3)).rstrip("0"))
     expect(cells.nth(4)).to_have_text(re.compile(r"^\d+(\.\d+)?%$"))
+    expect(page.locator("#cm-warnings")).to_be_hidden()  # a good fit: nothing flagged
     screenshot(page, "cost-model")
+    noisy = json.loads(json.dumps(profile))
+    for i, sample in enumerate(noisy["layers"][0]["samples"]):
+        sample["latency"] *= (1, 3, 0.3, 2)[i % 4]
+    with served.client() as client:
+        poor = client.post("/v1/cost-models", json={"name": "noisy", "profile": noisy}).json()
+    page.goto(f"/cost-models/{poor['id']}")
+    expect(page.locator("#cm-warnings")).to_contain_text("layer fc1: held-out error")
     page.goto("/")
     page.get_by_role("link", name="cpu-mlp").click()
     expect(page).to_have_url(f"{served.url}/cost-models/{fitted['id']}")
@@ -243,3 +251,23 @@ def test_tokens_prompt_once_and_scope_to_tenant(token_page: Any, served_tokens: 
 
     page.get_by_role("button", name="Forget token").click()
     expect(page.get_by_label("API token")).to_be_visible()
+
+
+def test_job_page_says_when_the_latency_promise_was_missed(page: Any, served: Served) -> None:
+    job_id = served.new_job(name="promise")
+    served.start(job_id, total_steps=10)
+    rep = report([("fc1", 0.5, 1.0, 2.0)])
+    note = ("Promise not kept: 1.4 ms measured at batch 64 is 40% over the promised 1 ms "
+            "(the limit is 15%), because the cost model predicted 0.98 ms, +43% off the "
+            "measurement.")
+    rep["latency"] = {"unit": "ms", "device": "cpu", "batch_size": 64, "dense_measured": 2.0,
+                      "sparse_measured": 1.4, "predicted": 0.98, "promised": 1.0,
+                      "kept": False, "measured_vs_promised": 1.4, "note": note}
+    served.artifacts.write_bytes(job_id, "report.json", json.dumps(rep).encode())
+    served.store.finish_job(job_id, "succeeded", progress={"step": 10, "total_steps": 10})
+    page.goto(f"/jobs/{job_id}")
+    box = page.locator("#latency-note")
+    expect(box).to_have_text(note)
+    expect(box).to_have_class("warning-box")
+    expect(page.locator("#report-table")).to_contain_text("1 ms (missed)")
+    expect(page.locator("#report-table")).to_contain_text("95.5%")  # dense vs sparse accuracy
