@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from costmodels.fit import piecewise
 from costmodels.profiler import layer_name
 from costmodels.schema import TIME_UNITS, CostLayer, CostModel, validate_cost_model
 
@@ -206,7 +207,8 @@ def budget_fraction(cost_model: Mapping[str, Any] | CostModel, model: nn.Module,
 def predict_cost(cost_model: Mapping[str, Any] | CostModel, model: nn.Module) -> float:
     """Predicted cost of the model's current weights (masked ones while a Sparsifier is
     attached): overhead + for each cost-model layer intercept + slope x its nonzero blocks
-    (blocks of the layer's cost-model block)."""
+    (blocks of the layer's cost-model block), at most the layer's dense latency where the
+    profile measured it (costmodels.fit.piecewise: the export runs dense there)."""
     from spartan.layout import block_values
 
     cm = _model(cost_model)
@@ -219,5 +221,5 @@ def predict_cost(cost_model: Mapping[str, Any] | CostModel, model: nn.Module) ->
             raise ValueError(f"cost-model layer {key!r} is not a weight of the model")
         _check_shape(key, lay, p)
         nnz = int((block_values(p.detach(), lay.block) > 0).sum())
-        total += lay.intercept + lay.slope * nnz
+        total += piecewise(lay, nnz)
     return total

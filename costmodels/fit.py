@@ -157,6 +157,10 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
             entry["kernel"] = lay.kernel
         if lay.dense_latency is not None:
             entry["dense_latency"] = lay.dense_latency
+            # Piecewise: the deployed export runs dense wherever the sparse kernel is slower,
+            # so above this many blocks the layer costs its dense latency (flat), not the line.
+            if fitter.slope_ > 0 and lay.dense_latency > fitter.intercept_:
+                entry["crossover_nnz"] = (lay.dense_latency - fitter.intercept_) / fitter.slope_
         layers[lay.name] = entry
         log.info("%s: %.4g + %.4g x nnz (r2 %.3f, cv mape %.3f)", lay.name, entry["intercept"],
                  entry["slope"], entry["r2"], entry["mape"])
@@ -184,16 +188,24 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
     return out
 
 
+def piecewise(layer: Any, nnz: float) -> float:
+    """A fitted weights layer's latency at `nnz` blocks: its line, but never above its dense
+    latency (the export keeps the dense kernel where the sparse one is slower)."""
+    line = float(layer.intercept + layer.slope * nnz)
+    dense = (layer.model_extra or {}).get("dense_latency")
+    return min(line, float(dense)) if isinstance(dense, (int, float)) else line
+
+
 def predict_latency(cost_model: Mapping[str, Any], nnz_blocks: Mapping[str, int],
                     include_overhead: bool = True) -> float:
-    """overhead + sum over layers of intercept + slope x nnz_blocks[layer] (every layer of the
-    cost model must be given, none other)."""
+    """overhead + sum over layers of min(intercept + slope x nnz_blocks[layer], the layer's
+    dense latency when known) (every layer of the cost model must be given, none other)."""
     cm = validate_cost_model(dict(cost_model))
     missing = sorted(set(cm.layers) - set(nnz_blocks))
     unknown = sorted(set(nnz_blocks) - set(cm.layers))
     if missing or unknown:
         raise ValueError(f"nnz_blocks do not match the cost model: missing {missing}, "
                          f"unknown {unknown}")
-    total = sum(lay.intercept + lay.slope * nnz_blocks[name] for name, lay in cm.layers.items())
+    total = sum(piecewise(lay, nnz_blocks[name]) for name, lay in cm.layers.items())
     overhead = (cm.overhead or 0.0) if include_overhead else 0.0
     return total + overhead

@@ -98,3 +98,15 @@ def test_machine_and_overhead_carried(profile: dict[str, Any]) -> None:
 def test_plot_fit_writes_png(profile: dict[str, Any], tmp_path: Path) -> None:
     out = plot_fit(profile, fit_profile(profile), tmp_path / "fit.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prediction_is_flat_above_the_crossover() -> None:
+    """Above the density where the sparse kernel stops beating dense, the export runs dense:
+    the prediction is the dense latency there, the sparse line below it."""
+    prof = synthetic_profile(intercept=0.01, slope=1e-5, noise=0.0, shape=(256, 64))
+    prof["layers"][0]["dense_latency"] = 0.09  # the line reaches it at 8000 of 16384 blocks
+    cm = fit_profile(prof)
+    lay = cm["layers"]["fc1"]
+    assert lay["crossover_nnz"] == pytest.approx(8000, rel=1e-3)
+    assert predict_latency(cm, {"fc1": 4000}, include_overhead=False) == pytest.approx(0.05)
+    assert predict_latency(cm, {"fc1": 16384}, include_overhead=False) == pytest.approx(0.09)
