@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from jobs.admission import Limits
 
 
 class Settings(BaseSettings):
@@ -38,6 +42,36 @@ class Settings(BaseSettings):
     # The most ranks one job may use on a worker (resources.processes); 0 = its devices: the
     # GPUs on the gpu queue, the CPU cores on the cpu queue. Advertised in the worker registry.
     worker_processes: int = Field(default=0, ge=0)
+
+    # Per-job limits, checked at submit (estimates) and by the worker before training; "N"
+    # for every queue or "cpu:N,gpu:M". The defaults fit a worker of 2 cores and 24 GiB.
+    max_job_params: str = "100000000"
+    max_job_steps: str = "1000000"
+    max_job_memory_bytes: str = str(8 * 1024**3)
+    max_job_dataset_bytes: str = str(4 * 1024**3)
+    # Fair scheduling: a worker defers a job of a tenant that already runs more jobs (or
+    # started one more recently) than another tenant with jobs waiting on the same queue.
+    fair_scheduling: bool = True
+
+    @field_validator("max_job_params", "max_job_steps", "max_job_memory_bytes",
+                     "max_job_dataset_bytes")
+    @classmethod
+    def _check_limits(cls, value: str) -> str:
+        from jobs.admission import parse_queue_limits
+
+        parse_queue_limits(value)
+        return value
+
+    def job_limits(self, queue: str) -> Limits:
+        from jobs.admission import Limits, limit_for, parse_queue_limits
+
+        def get(text: str) -> int:
+            found = limit_for(parse_queue_limits(text), queue)
+            return found if found is not None else 2**63 - 1
+
+        return Limits(params=get(self.max_job_params), steps=get(self.max_job_steps),
+                      memory_bytes=get(self.max_job_memory_bytes),
+                      dataset_bytes=get(self.max_job_dataset_bytes))
 
     @field_validator("api_tokens")
     @classmethod

@@ -71,6 +71,20 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+OUT_OF_MEMORY = "(most likely out of memory)"
+
+
+def lost_reason(warnings: list[str] | None) -> str:
+    """What the record says of how its worker processes died, for the final error."""
+    killed = [w for w in warnings or [] if "was killed by SIG" in w]
+    if not killed:
+        return ""
+    if any(OUT_OF_MEMORY in w for w in killed):
+        return (f" ({len(killed)} time(s) its process was killed by SIGKILL, most likely out "
+                "of memory: lower training.batch_size or the model's size)")
+    return f" ({killed[-1].split(': ', 1)[-1]})"
+
+
 class JobStore(SweepsAndLogs, WorkerRegistry):
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.engine = make_engine(url)
@@ -169,8 +183,9 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             elif job.attempts >= max_attempts:
                 self._finish_where(
                     s, job_id, "failed",
-                    f"gave up after {job.attempts} attempts: the worker was lost each time",
-                    now, extra=(claimable, Job.attempts >= max_attempts),
+                    f"gave up after {job.attempts} attempts: the worker was lost each time"
+                    + lost_reason(job.warnings), now,
+                    extra=(claimable, Job.attempts >= max_attempts),
                 )
             return None
 
@@ -303,6 +318,24 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
                 .order_by(Job.updated_at)
             ).all()
             return list(rows)
+
+    def note_process_killed(self, pid: int, signal_name: str) -> str | None:
+        """A worker's job process (pid) died of a signal: say so in the record of the job it
+        ran (its `worker` name holds the pid, worker.runner.worker_name). Returns its id."""
+        note = f"its worker process (pid {pid}) was killed by {signal_name}"
+        if signal_name == "SIGKILL":
+            note += (f" {OUT_OF_MEMORY}: the kernel's OOM killer sends SIGKILL; lower "
+                     "training.batch_size or the model's size, or give the worker more memory")
+        with self.session() as s:
+            job = s.scalars(select(Job).where(Job.status == "running",
+                                              Job.worker.like(f"%/{pid}/%"))).first()
+            if job is None:
+                return None
+            s.execute(update(Job).where(Job.id == job.id).values(
+                warnings=bounded_warnings([*(job.warnings or []),
+                                           f"attempt {job.attempts}: {note}"]))
+                .execution_options(synchronize_session=False))
+            return job.id
 
     def note_queued_warning(self, job_id: str, note: str, marker: str) -> bool:
         """Add `note` to a queued job's warnings unless one containing `marker` is there."""

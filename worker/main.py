@@ -23,11 +23,13 @@ import os
 import signal
 import sys
 from multiprocessing.connection import wait
+from typing import Any
 
 from billiard.exceptions import RestartFreqExceeded
 from billiard.pool import RUN, Supervisor, stop_if_not_current
 from billiard.pool import Pool as BlockingPool
 from celery.concurrency import prefork
+from celery.concurrency.asynpool import AsynPool
 
 from jobs.queue import QUEUES
 from jobs.settings import Settings, get_settings
@@ -107,8 +109,34 @@ class ReapingSupervisor(Supervisor):
             raise
 
 
+def note_lost_child(pid: int, exitcode: int | None) -> None:
+    """A job process died: when a signal killed it (SIGKILL: the OOM killer, most likely),
+    say so in its job's record, which would otherwise only learn that its worker was lost."""
+    if exitcode is None or exitcode >= 0:
+        return
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    try:
+        from jobs.store import JobStore
+
+        store = JobStore(get_settings().db_url, create=False)
+        try:
+            job_id = store.note_process_killed(pid, name)
+        finally:
+            store.close()
+        log.warning("job process %d killed by %s (job %s)", pid, name, job_id)
+    except Exception:
+        log.warning("could not record the loss of job process %d", pid, exc_info=True)
+
+
 class JobProcessPool(BlockingPool):
     Supervisor = ReapingSupervisor
+
+    def on_job_process_lost(self, job: Any, pid: int, exitcode: int) -> None:
+        note_lost_child(pid, exitcode)
+        super().on_job_process_lost(job, pid, exitcode)
 
     def join(self) -> None:
         # billiard's join stops its threads, then joins the children. The result thread ends
@@ -131,12 +159,21 @@ class JobProcessPool(BlockingPool):
         super().join()
 
 
+class JobAsynPool(AsynPool):
+    """Celery's event-loop pool (Redis), noting lost job processes like JobProcessPool."""
+
+    def on_job_process_lost(self, job: Any, pid: int, exitcode: int) -> None:
+        note_lost_child(pid, exitcode)
+        super().on_job_process_lost(job, pid, exitcode)
+
+
 class JobTaskPool(prefork.TaskPool):
     """Celery's prefork pool; on a transport without an event loop (the filesystem broker) it
     runs `JobProcessPool`. With Redis, Celery's event-loop pool is used unchanged (it reaps
     children on their exit already)."""
 
     BlockingPool = JobProcessPool
+    Pool = JobAsynPool
 
 
 def exit_now(code: int = 0) -> None:

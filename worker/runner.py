@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 
+from jobs.admission import check_built
 from jobs.artifacts import ArtifactStore
 from jobs.models import Job
 from jobs.settings import Settings
@@ -21,7 +22,7 @@ from jobs.store import JobStore
 from worker.checkpoint import Checkpointer
 from worker.lease import Lease, StopRequested, describe, finite
 from worker.objectives import evaluate
-from worker.plan import make_plan
+from worker.plan import JobPlan, make_plan
 from worker.publish import Outcome, publish
 from worker.training import Loop, LoopState
 
@@ -75,10 +76,27 @@ def run_job(job_id: str, store: JobStore, artifacts: ArtifactStore, settings: Se
             log.warning("job %s was taken over by another worker; stopping", job_id)
 
 
+class ResourceLimitError(RuntimeError):
+    """The built model or the loaded data is over the queue's limits (jobs.admission)."""
+
+
+def check_resources(plan: JobPlan, settings: Settings) -> None:
+    """What submit could not estimate (plugins, Hugging Face models, loaded data), checked
+    once built, before any training memory (gradients, optimiser state) is taken."""
+    data = plan.data
+    refused = check_built(
+        params=sum(p.numel() for p in plan.model.parameters()),
+        dataset_bytes=sum(t.numel() * t.element_size() for t in (data.x_train, data.x_val)),
+        steps=plan.total_steps, limits=settings.job_limits(plan.job.queue))
+    if refused:
+        raise ResourceLimitError(refused)
+
+
 def attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Settings,
             lease: Lease) -> tuple[Outcome, Checkpointer]:
     """One attempt at one job: plan, train (from the last checkpoint, if any), publish."""
     plan = make_plan(job, store, settings.uploads_dir)
+    check_resources(plan, settings)
     checkpoints = Checkpointer(artifacts, plan)
     state = checkpoints.restore()
     resumed_from = None if state is None else state.step

@@ -26,11 +26,12 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from jobs.artifacts import ArtifactStore
+from jobs.fairness import tenant_ahead
 from jobs.models import utcnow
 from jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery, waiting_job_ids
 from jobs.registry import UNSERVED, unserved_warning
 from jobs.settings import Settings, get_settings
-from jobs.store import JobStore
+from jobs.store import JobStore, lost_reason
 from worker.devices import capacity, devices, queues_served
 from worker.runner import run_job, worker_name
 
@@ -40,6 +41,7 @@ _resources: dict[int, tuple[JobStore, ArtifactStore]] = {}
 _stop_reaper = threading.Event()
 _registry_name: list[str] = [""]
 REQUEUE_PAUSE_S = 5.0
+FAIR_PAUSE_S = 0.2
 
 
 def resources(settings: Settings) -> tuple[JobStore, ArtifactStore]:
@@ -58,7 +60,26 @@ def run_job_task(self: Any, job_id: str) -> None:
     store, artifacts = resources(settings)
     if not fits_here(store, job_id, settings):
         return
+    if settings.fair_scheduling and not fair_turn(store, job_id):
+        return
     run_job(job_id, store, artifacts, settings, worker=worker_name(self.request.hostname))
+
+
+def fair_turn(store: JobStore, job_id: str) -> bool:
+    """Whether it is this job's tenant's turn (jobs.fairness); if not, its message goes to
+    the back of the queue, after a short pause (so that a worker left with only deferred
+    messages does not spin)."""
+    ahead = tenant_ahead(store, job_id)
+    if ahead is None:
+        return True
+    job = store.get_job(job_id)
+    if job is None:
+        return True
+    log.info("job %s of tenant %s deferred: tenant %s has the turn on queue %s", job_id,
+             job.tenant, ahead, job.queue)
+    time.sleep(FAIR_PAUSE_S)
+    enqueue_job(job_id, job.queue)
+    return False
 
 
 def fits_here(store: JobStore, job_id: str, settings: Settings) -> bool:
@@ -107,7 +128,7 @@ def reap_running(store: JobStore, settings: Settings, app: Celery | None = None)
             if store.requeue(job.id, job.heartbeat_at):
                 store.finish_job(job.id, "failed", error=(
                     f"gave up after {job.attempts} attempts: the worker was lost each time "
-                    f"({lost})"))
+                    f"({lost})" + lost_reason(job.warnings)))
                 log.warning("job %s failed: out of attempts", job.id)
             continue
         # Enqueue before requeueing: if the broker is down nothing changes and the next round

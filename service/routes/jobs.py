@@ -14,15 +14,24 @@ from fastapi.responses import FileResponse
 
 from costmodels import checks
 from jobs import catalog
+from jobs.admission import estimate, problems
 from jobs.artifacts import check_name
 from jobs.models import Job
 from jobs.queue import enqueue_job
 from jobs.registry import admission_error, unserved_warning
 from jobs.results import ResultsCache
+from jobs.settings import Settings
 from jobs.spec import JobSpec
 from jobs.store import TERMINAL, JobStore
 from service import serialize
-from service.deps import ArtifactsDep, CeleryDep, CurrentTenant, ResultsDep, StoreDep
+from service.deps import (
+    ArtifactsDep,
+    CeleryDep,
+    CurrentTenant,
+    ResultsDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
 from service.schemas import (
     ArtifactPublic,
@@ -37,9 +46,22 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401))
 
 
-def check_references(spec: JobSpec, store: JobStore, tenant: str) -> None:
+def check_resources(spec: JobSpec, upload_tensors: dict[str, Any] | None,
+                    settings: Settings) -> None:
+    """The job's estimated parameters, steps, data and memory within its queue's limits
+    (jobs.admission); 422 naming each limit it goes over."""
+    over = problems(estimate(spec, upload_tensors), settings.job_limits(spec.resolved_queue()))
+    if over:
+        raise HTTPException(
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["body", field], "msg": message, "type": "resource_limit"}
+                    for field, message in over])
+
+
+def check_references(spec: JobSpec, store: JobStore, tenant: str) -> dict[str, Any] | None:
     """Ids in the spec must name this tenant's uploads and cost models, of the right kind; a
-    multi-process job must fit some live worker of its queue (when one is alive to say)."""
+    multi-process job must fit some live worker of its queue (when one is alive to say).
+    Returns the data upload's tensors, when the job trains on one."""
     check_text(spec.name, ["body", "name"])
     if spec.resources.processes > 1:
         refused = admission_error(store.live_workers(), spec.resolved_queue(),
@@ -69,6 +91,8 @@ def check_references(spec: JobSpec, store: JobStore, tenant: str) -> None:
             raise field_error(["body", "data", "upload"],
                               f"uploaded data needs tensors 'x' and 'y'; missing: "
                               f"{', '.join(missing)}")
+        return dict(upload.tensors)
+    return None
 
 
 def check_cost_model(spec: JobSpec, data: dict[str, Any]) -> None:
@@ -111,9 +135,10 @@ def public_job(job: Job, results: ResultsCache) -> JobPublic:
     summary="Submit a sparse-training job",
 )
 def submit_job(
-    spec: JobSpec, store: StoreDep, celery: CeleryDep, tenant: CurrentTenant
+    spec: JobSpec, store: StoreDep, celery: CeleryDep, tenant: CurrentTenant,
+    settings: SettingsDep,
 ) -> Response:
-    check_references(spec, store, tenant)
+    check_resources(spec, check_references(spec, store, tenant), settings)
     warnings = spec.warnings() + cost_model_warnings(spec, store, tenant)
     unserved = unserved_warning(store.live_workers(), spec.resolved_queue())
     if unserved:

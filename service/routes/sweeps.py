@@ -19,9 +19,9 @@ from jobs.spec import JobSpec
 from jobs.store import new_id
 from jobs.sweeps import PointError, SweepCreate, budget_kind, dense_reference, expand, pareto
 from jobs.sweeps import sweep_status as overall_status
-from service.deps import CeleryDep, CurrentTenant, ResultsDep, StoreDep
+from service.deps import CeleryDep, CurrentTenant, ResultsDep, SettingsDep, StoreDep
 from service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
-from service.routes.jobs import check_references
+from service.routes.jobs import check_references, check_resources
 from service.schemas import SweepPoint, SweepPublic, SweepsPublic, SweepSummary
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,14 @@ def _load(sweep_id: str, store: StoreDep, tenant: str) -> tuple[Sweep, dict[str,
     summary="Start a sweep over budgets",
 )
 def create_sweep(body: SweepCreate, response: Response, store: StoreDep, celery: CeleryDep,
-                 tenant: CurrentTenant, results: ResultsDep) -> SweepPublic:
+                 tenant: CurrentTenant, results: ResultsDep, settings: SettingsDep
+                 ) -> SweepPublic:
     """One job per budget (and method, structure), tracked together. Budgets are fractions of
     the cost kept (`sparsity.budget`), or milliseconds (`cost_model.budget_ms`) when the base
     spec sets a latency budget. Method "dense" adds one dense reference point."""
     check_text(body.name, ["body", "name"])
     try:
-        check_references(body.spec, store, tenant)
+        check_resources(body.spec, check_references(body.spec, store, tenant), settings)
     except HTTPException as exc:  # its loc is the job route's ["body", ...]: under "spec" here
         if isinstance(exc.detail, list):
             for item in exc.detail:

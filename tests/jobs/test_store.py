@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import update
 
@@ -157,3 +158,21 @@ def test_cost_models_and_uploads_are_per_tenant(store: JobStore) -> None:
     up = store.create_upload("t1", "x.npz", "npz", 10, "0" * 64, {"x": {}})
     assert store.get_upload(up.id, tenant="t2") is None
     assert [u.id for u in store.list_uploads("t1")[0]] == [up.id]
+
+
+def test_a_killed_job_process_is_named_in_the_record_and_the_final_error(tmp_path: Path) -> None:
+    from jobs.store import lost_reason
+
+    store = JobStore(f"sqlite:///{tmp_path / 'k.db'}")
+    job = store.create_job("t", {}, "cpu", None)
+    store.claim_job(job.id, "celery@h/4242/abc123", max_attempts=3)
+    assert store.note_process_killed(4242, "SIGKILL") == job.id
+    assert store.note_process_killed(4243, "SIGKILL") is None  # no job of that process
+    warnings = store.get_job(job.id).warnings
+    assert warnings[0].startswith("attempt 1: its worker process (pid 4242) was killed by "
+                                  "SIGKILL (most likely out of memory)")
+    assert "most likely out of memory" in lost_reason(warnings)
+    assert lost_reason(["attempt 1: its worker process (pid 1) was killed by SIGSEGV"]) == (
+        " (its worker process (pid 1) was killed by SIGSEGV)")
+    assert lost_reason([]) == ""
+    store.close()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from jobs.models import WorkerRecord, utcnow
-from tests.service.factories import locs, spec, store_of
+from tests.service.conftest import MakeClient
+from tests.service.factories import locs, npz_bytes, spec, store_of
 
 FOUR = spec(resources={"processes": 4})
 
@@ -64,3 +66,38 @@ def test_a_job_whose_queue_no_live_worker_serves_says_so(client: TestClient) -> 
     noted = client.get(f"/v1/jobs/{early['id']}").json()["warnings"]
     assert len(noted) == 1 and "no live worker serves queue 'gpu'" in noted[0]
     assert len(client.get(f"/v1/jobs/{late['id']}").json()["warnings"]) == 1
+
+
+def test_a_job_over_a_resource_limit_is_refused_naming_it(make_client: MakeClient) -> None:
+    client = make_client()
+    steps = client.post("/v1/jobs", json=spec(training={"epochs": 10000, "batch_size": 1}))
+    assert steps.status_code == 422 and locs(steps) == [["body", "training"]]
+    assert "14,380,000 steps" in steps.text and "SPARTAN_MAX_JOB_STEPS" in steps.text
+    big = spec(model={"arch": "mlp", "kwargs": {"hidden": [20000, 20000]}})
+    params = client.post("/v1/jobs", json=big)
+    assert params.status_code == 422 and ["body", "model"] in locs(params)
+    assert "SPARTAN_MAX_JOB_PARAMS" in params.text and "SPARTAN_MAX_JOB_MEMORY_BYTES" in params.text
+    wide = spec(model={"arch": "resnet", "kwargs": {"width": 128, "depth": 56}},
+                training={"epochs": 1, "batch_size": 8192})
+    memory = client.post("/v1/jobs", json=wide)
+    assert memory.status_code == 422 and "GiB of memory" in memory.text
+    assert store_of(client).list_jobs()[1] == 0  # nothing stored
+    assert client.post("/v1/jobs", json=spec()).status_code == 202  # the defaults admit demos
+
+
+def test_limits_are_per_queue(make_client: MakeClient) -> None:
+    client = make_client(max_job_steps="cpu:50,gpu:100000")
+    cpu = client.post("/v1/jobs", json=spec(training={"epochs": 3}))
+    assert cpu.status_code == 422 and "limit is 50" in cpu.text
+    gpu = client.post("/v1/jobs", json={**spec(training={"epochs": 3}), "queue": "gpu"})
+    assert gpu.status_code == 202, gpu.text
+
+
+def test_uploaded_data_counts_against_the_dataset_limit(make_client: MakeClient) -> None:
+    client = make_client(max_job_dataset_bytes="1000")
+    data = npz_bytes(x=np.zeros((100, 8), np.float32), y=np.zeros(100, np.int64))
+    upload = client.post("/v1/uploads", files={"file": ("d.npz", data, "application/x")}).json()
+    response = client.post("/v1/jobs", json=spec(data={"dataset": "upload",
+                                                       "upload": upload["id"]}))
+    assert response.status_code == 422 and locs(response) == [["body", "data"]]
+    assert "SPARTAN_MAX_JOB_DATASET_BYTES" in response.text

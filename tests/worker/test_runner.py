@@ -272,3 +272,16 @@ def test_uploaded_data_and_initial_weights(submit: Submit, store: JobStore,
     other = submit(spec, tenant="t2")  # another tenant's uploads are not found
     run_job(other, store, artifacts, settings)
     assert "not found" in (store.get_job(other).error or "")  # type: ignore[union-attr]
+
+
+def test_a_built_model_over_the_queue_s_limit_fails_before_training(
+    submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings
+) -> None:
+    # What submit cannot estimate (a plugin, a Hugging Face model) the worker checks once built.
+    limited = settings.model_copy(update={"max_job_params": "cpu:1000"})
+    job_id = submit(TINY)
+    run_job(job_id, store, artifacts, limited)
+    job = store.get_job(job_id)
+    assert job.status == "failed"
+    assert "refused before training" in job.error and "SPARTAN_MAX_JOB_PARAMS" in job.error
+    assert job.progress.get("step", 0) == 0
