@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EXTRAS := $(VENV)/.extras
 
 .PHONY: setup demo test lint clean
 
@@ -13,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The tracking extras the tests exercise (MLflow against a real server: ~1 min to install).
+$(EXTRAS): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,mlflow,tensorboard]'
+	touch $(EXTRAS)
 
 setup: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
@@ -26,7 +32,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy spartan costmodels jobs worker service benchmarks
 
-test: lint
+test: lint $(EXTRAS)
 	$(BIN)/pytest -q -ra
 
 clean:

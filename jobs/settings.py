@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # enqueued again by the reaper.
     requeue_queued_after_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    # MLflow tracking of every job (params, per-step metrics, report and sparse model) when set;
+    # the workers need the [mlflow] extra.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "spartan"
     # The most ranks one job may use on a worker (resources.processes); 0 = its devices: the
     # GPUs on the gpu queue, the CPU cores on the cpu queue. Advertised in the worker registry.
     worker_processes: int = Field(default=0, ge=0)

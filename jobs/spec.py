@@ -180,6 +180,9 @@ class TrainingSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(default=200, ge=1, le=INT_MAX,
                                   description="Steps between checkpoints.")
+    tensorboard: bool = Field(
+        default=False, description="Also write TensorBoard event files beside metrics.jsonl "
+        "(needs the worker's [tensorboard] extra).")
 
     @model_validator(mode="before")
     @classmethod

@@ -9,21 +9,27 @@ alone. A later attempt resumes from the job's last checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import uuid
+from typing import Any
 
 from jobs.admission import check_built
 from jobs.artifacts import ArtifactStore
 from jobs.models import Job
+from jobs.report import REPORT
+from jobs.results import summarize
 from jobs.settings import Settings
 from jobs.store import JobStore
+from worker import joblog
 from worker.checkpoint import Checkpointer
 from worker.lease import Lease, StopRequested, describe, finite
 from worker.objectives import evaluate
 from worker.plan import JobPlan, make_plan
 from worker.publish import Outcome, publish
+from worker.tracking import TrackedCheckpoints, Trackers
 from worker.training import Loop, LoopState
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,15 @@ def run_job(job_id: str, store: JobStore, artifacts: ArtifactStore, settings: Se
     if job is None:
         log.info("job %s is not there to run (finished, cancelled or running elsewhere)", job_id)
         return
-    log.info("job %s: attempt %d on %s", job_id, job.attempts, name)
+    with joblog.capture(store, job_id, job.attempts):
+        log.info("job %s: attempt %d on %s", job_id, job.attempts, name)
+        run_claimed(job, store, artifacts, settings, name)
+
+
+def run_claimed(job: Job, store: JobStore, artifacts: ArtifactStore, settings: Settings,
+                name: str) -> None:
+    """Run a job this worker has claimed, and record how it ended."""
+    job_id = job.id
     interval = min(settings.progress_interval_s, settings.heartbeat_timeout_s / 4)
     outcome: tuple[Outcome, Checkpointer] | None = None
     error: str | None = None
@@ -58,6 +72,7 @@ def run_job(job_id: str, store: JobStore, artifacts: ArtifactStore, settings: Se
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = describe(exc)
+    joblog.flush()
     if outcome is not None:
         result, checkpoints = outcome
         if store.finish_job(job_id, "succeeded", metrics=result.metrics,
@@ -94,20 +109,41 @@ def check_resources(plan: JobPlan, settings: Settings) -> None:
 
 def attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Settings,
             lease: Lease) -> tuple[Outcome, Checkpointer]:
-    """One attempt at one job: plan, train (from the last checkpoint, if any), publish."""
+    """One attempt at one job: plan, train (from the last checkpoint, if any), publish; the
+    job's trackers (TensorBoard, MLflow) follow along."""
     plan = make_plan(job, store, settings.uploads_dir)
     check_resources(plan, settings)
+    trackers = Trackers.for_job(job, plan.spec, artifacts, settings)
     checkpoints = Checkpointer(artifacts, plan)
-    state = checkpoints.restore()
-    resumed_from = None if state is None else state.step
-    if state is None:
-        state = LoopState(initial_accuracy=evaluate(
-            plan.model, plan.task, plan.batches.validation())[0])
-    else:
-        lease.beat(resumed_from_step=state.step)
-        log.info("job %s: resumed from step %d", job.id, state.step)
-    loop = Loop(plan, lease, checkpoints, settings.progress_interval_s)
-    state = loop.run(state)
-    last = state.history[-1] if state.history else {}
-    done = loop.progress(state, "done", last.get("loss"), last.get("accuracy"))
-    return publish(plan, state, artifacts, resumed_from, finite(done)), checkpoints
+    state: LoopState | None = None
+    try:
+        state = checkpoints.restore()
+        resumed_from = None if state is None else state.step
+        if state is None:
+            state = LoopState(initial_accuracy=evaluate(
+                plan.model, plan.task, plan.batches.validation())[0])
+        else:
+            lease.beat(resumed_from_step=state.step)
+            log.info("job %s: resumed from step %d", job.id, state.step)
+        loop = Loop(plan, lease, TrackedCheckpoints(checkpoints, trackers),
+                    settings.progress_interval_s)
+        state = loop.run(state)
+        last = state.history[-1] if state.history else {}
+        done = loop.progress(state, "done", last.get("loss"), last.get("accuracy"))
+        outcome = publish(plan, state, artifacts, resumed_from, finite(done))
+    except StopRequested:
+        trackers.finish("cancelled", state)
+        raise
+    except Exception:
+        trackers.finish("failed", state)
+        raise
+    trackers.finish("succeeded", state, artifacts_results(artifacts, job.id))
+    return outcome, checkpoints
+
+
+def artifacts_results(artifacts: ArtifactStore, job_id: str) -> dict[str, Any] | None:
+    """The headline figures of the report just published."""
+    try:
+        return summarize(json.loads(artifacts.read_bytes(job_id, REPORT)))
+    except (OSError, ValueError):
+        return None

@@ -155,6 +155,8 @@ def test_sweep_end_to_end_through_the_cli(serve: Serve, tmp_path: Path) -> None:
         [(p["accuracy"], p["measured_latency"]) for p in points])
     assert any(p["pareto"] for p in points)
     assert sweep["dense"]["job_id"] == points[2]["job_id"]
+    logs = cli(serve, "logs", points[0]["job_id"])  # the worker's log, stored with the job
+    assert logs.returncode == 0 and "attempt 1" in logs.stdout, logs.stdout + logs.stderr
     table = swept.stdout.splitlines()
     assert table[1].split()[0] == "BUDGET"
     assert table[2].split()[:3] == ["0.05", "spartan", "succeeded"]
