@@ -101,6 +101,12 @@ class TrainingSection(_Section):
     attempts: int
     resumed_from_step: int | None
     world_size: int = Field(default=1, description="Ranks that trained the job.")
+    global_batch: int | None = Field(
+        default=None, description="Examples per optimiser step over all ranks (training."
+        "batch_size; each rank takes global_batch / world_size of them).")
+    ranks_compared: int = Field(
+        default=0, description="Checkpoints at which the masks, weights and buffers of every "
+        "rank were gathered and found identical (0 with one rank).")
 
 
 class SpeedupRow(_Section):

@@ -55,3 +55,27 @@ class TensorBatches:
         x, y = self.data.x_val, self.data.y_val
         for i in range(0, len(y), EVAL_BATCH):
             yield x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]
+
+
+class ShardedBatches:
+    """One rank's share of each global batch of `inner`: the global batch is `batch_size`
+    examples in the order a single process would take them, cut into `world` contiguous parts
+    (sizes differ by at most one, in an epoch's last, partial batch). `last_global` is the size
+    of the global batch the last yielded part came from (the loop scales the loss by it)."""
+
+    def __init__(self, inner: TensorBatches, rank: int, world: int) -> None:
+        self.inner, self.rank, self.world = inner, rank, world
+        self.steps_per_epoch = inner.steps_per_epoch
+        self.last_global = 0
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        data, b = self.inner.data, self.inner.batch_size
+        order = self.inner.order(epoch)
+        for i in range(start, self.steps_per_epoch):
+            idx = order[i * b:(i + 1) * b]
+            self.last_global = int(idx.numel())
+            mine = torch.tensor_split(idx, self.world)[self.rank]
+            yield data.x_train[mine], data.y_train[mine]
+
+    def validation(self) -> Iterator[Batch]:
+        return self.inner.validation()

@@ -22,6 +22,7 @@ from torch import Tensor
 from jobs import report
 from jobs.artifacts import ArtifactStore
 from worker.plan import JobPlan
+from worker.ranks import broadcast_json, broadcast_module, broadcast_optimizer, compare_ranks
 from worker.training import LoopState
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,13 @@ class Checkpointer:
 
     def save(self, state: LoopState) -> None:
         p = self.plan
+        if p.ranks.world > 1:
+            # Every rank's masks and weights, compared at every checkpoint: a job never trains
+            # on with ranks that disagree (spartan.distributed keeps them identical).
+            compare_ranks(p.model, p.sparsifier, p.ranks, p.device, state.step)
+            state.ranks_compared += 1
+        if not p.ranks.leader:  # rank 0 writes for all (their states are the same)
+            return
         # The curve so far, for the dashboard while the job runs (rewritten whole: idempotent).
         self.artifacts.write_bytes(self.job_id, report.METRICS, state.metrics_jsonl())
         rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
@@ -118,7 +126,22 @@ class Checkpointer:
 
     def restore(self) -> LoopState | None:
         """The loop state of the last checkpoint, with model, optimiser, Sparsifier and RNG
-        put back; None on a first attempt or without a checkpoint."""
+        put back; None on a first attempt or without a checkpoint. Under several ranks, rank 0
+        reads the checkpoint and broadcasts what it restored (worker.ranks)."""
+        p = self.plan
+        if p.ranks.world == 1:
+            return self._restore()
+        state = self._restore() if p.ranks.leader else None
+        loop = broadcast_json(None if state is None else state.to_json(), p.ranks, p.device)
+        if loop is None:
+            return None
+        broadcast_module(p.model)
+        if p.sparsifier is not None:
+            p.sparsifier.broadcast()
+        broadcast_optimizer(p.optimizer, p.ranks, p.device)
+        return LoopState.from_json(loop)
+
+    def _restore(self) -> LoopState | None:
         p = self.plan
         if p.job.attempts <= 1:
             return None

@@ -12,17 +12,19 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from jobs.models import Job
 from jobs.spec import JobSpec, TrainingSpec
 from jobs.store import JobStore
 from jobs.uploads import upload_path
 from spartan import Sparsifier, SparsifierConfig
-from worker.batches import Batches, TensorBatches
+from worker.batches import Batches, ShardedBatches, TensorBatches
 from worker.costs import CostPlan, plan_costs
 from worker.data import Dataset, load_dataset
 from worker.models import build_model, load_weights
 from worker.objectives import Task, make_task
+from worker.ranks import SINGLE, Ranks, device_of
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,14 @@ class JobPlan:
     sparsifier: Sparsifier | None  # None for method "dense"
     total_steps: int
     example: Tensor  # one training batch of inputs: cost probes and speedup timing
+    ranks: Ranks = SINGLE  # this process's place among the job's ranks
+    # Under several ranks, `model` wrapped in DistributedDataParallel: what training calls.
+    # Evaluation, checkpoints and export use `model` itself.
+    train_model: nn.Module | None = None
+
+    @property
+    def forward_model(self) -> nn.Module:
+        return self.train_model if self.train_model is not None else self.model
 
     @property
     def training(self) -> TrainingSpec:
@@ -95,10 +105,14 @@ def resolve_upload(store: JobStore, uploads_dir: Path, job: Job, upload_id: str 
     return path
 
 
-def make_plan(job: Job, store: JobStore, uploads_dir: Path) -> JobPlan:
+def make_plan(job: Job, store: JobStore, uploads_dir: Path, ranks: Ranks = SINGLE) -> JobPlan:
+    """The job's plan; with several ranks, every rank makes the same one (data, model, costs
+    and Sparsifier alike), trains its share of each batch and wraps the model in DDP."""
     spec = JobSpec.model_validate(job.spec)
     t = spec.training
     device = pick_device(t.device)
+    if ranks.world > 1 and device.type == "cuda":
+        device = device_of(ranks, "cuda")  # one GPU per rank
     torch.manual_seed(t.seed)
     data = load_dataset(spec.data.dataset, spec.data.kwargs, spec.data.val_fraction, t.seed,
                         upload=resolve_upload(store, uploads_dir, job, spec.data.upload, None)
@@ -108,12 +122,19 @@ def make_plan(job: Job, store: JobStore, uploads_dir: Path) -> JobPlan:
     if weights is not None:
         load_weights(model, weights)
     model.to(device)
-    batches = TensorBatches(data, t.batch_size, t.seed)
+    tensors = TensorBatches(data, t.batch_size, t.seed)
+    batches: Batches = (ShardedBatches(tensors, ranks.rank, ranks.world) if ranks.world > 1
+                        else tensors)
     total = batches.steps_per_epoch * t.epochs
     example = data.x_train[:t.batch_size]
     costs = plan_costs(spec, model, example[:2], store, job.tenant)
     sparsifier = make_sparsifier(spec, model, costs, total, example[:2])
+    train_model = None
+    if ranks.world > 1:  # attached first, then wrapped: masks stay identical on every rank
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, t)  # after the Sparsifier, the same way on every attempt
     return JobPlan(job=job, spec=spec, device=device, data=data, batches=batches,
                    task=make_task(), model=model, optimizer=optimizer, costs=costs,
-                   sparsifier=sparsifier, total_steps=total, example=example)
+                   sparsifier=sparsifier, total_steps=total, example=example, ranks=ranks,
+                   train_model=train_model)

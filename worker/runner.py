@@ -16,19 +16,25 @@ import socket
 import uuid
 from typing import Any
 
+import torch
+
 from jobs.admission import check_built
 from jobs.artifacts import ArtifactStore
 from jobs.models import Job
+from jobs.queue import enqueue_job
 from jobs.report import REPORT
 from jobs.results import summarize
 from jobs.settings import Settings
 from jobs.store import JobStore
 from worker import joblog
+from worker.checkpoint import NAME as CHECKPOINT
 from worker.checkpoint import Checkpointer
+from worker.launch import RanksLost, launch
 from worker.lease import Lease, StopRequested, describe, finite
 from worker.objectives import evaluate
 from worker.plan import JobPlan, make_plan
 from worker.publish import Outcome, publish
+from worker.ranks import SINGLE, Ranks
 from worker.tracking import TrackedCheckpoints, Trackers
 from worker.training import Loop, LoopState
 
@@ -60,24 +66,37 @@ def run_claimed(job: Job, store: JobStore, artifacts: ArtifactStore, settings: S
     """Run a job this worker has claimed, and record how it ended."""
     job_id = job.id
     interval = min(settings.progress_interval_s, settings.heartbeat_timeout_s / 4)
-    outcome: tuple[Outcome, Checkpointer] | None = None
+    outcome: Outcome | None = None
     error: str | None = None
-    stopped = False
+    stopped = lost = False
+    processes = int((job.spec.get("resources") or {}).get("processes", 1))
     lease = Lease(store, job_id, name, interval)
     with lease:
         try:
-            outcome = attempt(job, artifacts, store, settings, lease)
+            if processes > 1:  # rank 0 of the launched ranks holds its own lease too
+                outcome = launch(job_id, processes, settings, name,
+                                 threads=max(1, torch.get_num_threads() // processes))
+            else:
+                done = attempt(job, artifacts, store, settings, lease)
+                assert done is not None
+                outcome = done[0]
         except StopRequested:
             stopped = True
+        except RanksLost as exc:
+            log.warning("job %s: a rank was lost (%s); the job resumes from its checkpoint",
+                        job_id, exc)
+            lost = True
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = describe(exc)
     joblog.flush()
-    if outcome is not None:
-        result, checkpoints = outcome
-        if store.finish_job(job_id, "succeeded", metrics=result.metrics,
-                            progress=result.progress, worker=name):
-            checkpoints.discard()  # only now: had the record failed, a retry would resume
+    if lost:
+        requeue_lost(store, job_id, name)
+    elif outcome is not None:
+        if store.finish_job(job_id, "succeeded", metrics=outcome.metrics,
+                            progress=outcome.progress, worker=name):
+            # only now: had the record failed, a retry would resume
+            artifacts.path(job_id, CHECKPOINT).unlink(missing_ok=True)
         else:
             log.warning("job %s finished here but is no longer ours; result not recorded", job_id)
     elif error is not None:
@@ -107,13 +126,31 @@ def check_resources(plan: JobPlan, settings: Settings) -> None:
         raise ResourceLimitError(refused)
 
 
+def requeue_lost(store: JobStore, job_id: str, worker: str) -> None:
+    """Crash recovery at once for an attempt whose rank died (the reaper would do the same
+    after heartbeat_timeout_s): back to queued and enqueued again; the next attempt resumes
+    from the last checkpoint, on the same number of ranks."""
+    current = store.get_job(job_id)
+    if current is None or current.status != "running" or current.worker != worker:
+        return
+    if store.requeue(job_id, current.heartbeat_at):
+        try:
+            enqueue_job(job_id, current.queue)
+        except Exception:  # the reaper re-enqueues a queued job whose message is missing
+            log.warning("could not enqueue job %s again; the reaper will", job_id,
+                        exc_info=True)
+
+
 def attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Settings,
-            lease: Lease) -> tuple[Outcome, Checkpointer]:
+            lease: Lease, ranks: Ranks = SINGLE) -> tuple[Outcome, Checkpointer] | None:
     """One attempt at one job: plan, train (from the last checkpoint, if any), publish; the
-    job's trackers (TensorBoard, MLflow) follow along."""
-    plan = make_plan(job, store, settings.uploads_dir)
+    job's trackers (TensorBoard, MLflow) follow along. Under several ranks (worker.rank_job)
+    each rank runs this; only rank 0 tracks and publishes (the others return None)."""
+    plan = make_plan(job, store, settings.uploads_dir, ranks)
     check_resources(plan, settings)
-    trackers = Trackers.for_job(job, plan.spec, artifacts, settings)
+    # rank 0 alone writes (TensorBoard files, MLflow runs)
+    trackers = Trackers.for_job(job, plan.spec, artifacts, settings) if ranks.leader \
+        else Trackers([])
     checkpoints = Checkpointer(artifacts, plan)
     state: LoopState | None = None
     try:
@@ -121,13 +158,15 @@ def attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Setti
         resumed_from = None if state is None else state.step
         if state is None:
             state = LoopState(initial_accuracy=evaluate(
-                plan.model, plan.task, plan.batches.validation())[0])
+                plan.model, plan.task, plan.batches.validation())[0] if ranks.leader else None)
         else:
             lease.beat(resumed_from_step=state.step)
             log.info("job %s: resumed from step %d", job.id, state.step)
         loop = Loop(plan, lease, TrackedCheckpoints(checkpoints, trackers),
                     settings.progress_interval_s)
         state = loop.run(state)
+        if not ranks.leader:
+            return None
         last = state.history[-1] if state.history else {}
         done = loop.progress(state, "done", last.get("loss"), last.get("accuracy"))
         outcome = publish(plan, state, artifacts, resumed_from, finite(done))

@@ -45,6 +45,7 @@ class LoopState:
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines
     initial_accuracy: float | None = None
     train_seconds: float = 0.0  # over all attempts
+    ranks_compared: int = 0  # checkpoints at which every rank's masks and weights matched
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,18 +140,24 @@ class Loop:
                 lr = lr_at(t, state.step, self.total_steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                out = model(xb)
+                out = self.plan.forward_model(xb)
                 loss = task.loss(out, yb)
+                n = task.examples(yb)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.plan.ranks.world > 1:
+                    n = self.backward_shard(out, loss, n)
+                else:
+                    loss.backward()
                 self.optimizer.step()
                 if self.sparsifier is not None:
                     self.step_sparsifier(state.step, loss)
                 state.step += 1
-                n = task.examples(yb)
                 with torch.no_grad():
-                    self._loss += loss.detach() * n
-                    self._score += task.score(out, yb)
+                    if self.plan.ranks.world > 1:
+                        self.reduce_sums(out, yb, loss)
+                    else:
+                        self._loss += loss.detach() * n
+                        self._score += task.score(out, yb)
                 state.epoch_seen += n
                 state.window_seen += n
                 epoch_end = b == self.steps_per_epoch - 1
@@ -171,6 +178,34 @@ class Loop:
                 elif state.step % t.checkpoint_every == 0:
                     self.save(state)
         return state
+
+    def backward_shard(self, out: Tensor, loss: Tensor, n: int) -> int:
+        """Backward of this rank's share of the global batch; returns the global batch size.
+
+        DDP averages the ranks' gradients; each rank's mean loss is scaled by its share of the
+        global batch (times the world size), so the average is the gradient of the global
+        batch's mean loss even when an epoch's last batch does not split evenly: the same
+        update as one process taking the whole batch."""
+        world = self.plan.ranks.world
+        total = getattr(self.plan.batches, "last_global", n * world)
+        if n:
+            (loss * (world * n / total)).backward()
+        else:  # an empty share (a last batch smaller than the world): zero gradients, but
+            (out.sum() * 0.0).backward()  # DDP still needs every rank's all-reduce
+        return int(total)
+
+    def reduce_sums(self, out: Tensor, target: Tensor, loss: Tensor) -> None:
+        """The global batch's summed loss and score on every rank (one small all-reduce)."""
+        import torch.distributed as dist
+
+        n = self.task.examples(target)
+        local = torch.zeros(2, dtype=torch.float64, device=out.device)
+        if n:
+            local[0] = loss.detach().double() * n
+            local[1] = self.task.score(out, target).double()
+        dist.all_reduce(local)
+        self._loss += local[0].to(self._loss.dtype)
+        self._score += local[1].to(self._score.dtype)
 
     def step_sparsifier(self, step: int, loss: Tensor) -> None:
         assert self.sparsifier is not None
@@ -206,15 +241,19 @@ class Loop:
                 "lr": lr, "budget_fraction": fraction, "beta": beta}
 
     def end_epoch(self, state: LoopState) -> None:
-        val_acc, val_loss = evaluate(self.model, self.task, self.plan.batches.validation())
+        val_acc: float | None = None
+        val_loss: float | None = None
+        if self.plan.ranks.leader:  # rank 0 reports for all; the others go on to the next step
+            val_acc, val_loss = evaluate(self.model, self.task, self.plan.batches.validation())
         fraction, beta = self.schedule_now(state.step)
         rec: dict[str, Any] = {"kind": "epoch", "step": state.step, "epoch": state.epoch + 1,
                "loss": state.epoch_loss / max(state.epoch_seen, 1),
                "accuracy": state.epoch_score / max(state.epoch_seen, 1),
                "val_loss": val_loss, "val_accuracy": val_acc, "budget_fraction": fraction,
                "beta": beta}
-        log.info("epoch %d/%d: loss %.4f acc %.4f val_acc %.4f", rec["epoch"], self.t.epochs,
-                 rec["loss"], rec["accuracy"], val_acc)
+        if val_acc is not None:
+            log.info("epoch %d/%d: loss %.4f acc %.4f val_acc %.4f", rec["epoch"],
+                     self.t.epochs, rec["loss"], rec["accuracy"], val_acc)
         state.history.append(rec)
         state.records.append(rec)
         state.epoch += 1

@@ -1,0 +1,103 @@
+"""Jobs across processes (resources.processes): ranks launched by the elastic launcher, gloo on
+CPU. Slow-ish (each launch starts fresh Python processes), so few and small.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jobs.artifacts import ArtifactStore
+from jobs.settings import Settings
+from jobs.store import JobStore
+from tests.worker.conftest import TINY, Submit, merged
+from worker.runner import run_job
+
+
+def report(artifacts: ArtifactStore, job_id: str) -> dict[str, Any]:
+    return dict(json.loads(artifacts.path(job_id, "report.json").read_text()))
+
+
+def test_two_ranks_train_the_model_one_process_trains(
+        submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings) -> None:
+    """Same global batch: the same masks, weights equal to float tolerance; every checkpoint
+    compared the ranks' masks and weights (gathered from both ranks)."""
+    one = submit(TINY)
+    two = submit(merged(TINY, resources={"processes": 2}))
+    for job_id in (one, two):
+        run_job(job_id, store, artifacts, settings)
+        job = store.get_job(job_id)
+        assert job is not None and job.status == "succeeded", job and job.error
+    r1, r2 = report(artifacts, one), report(artifacts, two)
+    assert r2["training"]["world_size"] == 2 and r2["training"]["global_batch"] == 64
+    # checkpoints at steps 5, 10, 15, 20 and the epoch's end (23): all compared across ranks
+    assert r2["training"]["ranks_compared"] == 5
+    assert r1["training"]["world_size"] == 1 and r1["training"]["ranks_compared"] == 0
+    m1 = load_file(str(artifacts.path(one, "model.safetensors")))
+    m2 = load_file(str(artifacts.path(two, "model.safetensors")))
+    for name, w in m1.items():
+        assert torch.equal(w != 0, m2[name] != 0), name
+        torch.testing.assert_close(m2[name], w, rtol=1e-5, atol=1e-5)
+    assert r2["accuracy"]["final"] == pytest.approx(r1["accuracy"]["final"], abs=0.01)
+    assert not artifacts.exists(two, "checkpoint.safetensors")
+
+
+def rank_pids() -> list[int]:
+    """The ranks this process launched (spawned children, not multiprocessing's resource
+    tracker), in start order: rank 0 first."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def test_a_killed_rank_ends_the_attempt_and_the_job_resumes(
+        submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings) -> None:
+    job_id = submit(merged(TINY, training={"epochs": 12, "checkpoint_every": 10},
+                           resources={"processes": 2}))
+    runner = threading.Thread(target=run_job, args=(job_id, store, artifacts, settings))
+    runner.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and runner.is_alive():
+        job = store.get_job(job_id)
+        if artifacts.exists(job_id, "checkpoint.safetensors") and job is not None \
+                and job.progress.get("step", 0) >= 30:
+            break
+        time.sleep(0.2)
+    pids = rank_pids()
+    assert len(pids) == 2, "the ranks were not found while the job ran"
+    os.kill(pids[-1], signal.SIGKILL)  # rank 1
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "queued" and job.attempts == 1, job and job.error
+    run_job(job_id, store, artifacts, settings)  # the next delivery of its message
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error
+    rep = report(artifacts, job_id)
+    assert rep["training"]["attempts"] == 2 and rep["training"]["resumed_from_step"] >= 30
+    assert rep["training"]["world_size"] == 2 and rep["training"]["steps"] == 12 * 23
+    # no duplicate records: every step logged once, in order, across both attempts
+    steps = [json.loads(line)["step"] for line in
+             artifacts.path(job_id, "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "step"]
+    assert steps == sorted(set(steps))
+    names = [str(a["name"]) for a in artifacts.list(job_id)]
+    assert len(names) == len(set(names)) and "checkpoint.safetensors" not in names
