@@ -1,19 +1,18 @@
 """Launching a job's ranks: torch.distributed's elastic launcher (torchrun's API) on this machine.
 
-The worker process that claimed a job with `resources.processes` N > 1 starts N ranks with
-`elastic_launch` (a c10d rendezvous on a free loopback port, no restarts: a rank that dies ends
-the attempt) and waits. Rank 0 runs the job as a single process would (lease, checkpoints,
-artifacts) with the others as data-parallel peers; see worker.rank_job. How the attempt ended
-comes back as rank 0's return value, or, when it did not return, from a small outcome file each
-rank writes before it exits with an error:
+The worker process that claimed a job with `resources.processes` N > 1 starts an agent process
+(`python -m worker.launch`: a job process of the worker pool is daemonic and may not start
+children of its own) and waits for it. The agent runs `elastic_launch` with a c10d rendezvous on
+a free loopback port and no restarts (a rank that dies ends the attempt), which starts N ranks
+(worker.rank_job). Rank 0 runs the job as a single process would (lease, checkpoints,
+artifacts) with the others as data-parallel peers. How the attempt ended comes back in a small
+JSON file the agent writes in the run's scratch directory:
 
-- rank 0 returned: the job's outcome (metrics and progress), recorded by the caller;
-- a rank raised an exception: RankFailed with its message (the job fails, as it would in one
-  process);
+- the job's outcome (metrics and progress from rank 0), recorded by the caller;
+- a rank raised an exception: RankFailed with its message (the job fails, as in one process);
 - rank 0 was told to stop (cancel, or the job was given to another worker): StopRequested;
-- a rank died without a word (killed, out of memory): RanksLost. The caller leaves the job to
-  crash recovery: it stops heartbeating, and the reaper requeues the job, which resumes from its
-  last checkpoint on the same number of ranks.
+- a rank died (killed, out of memory), or the agent did: RanksLost. The caller puts the job
+  back in its queue, and the next attempt resumes from the last checkpoint on as many ranks.
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ import logging
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -32,6 +33,7 @@ from jobs.settings import Settings
 from worker.lease import StopRequested
 
 log = logging.getLogger(__name__)
+RESULT, SETTINGS = "result.json", "settings.json"
 
 
 class RankFailed(Exception):
@@ -42,54 +44,92 @@ class RanksLost(Exception):
     """A rank died without reporting why: the attempt is lost, like a crashed worker."""
 
 
+def launch(job_id: str, processes: int, settings: Settings, worker: str, threads: int
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the job's ranks to the end: (metrics, progress) of the job, or one of the
+    exceptions above."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"spartan-{job_id[:8]}-"))
+    try:
+        (run_dir / SETTINGS).write_text(settings.model_dump_json())
+        cmd = [sys.executable, "-m", "worker.launch", str(run_dir), job_id, worker,
+               str(processes), str(threads)]
+        done = subprocess.run(cmd, check=False)
+        path = run_dir / RESULT
+        result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
+            "kind": "lost", "message": f"the launcher exited with {done.returncode}"}
+        kind, message = result["kind"], result.get("message", "")
+        if kind == "succeeded":
+            return result["metrics"], result["progress"]
+        if kind == "failed":
+            raise RankFailed(message)
+        if kind == "stopped":
+            raise StopRequested(job_id)
+        raise RanksLost(message)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def launch(job_id: str, processes: int, settings: Settings, worker: str, threads: int) -> Any:
-    """Run the job's ranks to the end; rank 0's return value, or one of the exceptions above."""
+def agent(run_dir: Path, job_id: str, worker: str, processes: int, threads: int) -> int:
+    """The agent process: elastic_launch the ranks, write how it went to RESULT."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from worker import rank_job
+    from worker.lease import finite
 
-    run_dir = Path(tempfile.mkdtemp(prefix=f"spartan-{job_id[:8]}-"))
+    settings = Settings.model_validate_json((run_dir / SETTINGS).read_text())
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=processes,
         run_id=f"{job_id}-{uuid.uuid4().hex[:6]}",
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
         max_restarts=0, monitor_interval=0.2, start_method="spawn")
     try:
-        try:
-            results = elastic_launch(config, rank_job.main)(
-                job_id, settings, worker, str(run_dir), threads)
-        except ChildFailedError as exc:
-            raise _why(run_dir, exc) from None
-        return results[0]
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        outcome = elastic_launch(config, rank_job.main)(
+            job_id, settings, worker, str(run_dir), threads)[0]
+        result = {"kind": "succeeded", "metrics": finite(outcome.metrics),
+                  "progress": finite(outcome.progress)}
+    except ChildFailedError as exc:
+        result = why(run_dir, exc)
+    tmp = run_dir / f"{RESULT}.tmp"
+    tmp.write_text(json.dumps(result))
+    tmp.replace(run_dir / RESULT)
+    return 0 if result["kind"] == "succeeded" else 1
 
 
-def _why(run_dir: Path, exc: Any) -> Exception:
+def why(run_dir: Path, exc: Any) -> dict[str, str]:
+    """How the ranks failed, from the launcher's failures and the notes the ranks left."""
     killed = [f"rank {rank} ({f.signal_name()})" for rank, f in exc.failures.items()
               if f.exitcode < 0 and f.exitcode != -signal.SIGTERM]  # SIGTERM: the agent's own
     if killed:  # whatever the others then raised followed from it
-        return RanksLost(f"{', '.join(killed)} killed")
+        return {"kind": "lost", "message": f"{', '.join(killed)} killed"}
     notes = [json.loads(p.read_text()) for p in sorted(run_dir.glob("outcome-*.json"))]
     for note in notes:
         if note.get("error"):
-            return RankFailed(note["error"])
+            return {"kind": "failed", "message": note["error"]}
     if any(note.get("stopped") for note in notes):
-        return StopRequested("stop requested")
-    log.warning("a rank died: %s", " ".join(str(exc).split())[-500:])
-    return RanksLost(" ".join(str(exc).split())[-300:])
+        return {"kind": "stopped"}
+    return {"kind": "lost", "message": " ".join(str(exc).split())[-300:]}
 
 
 def note_outcome(run_dir: str, rank: int, **fields: Any) -> None:
-    """What a rank leaves behind when it exits with an error (read by `launch`)."""
+    """What a rank leaves behind when it exits with an error (read by `why`)."""
     path = Path(run_dir, f"outcome-{rank}.json")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(fields))
     tmp.replace(path)
+
+
+if __name__ == "__main__":
+    from worker.main import die_with_parent
+
+    die_with_parent()  # the worker's job process gone: so are the agent and its ranks
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    run, job, name, n, t = sys.argv[1:6]
+    sys.exit(agent(Path(run), job, name, int(n), int(t)))

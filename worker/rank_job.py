@@ -46,8 +46,10 @@ class QuietLease:
 
 def main(job_id: str, settings: Settings, worker: str, run_dir: str, threads: int) -> Any:
     """Entry point of a rank (RANK, WORLD_SIZE and the rendezvous come from the launcher)."""
+    from worker.main import die_with_parent
     from worker.runner import attempt
 
+    die_with_parent()  # the launcher's agent gone, so is this rank
     torch.set_num_threads(threads)
     rank = -1
     store = JobStore(settings.db_url, create=False)

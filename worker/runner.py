@@ -74,8 +74,8 @@ def run_claimed(job: Job, store: JobStore, artifacts: ArtifactStore, settings: S
     with lease:
         try:
             if processes > 1:  # rank 0 of the launched ranks holds its own lease too
-                outcome = launch(job_id, processes, settings, name,
-                                 threads=max(1, torch.get_num_threads() // processes))
+                outcome = Outcome(*launch(job_id, processes, settings, name,
+                                          threads=max(1, torch.get_num_threads() // processes)))
             else:
                 done = attempt(job, artifacts, store, settings, lease)
                 assert done is not None

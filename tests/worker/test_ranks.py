@@ -52,20 +52,20 @@ def test_two_ranks_train_the_model_one_process_trains(
 
 
 def rank_pids() -> list[int]:
-    """The ranks this process launched (spawned children, not multiprocessing's resource
-    tracker), in start order: rank 0 first."""
-    found = []
+    """The ranks this process launched (spawned by the launcher's agent, a child of this
+    process; not multiprocessing's resource tracker), in start order: rank 0 first."""
+    parents, commands = {}, {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid() and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
-            found.append(int(entry.name))
-    return sorted(found)
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                commands[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    agents = [p for p, pp in parents.items() if pp == os.getpid()]
+    return sorted(p for p, pp in parents.items() if pp in agents
+                  and b"spawn_main" in commands[p] and b"resource_tracker" not in commands[p])
 
 
 def test_a_killed_rank_ends_the_attempt_and_the_job_resumes(
