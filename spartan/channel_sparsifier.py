@@ -14,7 +14,8 @@ of its weights and a block's value in weight mode is the sum of its |w| (DESIGN.
 cost both grow with the weights an item spans, so value per cost stays an average magnitude per
 unit of cost. (An L2 norm grows as the square root of that size while the cost grows linearly:
 it made residual-stream channels, which span many layers, look cheap to drop: the quick
-benchmark's ResNet at 50% of dense latency scored 68.1% with it, 76.3% with L1.) Gradients reach the weights through the value (the soft mask's
+benchmark's ResNet at 50% of dense latency scored 68.1% with it, 76.3% with L1.)
+Gradients reach the weights through the value (the soft mask's
 implicit gradient, DESIGN.md) and through the scaled activations.
 
 Methods: spartan scales by m h (forward) with the hard restriction as identity backward;
