@@ -77,7 +77,8 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue="cpu",
         task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=settings.celery_events,
+        task_send_sent_event=settings.celery_events,
     )
     return app
 

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # the workers need the [mlflow] extra.
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "spartan"
+    # Celery task events and worker heartbeats, for Flower (docs/monitoring.md); off by default:
+    # the job store's heartbeats are what the service itself relies on.
+    celery_events: bool = False
     # The most ranks one job may use on a worker (resources.processes); 0 = its devices: the
     # GPUs on the gpu queue, the CPU cores on the cpu queue. Advertised in the worker registry.
     worker_processes: int = Field(default=0, ge=0)

@@ -212,7 +212,9 @@ def run_worker(queues: list[str] | None, concurrency: int, hostname: str | None 
     app.conf.worker_max_tasks_per_child = 1
     app.conf.worker_pool = "worker.main:JobTaskPool"
     argv = ["worker", f"--queues={','.join(queues)}", f"--concurrency={concurrency}",
-            "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+            "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+    if not get_settings().celery_events:
+        argv.append("--without-heartbeat")  # Flower needs them; the service does not
     if hostname:
         argv.append(f"--hostname={hostname}")
     log.info("worker on queues %s, %d job process(es)", ",".join(queues), concurrency)

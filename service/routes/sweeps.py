@@ -12,11 +12,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from jobs.models import Job, Sweep
+from jobs.models import Sweep
 from jobs.queue import enqueue_job
 from jobs.results import ResultsCache
 from jobs.spec import JobSpec
 from jobs.store import new_id
+from jobs.store_extra import JobState
 from jobs.sweeps import PointError, SweepCreate, budget_kind, dense_reference, expand, pareto
 from jobs.sweeps import sweep_status as overall_status
 from service.deps import CeleryDep, CurrentTenant, ResultsDep, SettingsDep, StoreDep
@@ -44,7 +45,7 @@ def _point_spec(spec: JobSpec, sweep_id: str, name: str) -> dict[str, Any]:
     return data
 
 
-def _summary(sweep: Sweep, jobs: dict[str, Job]) -> dict[str, Any]:
+def _summary(sweep: Sweep, jobs: dict[str, JobState]) -> dict[str, Any]:
     statuses = [jobs[p["job_id"]].status if p["job_id"] in jobs else "failed"
                 for p in sweep.points]
     return {"id": sweep.id, "name": sweep.name,
@@ -54,7 +55,7 @@ def _summary(sweep: Sweep, jobs: dict[str, Job]) -> dict[str, Any]:
             "cancel_requested": sweep.cancel_requested, "created_at": sweep.created_at}
 
 
-def sweep_public(sweep: Sweep, jobs: dict[str, Job], results: ResultsCache) -> SweepPublic:
+def sweep_public(sweep: Sweep, jobs: dict[str, JobState], results: ResultsCache) -> SweepPublic:
     points: list[dict[str, Any]] = []
     for key in sweep.points:
         job = jobs.get(key["job_id"])
@@ -74,11 +75,11 @@ def sweep_public(sweep: Sweep, jobs: dict[str, Job], results: ResultsCache) -> S
                    for p, on in zip(points, frontier, strict=True)]})
 
 
-def _load(sweep_id: str, store: StoreDep, tenant: str) -> tuple[Sweep, dict[str, Job]]:
+def _load(sweep_id: str, store: StoreDep, tenant: str) -> tuple[Sweep, dict[str, JobState]]:
     sweep = store.get_sweep(sweep_id, tenant)
     if sweep is None:
         raise not_found("sweep")
-    return sweep, store.jobs_by_id([p["job_id"] for p in sweep.points])
+    return sweep, store.job_states([p["job_id"] for p in sweep.points])
 
 
 @router.post(
@@ -129,7 +130,8 @@ def create_sweep(body: SweepCreate, response: Response, store: StoreDep, celery:
                 f"{len(jobs)} jobs were marked failed",
             ) from None
     response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
-    return sweep_public(sweep, {j.id: j for j in jobs}, results)
+    states = {j.id: JobState(j.id, j.status, j.error, j.finished_at) for j in jobs}
+    return sweep_public(sweep, states, results)
 
 
 @router.get("", response_model=SweepsPublic, responses=responses(422), summary="List sweeps")
@@ -140,7 +142,7 @@ def list_sweeps(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> SweepsPublic:
     rows, count = store.list_sweeps(tenant, limit, offset)
-    jobs = store.jobs_by_id([p["job_id"] for row in rows for p in row.points])
+    jobs = store.job_states([p["job_id"] for row in rows for p in row.points])
     return SweepsPublic(data=[SweepSummary.model_validate(_summary(r, jobs)) for r in rows],
                         count=count)
 

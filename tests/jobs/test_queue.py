@@ -44,3 +44,13 @@ def test_embedded_broker_still_delivers_and_lists_messages(tmp_path: Path) -> No
 def test_redis_broker_keeps_kombu_s_transport() -> None:
     app = make_celery(Settings(broker_url="redis://127.0.0.1:6379/0"))
     assert app.conf.broker_transport is None
+
+
+def test_celery_events_only_when_asked(tmp_path: Path) -> None:
+    from jobs.queue import make_celery
+    from jobs.settings import Settings
+
+    quiet = make_celery(Settings(data_dir=tmp_path, broker_url=None))
+    assert quiet.conf.worker_send_task_events is False and quiet.conf.task_send_sent_event is False
+    flower = make_celery(Settings(data_dir=tmp_path, broker_url=None, celery_events=True))
+    assert flower.conf.worker_send_task_events is True and flower.conf.task_send_sent_event is True
