@@ -9,7 +9,9 @@ threshold searches run every step) on random data, with the global batch split a
 A step is forward, backward (DDP's gradient all-reduce), optimiser step and `Sparsifier.step()`
 (the mask update and the broadcast of rank 0's decision, spartan.distributed). Reported per
 world size: global steps per second (median step time of rank 0), examples per second, and the
-Sparsifier's share of the step (median of its time / median step time). Progress on stderr;
+Sparsifier's share of the step (median of its time / median step time). With several ranks a
+barrier precedes `Sparsifier.step()`, so its time is the mask update and the exchange of rank
+0's decision, not a wait for a slower rank (the barrier's wait stays in the step time). Progress on stderr;
 one JSON line on stdout.
 """
 
@@ -76,6 +78,8 @@ def rank_main(rank: int, world: int, init: str, out: str, steps: int, batch: int
         loss.backward()
         opt.step()
         sync()
+        if world > 1:  # ranks that drifted apart wait here, not inside the Sparsifier's timing
+            dist.barrier()
         t1 = time.perf_counter()
         sp.step()
         sync()

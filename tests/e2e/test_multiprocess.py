@@ -42,6 +42,11 @@ def test_two_process_job_on_the_embedded_default(tmp_path: Path) -> None:
         big = client.http.post("/v1/jobs", json={**SPEC, "resources": {"processes": 64}})
         assert big.status_code == 422, big.text
         assert big.json()["detail"][0]["loc"] == ["body", "resources", "processes"]
+        # A cancel reaches rank 0's lease; all ranks stop, and none is left behind.
+        long = client.submit({**SPEC, "training": {"epochs": 200}})
+        wait_for(client, long["id"], statuses=("running",), timeout=300, min_step=5)
+        client.request("POST", f"/v1/jobs/{long['id']}/cancel")
+        wait_for(client, long["id"], statuses=("cancelled",), timeout=120)
     finally:
         serve.stop()  # asserts that no rank process is left behind
 

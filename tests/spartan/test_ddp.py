@@ -28,6 +28,8 @@ CASES: list[dict[str, Any]] = [
     {"method": "spartan", "block": (4, 4), "allocation": "erk"},
     {"method": "spartan", "allocation": "2:4"},
     {"method": "spartan", "structure": "channels"},
+    {"method": "dual_averaging", "structure": "channels"},
+    {"method": "imp", "structure": "channels"},
 ]
 
 
