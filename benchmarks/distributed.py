@@ -11,8 +11,8 @@ A step is forward, backward (DDP's gradient all-reduce), optimiser step and `Spa
 world size: global steps per second (median step time of rank 0), examples per second, and the
 Sparsifier's share of the step (median of its time / median step time). With several ranks a
 barrier precedes `Sparsifier.step()`, so its time is the mask update and the exchange of rank
-0's decision, not a wait for a slower rank (the barrier's wait stays in the step time). Progress on stderr;
-one JSON line on stdout.
+0's decision, not a wait for a slower rank (the barrier's wait stays in the step time).
+Progress on stderr; one JSON line on stdout.
 """
 
 from __future__ import annotations
