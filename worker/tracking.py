@@ -13,6 +13,8 @@ import logging
 import time
 from typing import Any, Protocol
 
+import httpx
+
 from jobs import report as r  # artifact names
 from jobs.artifacts import ArtifactStore
 from jobs.models import Job
@@ -81,7 +83,11 @@ class MLflow:
     def __init__(self, settings: Settings, artifacts: ArtifactStore, job: Job) -> None:
         from mlflow.tracking import MlflowClient  # the [mlflow] extra
 
-        self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        uri = settings.mlflow_tracking_uri or ""
+        if uri.startswith(("http://", "https://")):
+            # MLflow's client retries an unreachable server for minutes; a job should not wait.
+            httpx.get(f"{uri.rstrip('/')}/health", timeout=5.0).raise_for_status()
+        self.client = MlflowClient(tracking_uri=uri)
         self.artifacts, self.job = artifacts, job
         experiment = self.client.get_experiment_by_name(settings.mlflow_experiment)
         experiment_id = (experiment.experiment_id if experiment is not None

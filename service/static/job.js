@@ -182,7 +182,6 @@
     const rows = [
       ["Accuracy", a(acc.dense), a(acc.sparse ?? acc.final)],
       ["Predicted cost", c(cost.dense), c(cost.predicted)],
-      ["Measured cost", c(cost.dense_measured), c(cost.measured)],
       ["Budget", "—", typeof cost.budget === "number" ? c(cost.budget) + within : "—"],
       ["Kept weights (target / in saved model)", "100%",
         `${a(sparsity.density)} / ${a(sparsity.measured_density)}`],

@@ -154,11 +154,8 @@ def test_mlflow_run_read_back_from_the_server(mlflow_server: str, submit: Submit
 
 
 def test_an_unreachable_mlflow_is_a_warning_not_a_failure(
-        submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings) -> None:
     need("mlflow", "mlflow")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     tracked = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
     job_id = submit()
     run_job(job_id, store, artifacts, tracked)
