@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--densities", type=_floats, help="comma-separated, e.g. 0.05,0.1,0.3,1")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
+    p.add_argument("--structure", choices=["weights", "channels"], default="weights",
+                   help="channels: time each layer at kept widths, for structured jobs")
     p.add_argument("-o", "--output", required=True, help="profile.json to write")
 
     p = add("fit", cmd_fit, "fit a cost model from a profile")

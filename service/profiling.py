@@ -31,9 +31,15 @@ def run_profile(args: argparse.Namespace) -> int:
                         num_classes)
     # Random inputs of the dataset's shape: a kernel's time does not depend on the values.
     example = torch.randn(args.batch, *input_shape)
-    profile = profile_model(model, example, block=args.block, device=args.device,
-                            kernel=args.kernel, densities=args.densities, batch=args.batch,
-                            quick=args.quick, progress=True)
+    if getattr(args, "structure", "weights") == "channels":
+        from costmodels.structured import profile_channels
+
+        profile = profile_channels(model, example, device=args.device, batch=args.batch,
+                                   quick=args.quick, progress=True)
+    else:
+        profile = profile_model(model, example, block=args.block, device=args.device,
+                                kernel=args.kernel, densities=args.densities, batch=args.batch,
+                                quick=args.quick, progress=True)
     write_json_atomic(Path(args.output), profile)
     print(f"wrote {args.output}: {len(profile['layers'])} layers on {profile['device']}")
     return 0
@@ -51,7 +57,8 @@ def run_fit(args: argparse.Namespace) -> int:
     write_json_atomic(Path(args.output), model)
     unit = model.get("unit", "ms")
     for name, layer in model["layers"].items():
-        print(f"{name}: {layer['intercept']:.4g} {unit} + {layer['slope']:.4g} {unit} per block"
+        per = "per channel pair" if layer.get("structure") == "channels" else "per block"
+        print(f"{name}: {layer['intercept']:.4g} {unit} + {layer['slope']:.4g} {unit} {per}"
               f"  (R^2 {layer['r2']:.3f}, MAPE {layer['mape']:.1%})")
     print(f"wrote {args.output}")
     if args.plot:

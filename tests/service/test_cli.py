@@ -101,6 +101,22 @@ def test_profile_then_fit_a_small_mlp(tmp_path: Path) -> None:
     assert set(json.loads(model.read_text())["layers"]) == {"layers.0", "head"}
 
 
+def test_structured_profile_then_fit(tmp_path: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    prof, model = tmp_path / "profile.json", tmp_path / "model.json"
+    assert main(["profile", "--model", "mlp", "--kwargs", '{"hidden": [32]}', "--quick",
+                 "--structure", "channels", "--batch", "8", "-o", str(prof)]) == 0
+    data = json.loads(prof.read_text())
+    assert data["structure"] == "channels"
+    assert {(s["kept_in"], s["kept_out"]) for s in data["layers"][0]["samples"]} == {
+        (64, 8), (64, 16), (64, 32)}  # the input stays, the hidden units shrink
+    assert main(["fit", str(prof), "-o", str(model)]) == 0
+    fitted = json.loads(model.read_text())
+    assert {lay["structure"] for lay in fitted["layers"].values()} == {"channels"}
+
+
 def test_profile_needs_a_known_input_shape(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
