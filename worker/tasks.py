@@ -82,7 +82,8 @@ def fair_turn(store: JobStore, job_id: str) -> bool:
     return False
 
 
-def fits_here(store: JobStore, job_id: str, settings: Settings) -> bool:
+def fits_here(store: JobStore, job_id: str, settings: Settings, app: Celery | None = None,
+              pause_s: float | None = None) -> bool:
     """Whether this worker can give the job its ranks; if not, the job goes back to its queue
     (after a pause, so that a lone small worker does not spin on it) for a bigger worker."""
     job = store.get_job(job_id)
@@ -94,8 +95,8 @@ def fits_here(store: JobStore, job_id: str, settings: Settings) -> bool:
         return True
     log.warning("job %s needs %d processes; this worker gives at most %d on queue %s: "
                 "left to another worker", job_id, wanted, most, job.queue)
-    time.sleep(REQUEUE_PAUSE_S)
-    enqueue_job(job_id, job.queue)
+    time.sleep(REQUEUE_PAUSE_S if pause_s is None else pause_s)
+    enqueue_job(job_id, job.queue, app=app)
     return False
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import update
 from jobs.models import Job, utcnow
 from jobs.settings import Settings
 from jobs.store import JobStore
-from worker.tasks import reap
+from worker.tasks import fits_here, reap
 
 SPEC = {"model": {"arch": "mlp"}}
 
@@ -72,3 +72,17 @@ def test_jobs_out_of_attempts_fail_and_cancelled_ones_end(store: JobStore,
     assert job is not None and job.status == "failed"
     assert job.error is not None and "gave up after 3 attempts" in job.error
     assert store.get_job(cancelled).status == "cancelled"  # type: ignore[union-attr]
+
+
+def test_a_job_needing_more_ranks_than_this_worker_has_goes_back_to_its_queue(
+        store: JobStore, settings: Settings) -> None:
+    small = settings.model_copy(update={"worker_processes": 2})
+    big = store.create_job("t", {**SPEC, "resources": {"processes": 4}}, "cpu", None).id
+    fine = store.create_job("t", {**SPEC, "resources": {"processes": 2}}, "cpu", None).id
+    app = FakeApp()
+    assert not fits_here(store, big, small, app=app, pause_s=0)  # type: ignore[arg-type]
+    assert app.sent == [("spartan.run_job", [big], "cpu")]
+    job = store.get_job(big)
+    assert job is not None and job.status == "queued" and job.attempts == 0  # not claimed
+    assert fits_here(store, fine, small, app=app, pause_s=0)  # type: ignore[arg-type]
+    assert len(app.sent) == 1
