@@ -5,8 +5,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import re
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,16 +24,9 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
                 device: str | None = None) -> float:
     """Median wall time of fn() in seconds over `repeats` runs after `warmup` runs
     (CUDA work is synchronised when device names a CUDA device)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from spartan.timing import time_round_robin
+
+    return time_round_robin([fn], repeats, warmup, device or "cpu", min_time=0)[0][0] / 1e3
 
 
 def _rss_high_water_kib() -> int | None:

@@ -3,7 +3,7 @@
 For an MLP and a small CNN (the worker registry's "mlp" and "cnn") on this CPU: profile every
 maskable layer (costmodels.profiler, kernel "auto"), fit (costmodels.fit), then build random
 sparse versions of the whole model, each layer at its own random density in [5%, 90%], run them
-end to end through the kernels the profile chose (costmodels.kernels.apply_kernels) and compare
+end to end through the kernels the profile chose (spartan.kernels.apply_kernels) and compare
 the median latency with the prediction: overhead + sum of intercept + slope x nonzero blocks.
 Baseline predictor, measured in the same run: the dense model's latency scaled by the fraction
 of maskable weights kept (what a parameter-count cost model says). Extra configurations, not in
@@ -34,11 +34,12 @@ import torch
 from torch import nn
 
 from costmodels.fit import fit_profile, predict_latency
-from costmodels.kernels import apply_kernels
 from costmodels.plot import plot_fit
 from costmodels.profiler import layer_name, profile_model
-from costmodels.timing import keep_freed_memory, time_round_robin
+from costmodels.timing import keep_freed_memory
+from spartan.kernels import apply_kernels
 from spartan.layout import block_grid, expand_blocks, maskable_weights
+from spartan.timing import time_round_robin
 
 log = logging.getLogger("benchmarks.costmodel")
 DOCS = Path(__file__).resolve().parent.parent / "docs"

@@ -8,7 +8,7 @@ the kernel that is fastest for it, CSR or dense) at the inference batch, fit the
 - parameter budget: one per weight, budget = density.
 The sweeps share their points: the latency target of point i is the cost model's prediction
 for the model with every layer kept at density d_i. Every final model runs end to end through
-the kernels the profile chose (costmodels.kernels.apply_kernels), timed round-robin together
+the kernels the profile chose (spartan.kernels.apply_kernels), timed round-robin together
 with the dense model (dense kernels). Headline: the latency-aware point at the middle target
 against (a) the fastest parameter-budget point whose accuracy is within 0.5 point of it or
 better, (b) the parameter-budget accuracy at the same measured latency (interpolated).
@@ -61,8 +61,8 @@ def _blocks(lay: dict[str, Any]) -> int:
 def measure(runs: list[RunResult], kernels: dict[str, str], quick: bool) -> tuple[list[float],
                                                                                    float]:
     """Median end-to-end ms of each final model (profile's kernels) and of the dense model."""
-    from costmodels.kernels import apply_kernels
-    from costmodels.timing import time_round_robin
+    from spartan.kernels import apply_kernels
+    from spartan.timing import time_round_robin
 
     data = dataset(PAYOFF_DATASET)
     x = data.x_val[torch.arange(INFER_BATCH) % len(data.x_val)]

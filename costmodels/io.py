@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from costmodels.schema import (
     validate_cost_model,
     validate_profile,
 )
+from jobs.artifacts import write_atomic
 
 
 def _read_json(path: str | Path) -> Any:
@@ -59,15 +58,5 @@ def write_json_atomic(path: str | Path, data: dict[str, Any] | Profile | CostMod
     _validate_any(data)
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"  # serialises before any open
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                               dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, text.encode("utf-8"))
     return target

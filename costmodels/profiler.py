@@ -2,7 +2,7 @@
 
 For each maskable weight (spartan.layout.maskable_weights) the layer's own input, captured by
 one probe forward pass, runs through the inference kernel a deployment would use
-(costmodels.kernels) with random block masks at each density; every (kernel, density) is
+(spartan.kernels) with random block masks at each density; every (kernel, density) is
 timed round-robin (costmodels.timing) with warm-up, repeats, median and IQR.
 
 kernel="auto" times every kernel that applies and records ONE kernel per layer, so that the
@@ -43,9 +43,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from costmodels.kernels import KERNELS, candidate_kernels, layer_module, replace_module
 from costmodels.schema import MIN_DENSITIES, validate_profile
-from costmodels.timing import device_label, keep_freed_memory, machine_info, time_round_robin
+from costmodels.timing import device_label, keep_freed_memory, machine_info
+from spartan.kernels import KERNELS, candidate_kernels, layer_module, replace_module
+from spartan.timing import time_round_robin
 
 log = logging.getLogger(__name__)
 

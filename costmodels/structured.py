@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from costmodels.schema import validate_profile
-from costmodels.timing import device_label, keep_freed_memory, machine_info, time_round_robin
+from costmodels.timing import device_label, keep_freed_memory, machine_info
+from spartan.timing import time_round_robin
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,5 @@
-"""Latency measurement shared by the profiler and the benchmark, and the machine description.
-
-Candidates are timed round-robin (every repeat times each candidate once, in a fresh random
-order), so drift and bursts from other processes on a shared machine hit all candidates alike
-instead of a contiguous run of them; each candidate's latency is the median over repeats, its
-spread the interquartile range.
+"""The machine a measurement was taken on, and a steady allocator for timing (the timer itself
+is spartan.timing.time_round_robin).
 
 Large tensors freed by one run and allocated by the next would otherwise come from fresh mmap'd
 pages on glibc (its mmap threshold and heap trimming), and the page faults, not the kernel,
@@ -17,14 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import os
 import platform
-import random
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -47,58 +38,6 @@ def keep_freed_memory() -> bool:
     _kept = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**30) == 1
     log.debug("keep freed memory: %s", _kept)
     return _kept
-
-
-def _sync(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
-def time_round_robin(
-    fns: Sequence[Callable[[], Any]],
-    repeats: int,
-    warmup: int,
-    device: torch.device | str = "cpu",
-    min_time: float = 2e-4,
-    seed: int = 0,
-) -> list[tuple[float, float]]:
-    """(median ms, IQR ms) per callable. A repeat runs a callable `number` times back to back,
-    `number` chosen once so that a repeat lasts at least `min_time` seconds (timer resolution
-    and loop overhead stay negligible for microsecond layers). `warmup` rounds are discarded."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    sync = _sync(torch.device(device))
-    numbers = []
-    for fn in fns:  # first call: lazy init, allocator warm-up, then calibration
-        fn()
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        numbers.append(max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-7))))
-    rng = random.Random(seed)
-    order = list(range(len(fns)))
-    times: list[list[float]] = [[] for _ in fns]
-    for r in range(warmup + repeats):
-        rng.shuffle(order)
-        for i in order:
-            fn, number = fns[i], numbers[i]
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            sync()
-            if r >= warmup:
-                times[i].append((time.perf_counter() - t0) / number * 1e3)
-    return [(statistics.median(t), _iqr(t)) for t in times]
-
-
-def _iqr(values: list[float]) -> float:
-    if len(values) < 4:
-        return max(values) - min(values)
-    q = statistics.quantiles(values, n=4)
-    return q[2] - q[0]
 
 
 def _cpu_model() -> str:

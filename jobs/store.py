@@ -33,10 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.fields import bounded_warnings
 from jobs.models import CostModel, Job, JobLog, Upload, utcnow
 from jobs.registry import WorkerRegistry
+from jobs.status import TERMINAL, JobStatus
 from jobs.store_extra import SweepsAndLogs
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-STATUSES = ("queued", "running", *TERMINAL)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -129,7 +128,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
     ) -> Job:
         now = utcnow()
         job = Job(
-            id=new_id(), tenant=tenant, name=name, status="queued", queue=queue, spec=spec,
+            id=new_id(), tenant=tenant, name=name, status=JobStatus.queued, queue=queue, spec=spec,
             progress={"step": 0, "total_steps": None}, metrics={},
             warnings=bounded_warnings(warnings or []),
             attempts=0, cancel_requested=False, created_at=now, updated_at=now,
@@ -187,17 +186,17 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         SQLite (which ignores FOR UPDATE) as on PostgreSQL.
         """
         now = utcnow()
-        claimable = Job.status == "queued"
+        claimable = Job.status == JobStatus.queued
         if stale_after_s is not None:
             limit = now - timedelta(seconds=stale_after_s)
-            claimable = or_(claimable, and_(Job.status == "running", or_(
+            claimable = or_(claimable, and_(Job.status == JobStatus.running, or_(
                 Job.heartbeat_at.is_(None), Job.heartbeat_at < limit)))
         with self.session() as s:
             won = s.execute(
                 update(Job)
                 .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False),
                        Job.attempts < max_attempts)
-                .values(status="running", attempts=Job.attempts + 1, worker=worker,
+                .values(status=JobStatus.running, attempts=Job.attempts + 1, worker=worker,
                         started_at=func.coalesce(Job.started_at, now), heartbeat_at=now,
                         updated_at=now)
                 .execution_options(synchronize_session=False)
@@ -209,10 +208,10 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
                 return None
             # Only a job nobody runs is ended here; a live worker ends its own.
             if job.cancel_requested:
-                self._finish_where(s, job_id, "cancelled", None, now, extra=(claimable,))
+                self._finish_where(s, job_id, JobStatus.cancelled, None, now, extra=(claimable,))
             elif job.attempts >= max_attempts:
                 self._finish_where(
-                    s, job_id, "failed",
+                    s, job_id, JobStatus.failed,
                     f"gave up after {job.attempts} attempts: the worker was lost each time"
                     + lost_reason(job.warnings), now,
                     extra=(claimable, Job.attempts >= max_attempts),
@@ -235,7 +234,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             values["metrics"] = metrics
         if resumed_from_step is not None:
             values["resumed_from_step"] = resumed_from_step
-        owned = [Job.id == job_id, Job.status == "running"]
+        owned = [Job.id == job_id, Job.status == JobStatus.running]
         if worker is not None:
             owned.append(Job.worker == worker)
         with self.session() as s:
@@ -248,7 +247,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
     def finish_job(
-        self, job_id: str, status: str, error: str | None = None,
+        self, job_id: str, status: JobStatus | str, error: str | None = None,
         metrics: dict[str, Any] | None = None, progress: dict[str, Any] | None = None,
         *, worker: str | None = None,
     ) -> bool:
@@ -256,16 +255,17 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         it runs under that worker. Returns whether this call finished it."""
         if status not in TERMINAL:
             raise ValueError(f"not a final status: {status}")
+        status = JobStatus(status)
         extra: list[Any] = []
         if worker is not None:
-            extra += [Job.status == "running", Job.worker == worker]
+            extra += [Job.status == JobStatus.running, Job.worker == worker]
         with self.session() as s:
             return self._finish_where(s, job_id, status, error, utcnow(), metrics=metrics,
                                       progress=progress, extra=tuple(extra))
 
     @staticmethod
     def _finish_where(
-        s: Session, job_id: str, status: str, error: str | None, now: datetime, *,
+        s: Session, job_id: str, status: JobStatus, error: str | None, now: datetime, *,
         metrics: dict[str, Any] | None = None, progress: dict[str, Any] | None = None,
         extra: tuple[Any, ...] = (),
     ) -> bool:
@@ -297,8 +297,8 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
                 .values(cancel_requested=True, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            self._finish_where(s, job_id, "cancelled", None, now,
-                               extra=(Job.status == "queued",))
+            self._finish_where(s, job_id, JobStatus.cancelled, None, now,
+                               extra=(Job.status == JobStatus.queued,))
             return s.get(Job, job_id, populate_existing=True)
 
     def delete_job(self, job_id: str, tenant: str | None = None) -> Job | None:
@@ -321,7 +321,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         with self.session() as s:
             rows = s.scalars(
                 select(Job).where(
-                    Job.status == "running",
+                    Job.status == JobStatus.running,
                     or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < limit),
                 )
             ).all()
@@ -332,9 +332,9 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         with self.session() as s:
             result = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == "running",
+                .where(Job.id == job_id, Job.status == JobStatus.running,
                        Job.heartbeat_at == heartbeat_before)
-                .values(status="queued", worker=None, updated_at=utcnow())
+                .values(status=JobStatus.queued, worker=None, updated_at=utcnow())
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -343,7 +343,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         limit = utcnow() - timedelta(seconds=older_than_s)
         with self.session() as s:
             rows = s.scalars(
-                select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False),
+                select(Job).where(Job.status == JobStatus.queued, Job.cancel_requested.is_(False),
                                   Job.updated_at < limit)
                 .order_by(Job.updated_at)
             ).all()
@@ -357,7 +357,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             note += (f" {OUT_OF_MEMORY}: the kernel's OOM killer sends SIGKILL; lower "
                      "training.batch_size or the model's size, or give the worker more memory")
         with self.session() as s:
-            job = s.scalars(select(Job).where(Job.status == "running",
+            job = s.scalars(select(Job).where(Job.status == JobStatus.running,
                                               Job.worker.like(f"%/{pid}/%"))).first()
             if job is None:
                 return None
@@ -371,12 +371,12 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         """Add `note` to a queued job's warnings unless one containing `marker` is there."""
         with self.session() as s:
             job = s.get(Job, job_id)
-            if job is None or job.status != "queued":
+            if job is None or job.status != JobStatus.queued:
                 return False
             if any(marker in w for w in job.warnings or []):
                 return False
             hit = s.execute(
-                update(Job).where(Job.id == job_id, Job.status == "queued")
+                update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
                 .values(warnings=bounded_warnings([*(job.warnings or []), note]))
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
@@ -392,7 +392,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
                 return False
             hit = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == "queued",
+                .where(Job.id == job_id, Job.status == JobStatus.queued,
                        Job.updated_at == queued_since)
                 .values(warnings=bounded_warnings([*(job.warnings or []), note]),
                         updated_at=utcnow())

@@ -361,10 +361,6 @@ def inspect_npz_file(
     return tensors, values
 
 
-def inspect_npz(data: bytes, limits: Limits = Limits()) -> dict[str, Any]:
-    return inspect_npz_file(io.BytesIO(data), len(data), limits)[0]
-
-
 # --- entry points -----------------------------------------------------------------------
 
 def inspect_file(

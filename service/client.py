@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 
+from jobs.status import TERMINAL
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class ClientError(RuntimeError):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.status import JobStatus
 from service.client import TERMINAL, Client, ClientError
 
 
@@ -152,8 +153,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def add_parsers(add: Any, url_option: Any, floats: Any) -> None:
     """Registers the commands on the `spartan` parser (service.cli)."""
     p = add("list", cmd_list, "list jobs, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed",
-                                        "cancelled"])
+    p.add_argument("--status", choices=[s.value for s in JobStatus])
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
     url_option(p)

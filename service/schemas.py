@@ -12,8 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.fields import JsonDict, Name
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from jobs.status import JobStatus
 
 _JOB_EXAMPLE: dict[str, Any] = {
     "id": "3f2c9a1e6b7d4c0e9a8b7c6d5e4f3a2b",

@@ -8,7 +8,6 @@ Workers run niced (lower CPU priority than the API), so the API answers while th
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import logging
 import os
@@ -20,12 +19,12 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from jobs.process import parent_death_signal
 from jobs.settings import Settings
 from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 # Niceness of embedded workers: with 64 clients polling while a job trains on 2 cores, the
 # API's p99 drops from ~700 ms to under 100 ms (benchmarks/service.py).
 WORKER_NICE = 10
@@ -49,17 +48,11 @@ def _worker_preexec() -> Callable[[], None]:
     """Run in each worker child before exec: lower its CPU priority, so that training on the
     same machine leaves the API responsive, and on Linux ask for SIGTERM when this process
     dies (no orphaned workers)."""
-    prctl = None
-    if sys.platform.startswith("linux"):
-        try:
-            prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):
-            prctl = None
+    die_with_parent = parent_death_signal(signal.SIGTERM)
 
     def preexec() -> None:
         os.nice(WORKER_NICE)
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        die_with_parent()
 
     return preexec
 

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.queue import QUEUES, queue_depths
-from jobs.store import STATUSES
+from jobs.status import JobStatus
 from service.state import Resources
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ class StoreCollector(Collector):
         jobs = GaugeMetricFamily("spartan_jobs", "Jobs by state and queue.",
                                  labels=["status", "queue"])
         seen = {(s, q): n for s, q, n in counts}
-        for status in STATUSES:
+        for status in JobStatus:
             for queue in sorted({*QUEUES, *(q for _, q in seen)}):
-                jobs.add_metric([status, queue], seen.get((status, queue), 0))
+                jobs.add_metric([status.value, queue], seen.get((status, queue), 0))
         yield jobs
         last = GaugeMetricFamily(
             "spartan_worker_last_heartbeat_timestamp_seconds",

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
-import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -33,6 +31,7 @@ from spartan.kernels import (
     square_block,
 )
 from spartan.sparse_attention import SparseMultiheadAttention, attention_ok, projection_weights
+from spartan.timing import median_ms
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +112,6 @@ def _build(mod: nn.Module, weights: dict[str, Tensor], choice: dict[str, dict[st
     return SparseLinear(w, mod.bias, k, block)  # type: ignore[arg-type]
 
 
-def _median_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _capture(model: nn.Module, names: list[str], example: Any) -> dict[str, tuple[Tensor, ...]]:
     """The input(s) each named layer sees when `model` runs on `example`."""
     seen: dict[str, tuple[Tensor, ...]] = {}
@@ -169,7 +155,7 @@ def _time_layer(mod: nn.Module, pname: str, w: Tensor, kernels: dict[str, tuple[
             else:
                 layer, xk = SparseLinear(w, None, k, block), x.reshape(-1, w.shape[1])
             with torch.no_grad():
-                out[k] = _median_ms(partial(layer, xk), w.device, repeats)
+                out[k] = median_ms(partial(layer, xk), w.device, repeats)
         except (RuntimeError, ValueError) as exc:  # a kernel missing from this build
             log.info("%s: kernel %s unavailable (%s)", pname, k, exc)
     return out

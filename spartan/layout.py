@@ -13,7 +13,6 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 Block = tuple[int, int]
 
@@ -166,7 +165,3 @@ def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     mpath, _, attr = name.rpartition(".")
     module = model.get_submodule(mpath) if mpath else model
     return module, attr
-
-
-def is_masked(module: nn.Module, attr: str) -> bool:
-    return parametrize.is_parametrized(module, attr)

@@ -24,6 +24,7 @@ from spartan.layout import block_numel
 from spartan.masking import Group, MaskedWeights, beta_factor
 from spartan.report import LayerReport, SparsityReport
 from spartan.schedule import Schedule
+from spartan.topk import no_autocast
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -122,7 +123,7 @@ class Sparsifier:
         self._refresh()
 
     def _refresh(self) -> None:
-        with torch.no_grad(), _no_autocast(self._layers[0].param):
+        with torch.no_grad(), no_autocast(self._layers[0].param):
             if self._frozen:
                 for g in self._groups:
                     g.rebuild()
@@ -156,7 +157,7 @@ class Sparsifier:
         broadcasts rank 0's when it wraps the model). No-op without torch.distributed."""
         self._check_live()
         if self._pg is not None:
-            with torch.no_grad(), _no_autocast(self._layers[0].param):
+            with torch.no_grad(), no_autocast(self._layers[0].param):
                 self._sync(src, adopt_step=True)
             self._record_versions()
 
@@ -222,7 +223,7 @@ class Sparsifier:
                     f"Sparsifier was attached on {lay.layout[0]}/{lay.layout[1]}; move or cast "
                     "the model first, then attach")
         if any(lay.param._version != lay.version for lay in self._layers):
-            with torch.no_grad(), _no_autocast(self._layers[0].param):
+            with torch.no_grad(), no_autocast(self._layers[0].param):
                 for g in self._groups:
                     g.rebuild()
             self._record_versions()
@@ -335,7 +336,7 @@ class Sparsifier:
             if gs["h"].numel() != g.n or gs["mode"] not in ("dense", "soft", "ste", "hard"):
                 raise ValueError("state masks do not match the masked weights")
         self._step, self._frozen = int(state["step"]), bool(state["frozen"])
-        with torch.no_grad(), _no_autocast(self._layers[0].param):
+        with torch.no_grad(), no_autocast(self._layers[0].param):
             for g, gs in zip(self._groups, state["groups"], strict=True):
                 self._load_group(g, gs)
         self._record_versions()
@@ -353,17 +354,3 @@ def _restore_order(module: nn.Module, order: list[str]) -> None:
     module._parameters.clear()
     module._parameters.update({k: params[k] for k in order if k in params})
     module._parameters.update({k: v for k, v in params.items() if k not in order})
-
-
-class _no_autocast:
-    """Mask updates run in float32 whatever autocast the training loop uses."""
-
-    def __init__(self, like: Tensor) -> None:
-        self._ctx = torch.autocast(like.device.type, enabled=False)
-
-    def __enter__(self) -> None:
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
-

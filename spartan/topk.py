@@ -49,7 +49,8 @@ _ROUGH = 1e-3  # relative budget error of a start computed on a sample (at most 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-11}  # relative budget error of the solve
 
 
-def _no_autocast(t: Tensor) -> torch.autocast:
+def no_autocast(t: Tensor) -> torch.autocast:
+    """Mask math runs in float32 whatever autocast the training loop uses."""
     return torch.autocast(t.device.type, enabled=False)
 
 
@@ -157,7 +158,7 @@ def _solve(values: Tensor, costs: Tensor | None, budget: float, beta: float,
     v = values.detach()
     out = torch.empty(v.numel(), dtype=work_dtype(v.dtype), device=v.device) if mask else None
     u0 = None if tau_init is None else beta * float(tau_init)
-    with torch.no_grad(), _no_autocast(values):
+    with torch.no_grad(), no_autocast(values):
         u = _root(v, c, beta, float(budget), total, TOL[work_dtype(v.dtype)], u0, out)
     return u / beta, out, c
 
@@ -230,7 +231,7 @@ def soft_mask(values: Tensor, costs: Tensor | None, tau: float, beta: float,
     if out is not None and (out.shape != values.shape or out.dtype != work_dtype(values.dtype)):
         raise ValueError(f"out must be a {work_dtype(values.dtype)} tensor of shape "
                          f"{tuple(values.shape)}")
-    with _no_autocast(values):
+    with no_autocast(values):
         return _mask(values.detach(), c, beta, beta * float(tau), out)
 
 
@@ -238,7 +239,7 @@ def soft_mask_from_tau(values: Tensor, costs: Tensor | None, tau: float, beta: f
     """m = sigmoid(beta (v / c - tau)) with the implicit gradient of DESIGN.md: tau is taken as
     the root for the budget sum(c m) (from `solve_threshold`), which the backward holds fixed."""
     c, beta = _mask_args(values, costs, tau, beta)
-    with _no_autocast(values):
+    with no_autocast(values):
         out: Tensor = _SoftMask.apply(values, c, float(tau), beta, None)
     return out
 
@@ -247,6 +248,6 @@ def soft_topk(values: Tensor, costs: Tensor | None, budget: float, beta: float) 
     """Soft mask m in [0, 1] with sum(costs * m) == budget (1e-5 relative in float32, 1e-11 in
     float64; float16/bfloat16 are computed in float32). Differentiable in values, not costs."""
     tau, m, c = _solve(values, costs, budget, beta, None, True)
-    with _no_autocast(values):
+    with no_autocast(values):
         out: Tensor = _SoftMask.apply(values, c, tau, check_beta(beta), m)
     return out

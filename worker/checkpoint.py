@@ -163,6 +163,8 @@ class Checkpointer:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
         return LoopState.from_json(ckpt["loop"])
 
-    def discard(self) -> None:
-        """Remove the checkpoint once the job's result is recorded."""
-        self.artifacts.path(self.job_id, NAME).unlink(missing_ok=True)
+
+
+def discard_checkpoint(artifacts: ArtifactStore, job_id: str) -> None:
+    """Remove a job's checkpoint once its result is recorded."""
+    artifacts.path(job_id, NAME).unlink(missing_ok=True)

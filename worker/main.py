@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import logging
 import os
 import signal
@@ -31,11 +30,11 @@ from billiard.pool import Pool as BlockingPool
 from celery.concurrency import prefork
 from celery.concurrency.asynpool import AsynPool
 
+from jobs.process import parent_death_signal
 from jobs.queue import QUEUES
 from jobs.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
 
 
 def cuda_available() -> bool:
@@ -71,13 +70,7 @@ def limit_threads(settings: Settings, concurrency: int) -> None:
 
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        log.debug("prctl not available; children may outlive their worker")
+    parent_death_signal(signal.SIGKILL)()
 
 
 def preload() -> None:

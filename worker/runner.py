@@ -25,10 +25,10 @@ from jobs.queue import enqueue_job
 from jobs.report import REPORT
 from jobs.results import summarize
 from jobs.settings import Settings
+from jobs.status import JobStatus
 from jobs.store import JobStore
 from worker import joblog
-from worker.checkpoint import NAME as CHECKPOINT
-from worker.checkpoint import Checkpointer
+from worker.checkpoint import Checkpointer, discard_checkpoint
 from worker.launch import RanksLost, launch
 from worker.lease import Lease, StopRequested, describe, finite
 from worker.objectives import evaluate
@@ -93,18 +93,19 @@ def run_claimed(job: Job, store: JobStore, artifacts: ArtifactStore, settings: S
     if lost:
         requeue_lost(store, job_id, name)
     elif outcome is not None:
-        if store.finish_job(job_id, "succeeded", metrics=outcome.metrics,
+        if store.finish_job(job_id, JobStatus.succeeded, metrics=outcome.metrics,
                             progress=outcome.progress, worker=name):
             # only now: had the record failed, a retry would resume
-            artifacts.path(job_id, CHECKPOINT).unlink(missing_ok=True)
+            discard_checkpoint(artifacts, job_id)
         else:
             log.warning("job %s finished here but is no longer ours; result not recorded", job_id)
     elif error is not None:
-        store.finish_job(job_id, "failed", error=error, progress=lease.progress, worker=name)
+        store.finish_job(job_id, JobStatus.failed, error=error, progress=lease.progress,
+                         worker=name)
     elif stopped:
         current = store.get_job(job_id)
         if current is not None and current.worker == name and current.cancel_requested:
-            store.finish_job(job_id, "cancelled", progress=lease.progress, worker=name)
+            store.finish_job(job_id, JobStatus.cancelled, progress=lease.progress, worker=name)
             log.info("job %s cancelled", job_id)
         else:
             log.warning("job %s was taken over by another worker; stopping", job_id)
@@ -131,7 +132,7 @@ def requeue_lost(store: JobStore, job_id: str, worker: str) -> None:
     after heartbeat_timeout_s): back to queued and enqueued again; the next attempt resumes
     from the last checkpoint, on the same number of ranks."""
     current = store.get_job(job_id)
-    if current is None or current.status != "running" or current.worker != worker:
+    if current is None or current.status != JobStatus.running or current.worker != worker:
         return
     if store.requeue(job_id, current.heartbeat_at):
         try:

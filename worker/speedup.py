@@ -8,35 +8,17 @@ A mask full of zeros in a dense tensor runs at dense speed; only the sparse kern
 from __future__ import annotations
 
 import logging
-import statistics
-import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from spartan.timing import time_round_robin
+
 log = logging.getLogger(__name__)
 
 FASTER = 1.05  # below this ratio the sparse model is "not faster" (timing noise)
-
-
-def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int = 15,
-              budget_s: float = 2.0) -> float:
-    """Median wall time of fn() in ms after one warm-up call; stops early after budget_s."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.no_grad():
-        fn()
-        sync()
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def sentence(rows: list[dict[str, Any]], device: str, kernels: dict[str, str]) -> str:
@@ -70,13 +52,14 @@ def speedup_report(model: nn.Module, x: Tensor, batch_size: int, device: torch.d
     rows = []
     for b in sorted({1, int(xb.shape[0])}):
         xi = xb[:b]
-        dense_ms = median_ms(partial(model, xi), device, repeats)
-        sparse_ms = median_ms(partial(sparse, xi), device, repeats)
+        with torch.no_grad():  # dense and sparse timed round-robin: drift hits both alike
+            (dense_ms, _), (sparse_ms, _) = time_round_robin(
+                [partial(model, xi), partial(sparse, xi)], repeats, 1, device)
         rows.append({"batch": b, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                      "speedup": dense_ms / sparse_ms})
     section: dict[str, Any] = {
         "device": device.type, "batch_size": batch_size, "unit": "ms",
-        "statistic": f"median of {repeats} runs", "kernels": sparse.kernels,
+        "statistic": f"median of {repeats} round-robin repeats", "kernels": sparse.kernels,
         "batches": rows, "faster": rows[-1]["speedup"] >= FASTER,
         "predicted": _predicted(cost),
     }

@@ -31,6 +31,7 @@ from jobs.models import utcnow
 from jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery, waiting_job_ids
 from jobs.registry import UNSERVED, unserved_warning
 from jobs.settings import Settings, get_settings
+from jobs.status import JobStatus
 from jobs.store import JobStore, lost_reason
 from worker.devices import capacity, devices, queues_served
 from worker.runner import run_job, worker_name
@@ -87,7 +88,7 @@ def fits_here(store: JobStore, job_id: str, settings: Settings, app: Celery | No
     """Whether this worker can give the job its ranks; if not, the job goes back to its queue
     (after a pause, so that a lone small worker does not spin on it) for a bigger worker."""
     job = store.get_job(job_id)
-    if job is None or job.status != "queued":
+    if job is None or job.status != JobStatus.queued:
         return True  # nothing to decide here: run_job's claim sorts it out
     wanted = int((job.spec.get("resources") or {}).get("processes", 1))
     most = capacity(settings, [job.queue]).get(job.queue, 1)
@@ -123,11 +124,11 @@ def reap_running(store: JobStore, settings: Settings, app: Celery | None = None)
         lost = f"no heartbeat for {settings.heartbeat_timeout_s:g} s"
         if job.cancel_requested:
             if store.requeue(job.id, job.heartbeat_at):
-                store.finish_job(job.id, "cancelled")
+                store.finish_job(job.id, JobStatus.cancelled)
             continue
         if job.attempts >= settings.max_attempts:
             if store.requeue(job.id, job.heartbeat_at):
-                store.finish_job(job.id, "failed", error=(
+                store.finish_job(job.id, JobStatus.failed, error=(
                     f"gave up after {job.attempts} attempts: the worker was lost each time "
                     f"({lost})" + lost_reason(job.warnings)))
                 log.warning("job %s failed: out of attempts", job.id)

@@ -23,7 +23,8 @@ from jobs.registry import admission_error, unserved_warning
 from jobs.results import ResultsCache
 from jobs.settings import Settings
 from jobs.spec import JobSpec
-from jobs.store import TERMINAL, JobStore
+from jobs.status import TERMINAL
+from jobs.store import JobStore
 from service import serialize
 from service.deps import (
     ArtifactsDep,
@@ -151,7 +152,7 @@ def submit_job(
     except Exception as exc:
         # Not left queued forever with no message in the broker: it ends failed, with why.
         log.exception("could not enqueue job %s", job.id)
-        store.finish_job(job.id, "failed", error=f"could not enqueue the job: {exc}")
+        store.finish_job(job.id, JobStatus.failed, error=f"could not enqueue the job: {exc}")
         raise HTTPException(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=f"the job queue is unavailable ({exc}); job {job.id} was marked failed",

@@ -16,6 +16,7 @@ from jobs.models import Sweep
 from jobs.queue import enqueue_job
 from jobs.results import ResultsCache
 from jobs.spec import JobSpec
+from jobs.status import JobStatus
 from jobs.store import new_id
 from jobs.store_extra import JobState
 from jobs.sweeps import PointError, SweepCreate, budget_kind, dense_reference, expand, pareto
@@ -123,7 +124,8 @@ def create_sweep(body: SweepCreate, response: Response, store: StoreDep, celery:
         except Exception as exc:
             log.exception("could not enqueue job %s of sweep %s", job.id, sweep.id)
             for rest in jobs[i:]:
-                store.finish_job(rest.id, "failed", error=f"could not enqueue the job: {exc}")
+                store.finish_job(rest.id, JobStatus.failed,
+                                 error=f"could not enqueue the job: {exc}")
             raise HTTPException(
                 status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                 detail=f"the job queue is unavailable ({exc}); {len(jobs) - i} of the sweep's "

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from costmodels import fit_profile, load_profile, validate_profile, write_json_atomic
-from costmodels.kernels import SparseConv2d, SparseLinear, apply_kernels
 from costmodels.profiler import profile_model
+from spartan.kernels import SparseConv2d, SparseLinear, apply_kernels
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ from torch import nn
 
 import costmodels.profiler as profiler
 from costmodels import fit_profile, predict_latency
-from costmodels.kernels import apply_kernels
 from costmodels.profiler import profile_model
+from spartan.kernels import apply_kernels
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,142 @@
+"""Where job files live: a small storage interface and its filesystem backend.
+
+Callers name a blob by (space, owner, name), e.g. ("artifacts", JOB_ID, "report.json"), and
+put, open, list or delete it; no caller ever sees a backend's path, so object storage is one
+more `Storage` class. Spaces:
+- `artifacts` (PUBLIC): what a job publishes, listed and downloadable through the API;
+- `checkpoints` (PRIVATE): a running job's resumable state, never listed or served.
+
+`FileStorage` keeps the public space at ROOT/OWNER/NAME (the layout earlier versions wrote,
+so existing data directories keep working) and every other space at ROOT/.SPACE/OWNER/NAME,
+a folder no owner id can name (ids start with a letter or digit).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+PUBLIC = "artifacts"
+PRIVATE = "checkpoints"
+SPACES = (PUBLIC, PRIVATE)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def check_name(name: str) -> str:
+    """An owner id or a file name: letters, digits, '.', '_', '-'; no path, no '..'."""
+    if not _NAME.match(name) or ".." in name:
+        raise ValueError(f"invalid artifact name {name!r}")
+    return name
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of it, and after a crash (power
+    loss included) the new one or none: the data is on disk before the rename publishes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    size: int
+
+
+class Storage(ABC):
+    """Named blobs in spaces, grouped by owner. Writes are atomic: a reader sees the old blob
+    or the new one. `open` and `size` raise FileNotFoundError for a missing blob."""
+
+    @abstractmethod
+    def put(self, space: str, owner: str, name: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def put_file(self, space: str, owner: str, name: str, source: Path) -> None:
+        """Move a finished local file in (it is consumed: renamed, or copied and removed)."""
+
+    @abstractmethod
+    def open(self, space: str, owner: str, name: str) -> BinaryIO: ...
+
+    @abstractmethod
+    def size(self, space: str, owner: str, name: str) -> int: ...
+
+    @abstractmethod
+    def list(self, space: str, owner: str) -> list[Entry]: ...
+
+    @abstractmethod
+    def delete(self, space: str, owner: str, name: str | None = None) -> None:
+        """One blob, or every blob of the owner in the space; missing ones are no error."""
+
+    def read(self, space: str, owner: str, name: str) -> bytes:
+        with self.open(space, owner, name) as f:
+            return f.read()
+
+    def exists(self, space: str, owner: str, name: str) -> bool:
+        try:
+            self.size(space, owner, name)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+class FileStorage(Storage):
+    """A directory on a local disk or a shared volume (see the module doc for the layout)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+
+    def _folder(self, space: str, owner: str) -> Path:
+        if space not in SPACES:
+            raise ValueError(f"unknown storage space {space!r}")
+        base = self._root if space == PUBLIC else self._root / f".{space}"
+        return base / check_name(owner)
+
+    def _file(self, space: str, owner: str, name: str) -> Path:
+        return self._folder(space, owner) / check_name(name)
+
+    def put(self, space: str, owner: str, name: str, data: bytes) -> None:
+        write_atomic(self._file(space, owner, name), data)
+
+    def put_file(self, space: str, owner: str, name: str, source: Path) -> None:
+        target = self._file(space, owner, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)  # a rename on the same filesystem
+
+    def open(self, space: str, owner: str, name: str) -> BinaryIO:
+        path = self._file(space, owner, name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{space}/{owner}/{name}")
+        return path.open("rb")
+
+    def size(self, space: str, owner: str, name: str) -> int:
+        path = self._file(space, owner, name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{space}/{owner}/{name}")
+        return path.stat().st_size
+
+    def list(self, space: str, owner: str) -> list[Entry]:
+        folder = self._folder(space, owner)
+        if not folder.is_dir():
+            return []
+        return [Entry(p.name, p.stat().st_size) for p in sorted(folder.iterdir())
+                if p.is_file() and not p.name.startswith(".")]
+
+    def delete(self, space: str, owner: str, name: str | None = None) -> None:
+        if name is None:
+            shutil.rmtree(self._folder(space, owner), ignore_errors=True)
+        else:
+            self._file(space, owner, name).unlink(missing_ok=True)
