@@ -35,9 +35,10 @@ from torch import Tensor, nn
 
 from costmodels import channel_budget_fraction, channel_costs, fit_profile, profile_channels
 from costmodels.channel_bridge import channel_cost_split
-from costmodels.timing import keep_freed_memory, time_round_robin
+from costmodels.timing import keep_freed_memory
 from spartan import Sparsifier, SparsifierConfig, shrink
 from spartan.channel_costs import LayerCost, total_cost
+from spartan.timing import time_round_robin
 from worker.models import build_model
 
 log = logging.getLogger("benchmarks.structured")

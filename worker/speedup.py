@@ -81,8 +81,6 @@ def shrunk_report(model: nn.Module, small: nn.Module, x: Tensor, batch_size: int
                   ) -> dict[str, Any]:
     """Report section for a physically smaller model (spartan.shrink) against the finalized
     one (dense shapes, zeros): both timed round-robin at batch 1 and `batch_size`."""
-    from costmodels.timing import time_round_robin
-
     model, small = model.eval(), small.eval()
     xb = x[:batch_size].to(device)
     rows = []
