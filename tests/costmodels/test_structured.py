@@ -121,8 +121,10 @@ def test_bridge_to_the_sparsifier(cnn_profile: Any) -> None:
     assert set(costs) == {"conv1", "conv2", "head"}
     fixed, variable = channel_cost_split(cm, model, x)
     assert fixed >= 0 and variable > 0
-    frac = channel_budget_fraction(cm, model, x, 0.7)
-    assert frac == pytest.approx((0.7 * (fixed + variable) - fixed) / variable)
+    # Halfway between the fixed part and dense: valid whatever the timings came out as.
+    budget = (fixed + 0.5 * variable) / (fixed + variable)
+    frac = channel_budget_fraction(cm, model, x, budget)
+    assert frac == pytest.approx(0.5)
     with pytest.raises(ValueError, match="not above the fixed cost"):
         channel_budget_fraction(cm, model, x, fixed * 0.5, unit="ms")
     s = Sparsifier(model, SparsifierConfig(structure="channels", budget=0.5, min_keep=0.0), 2,
