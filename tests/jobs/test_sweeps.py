@@ -70,12 +70,17 @@ def test_expand_names_the_budget_that_makes_an_invalid_spec() -> None:
     assert "sparsity.budget" in str(info.value)
 
 
-def test_expand_names_an_unknown_structure() -> None:
+def test_expand_structures_and_name_an_unknown_one() -> None:
+    sweep = SweepCreate.model_validate({"spec": BASE, "budgets": [0.2, 0.5],
+                                        "structures": ["weights", "channels"]})
+    assert [(p.spec.sparsity.structure, p.budget) for p in expand(sweep)] == [
+        ("weights", 0.2), ("weights", 0.5), ("channels", 0.2), ("channels", 0.5)]
     sweep = SweepCreate.model_validate({"spec": BASE, "budgets": [0.1],
                                         "structures": ["weights", "nonsense"]})
     with pytest.raises(PointError) as info:
         expand(sweep)
-    assert info.value.loc[:2] == ["body", "structures"]
+    assert info.value.loc == ["body", "structures", 1]
+    assert "sparsity.structure" in str(info.value)
 
 
 def test_latency_budgets_replace_budget_ms() -> None:
