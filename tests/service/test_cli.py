@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -194,3 +195,11 @@ def test_embedded_workers_do_not_import_from_the_current_directory(tmp_path: Pat
     done = subprocess.run(check, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert str(tmp_path) not in done.stdout
+
+
+def test_python_m_worker_ignores_modules_in_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text("raise SystemExit('shadowed by the cwd')\n")
+    done = subprocess.run([sys.executable, "-m", "worker", "--queues", "bogus"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert "shadowed" not in done.stderr + done.stdout
+    assert done.returncode == 2 and "unknown queues bogus" in done.stderr
