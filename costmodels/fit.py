@@ -167,6 +167,9 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
     out: dict[str, Any] = {"unit": prof.unit, "device": prof.device, "layers": layers}
     if prof.machine is not None:
         out["machine"] = prof.machine
+    hardware = (prof.model_extra or {}).get("hardware")
+    if hardware is not None:  # where it was measured (costmodels.hardware)
+        out["hardware"] = hardware
     if prof.overhead is not None:
         out["overhead"] = prof.overhead
     extra = prof.model_extra or {}

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -125,7 +126,8 @@ def _choose(lat: dict[str, list[float]]) -> str:
 
 def _profile_layer(pname: str, w: Tensor, module: nn.Module, inp: Tensor,
                    block: tuple[int, int], kernel: str, densities: tuple[float, ...],
-                   timing: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+                   timing: dict[str, Any], gen: torch.Generator,
+                   choices: Sequence[str] | None = None) -> dict[str, Any]:
     from spartan.layout import block_grid
 
     name, attr = layer_name(pname), pname.rpartition(".")[2]
@@ -141,6 +143,8 @@ def _profile_layer(pname: str, w: Tensor, module: nn.Module, inp: Tensor,
         raise ValueError(f"layer {name!r}: {n} blocks give only {len(nnz_list)} distinct "
                          f"densities; the fit needs {MIN_DENSITIES} (smaller blocks?)")
     applicable = candidate_kernels(module, w, block)
+    if choices is not None:  # "auto" limited to these (dense always stays, as the fallback)
+        applicable = [k for k in applicable if k in choices or k == "dense"]
     if kernel != "auto" and kernel not in applicable:
         raise ValueError(f"layer {name!r}: kernel {kernel!r} does not apply here "
                          f"(applicable: {', '.join(applicable)})")
@@ -223,6 +227,8 @@ def profile_model(
     progress: bool = True,
     seed: int = 0,
     stable_memory: bool = True,
+    choices: Sequence[str] | None = None,
+    on_layer: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """A validated profile dict (shared/DESIGN.md) of every maskable layer of `model`.
 
@@ -230,6 +236,9 @@ def profile_model(
     kernel: "auto" (see module doc) or one of dense, csr, bsr, semi for every layer.
     quick: few densities and repeats (seconds for a small MLP; for tests, not for decisions).
     stable_memory: call costmodels.timing.keep_freed_memory() first (process-wide; see there).
+    choices: with kernel "auto", the kernels it may choose from (default: every kernel).
+    on_layer: called as on_layer(done, total, layer name) after each layer (progress, and a
+        place to stop: whatever it raises propagates).
     The model is copied; the original is left as it was. Raises ValueError.
     """
     from spartan.layout import check_block, maskable_weights, owner_of
@@ -269,14 +278,19 @@ def profile_model(
             inputs, _ = _capture(work, x, {n: work.get_submodule(n) for n in owners})
             inp = _layer_input(mname, inputs, work)
             entry = _profile_layer(pname, p.detach(), module, inp, block, kernel, dens, timing,
-                                   gen)
+                                   gen, choices)
             layers.append(entry)
             _deploy(work, mname, module, p.detach(), entry, inputs)
+            if on_layer is not None:
+                on_layer(len(layers), len(params), entry["name"])
         overhead, dense, taken = _overhead(model, work, x, owners, layers, timing)
     machine = machine_info(dev) | {"kernel": kernel, "batch": int(x.shape[0]),
                                    "input_shape": list(x.shape), "keep_freed_memory": kept,
                                    **timing}
+    from costmodels.hardware import collect
+
     profile = {"device": device_label(dev), "unit": "ms", "machine": machine,
+               "hardware": collect(dev, (lay["kernel"] for lay in layers)),
                "overhead": overhead, "dense_model_latency": dense, "layers": layers}
     if taken:
         profile["overhead_excludes"] = list(taken)  # their dense_latency was taken off

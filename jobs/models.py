@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -56,6 +56,9 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(100), index=True)
+    # "train" (a sparse-training job) or "profile" (a profile job, jobs.profile_spec): both
+    # share the claim, heartbeat, reaper, cancel and attempt machinery of this table.
+    kind: Mapped[str] = mapped_column(String(16), index=True, default="train")
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[JobStatus] = mapped_column(StatusType(), index=True)
     queue: Mapped[str] = mapped_column(String(16))
@@ -76,13 +79,49 @@ class Job(Base):
 
 
 class CostModel(Base):
+    """A fitted cost model. Versions: every model registered, profiled or refitted under a
+    name gets the next version of that name (per tenant); `hardware` is where it was measured
+    and `fingerprint` the hash of the parts of it that decide whether it applies elsewhere."""
+
     __tablename__ = "cost_models"
+    __table_args__ = (UniqueConstraint("tenant", "name", "version",
+                                       name="uq_cost_models_tenant_name_version"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(100), index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     profile: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    hardware: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
+    hardware_label: Mapped[str | None] = mapped_column(String(400))
+    batch: Mapped[int | None] = mapped_column(Integer)
+    # "upload" (POST /v1/cost-models), "profile" (a profile job), "refit" (of parent_id)
+    source: Mapped[str] = mapped_column(String(16), default="upload")
+    parent_id: Mapped[str | None] = mapped_column(String(32))
+    profile_job_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    refit: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class DeploymentPoint(Base):
+    """One deployed model measured against a cost model's prediction: after training, the
+    worker times the exported model (whole and per layer) at the cost model's batch size.
+    Held-out points: the cost model never saw them when it was fitted."""
+
+    __tablename__ = "deployment_points"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cost_model_id: Mapped[str] = mapped_column(String(32), index=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    job_id: Mapped[str] = mapped_column(String(32))
+    batch: Mapped[int] = mapped_column(Integer)
+    predicted: Mapped[float] = mapped_column(Float)
+    measured: Mapped[float] = mapped_column(Float)
+    # [{"name", "nnz_blocks", "predicted", "measured"}] for every cost-model layer
+    layers: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

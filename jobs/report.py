@@ -83,6 +83,9 @@ class CostSection(_Section):
     fixed: float
     within_budget: bool
     predicted_vs_budget: float | None
+    cost_model: dict[str, Any] | None = Field(
+        default=None, description="The stored cost model used (kind 'fitted'): id, name, "
+        "version, batch, hardware and fingerprint, the worker's, and whether they match.")
 
 
 class AccuracySection(_Section):
@@ -159,6 +162,48 @@ class LatencySection(_Section):
                              "by how much it was missed and why.")
 
 
+class DeploymentLayer(_Section):
+    name: str
+    nnz_blocks: int
+    measured: float | None = Field(description="Null for a weight not called on its own.")
+    predicted: float
+    error: float | None
+
+
+class DeploymentBatch(_Section):
+    batch: int
+    measured: float = Field(description="The whole exported model.")
+    layers: dict[str, float] = Field(description="Each cost-model layer in the deployed model.")
+
+
+class DeploymentSection(_Section):
+    """The exported model measured on the worker beside the fitted cost model's prediction at
+    the cost model's batch size, stored with the cost model as a held-out point
+    (worker.deployment)."""
+
+    unit: str
+    device: str
+    batch_size: int = Field(description="The cost model's batch size: what it predicts.")
+    statistic: str
+    predicted: float
+    measured: float
+    error: float = Field(description="|predicted - measured| / measured.")
+    within_tolerance: bool
+    tolerance: float
+    layers: list[DeploymentLayer]
+    batches: list[DeploymentBatch] = Field(description="Batch 1, training, cost model's.")
+    cost_model: dict[str, Any] = Field(
+        description="{id, name, version, points, mape, needs_refit}: its error over every "
+        "deployed model measured against it so far, this one included.")
+    message: str | None = Field(default=None, description="Said when the error is > 15%.")
+    refit: dict[str, str] | None = Field(
+        default=None, description="{method, url}: the refit offered when the error is > 15%.")
+
+
+class DeploymentFailed(_Section):
+    error: str
+
+
 class Report(_Section):
     job_id: str
     name: str | None
@@ -174,3 +219,5 @@ class Report(_Section):
     warnings: list[str]
     speedup: SpeedupSection | SpeedupFailed
     latency: LatencySection | None = Field(description="Null when the export failed.")
+    deployment: DeploymentSection | DeploymentFailed | None = Field(
+        default=None, description="With a fitted latency cost model: the loop closed.")

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # The most ranks one job may use on a worker (resources.processes); 0 = its devices: the
     # GPUs on the gpu queue, the CPU cores on the cpu queue. Advertised in the worker registry.
     worker_processes: int = Field(default=0, ge=0)
+    # Where workers lock their devices (a profile job has its device alone): default
+    # `locks/` under the data dir; see worker/device_lock.py.
+    lock_dir: Path | None = None
 
     # Per-job limits, checked at submit (estimates) and by the worker before training; "N"
     # for every queue or "cpu:N,gpu:M". The defaults fit a worker of 2 cores and 24 GiB.
@@ -111,6 +114,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir.resolve() / "artifacts"
+
+    @property
+    def locks_dir(self) -> Path:
+        return (self.lock_dir or self.data_dir / "locks").resolve()
 
     @property
     def uploads_dir(self) -> Path:

@@ -148,20 +148,35 @@ class SparsitySpec(_Strict):
 class CostSpec(_Strict):
     kind: Literal["params", "flops", "fitted"] = "params"
     id: Ref | None = Field(default=None, description="Stored cost-model id when kind is 'fitted'.")
+    name: Name | None = Field(
+        default=None,
+        description="Stored cost-model name when kind is 'fitted' (instead of id): the worker "
+        "takes the newest version measured on hardware like its own.",
+    )
     budget_ms: FiniteFloat | None = Field(
         default=None,
         gt=0.0,
         description="Latency budget in the cost model's unit; replaces sparsity.budget.",
     )
+    strict_hardware: bool = Field(
+        default=False,
+        description="Refuse to train (the job fails) when the cost model was measured on "
+        "hardware other than the worker's; otherwise the job only gets a warning.",
+    )
 
     @model_validator(mode="after")
     def _fitted_needs_id(self) -> CostSpec:
-        if self.kind == "fitted" and not self.id:
-            raise ValueError("kind 'fitted' needs 'id': the id of a stored cost model")
-        if self.kind != "fitted" and self.id:
-            raise ValueError("'id' is only used with kind 'fitted'")
+        if self.kind == "fitted" and not (self.id or self.name):
+            raise ValueError("kind 'fitted' needs 'id' or 'name' of a stored cost model")
+        if self.id and self.name:
+            raise ValueError("give 'id' (one version) or 'name' (the version matching the "
+                             "worker's hardware), not both")
+        if self.kind != "fitted" and (self.id or self.name):
+            raise ValueError("'id' and 'name' are only used with kind 'fitted'")
         if self.budget_ms is not None and self.kind != "fitted":
             raise ValueError("'budget_ms' needs a fitted latency cost model (kind 'fitted')")
+        if self.strict_hardware and self.kind != "fitted":
+            raise ValueError("'strict_hardware' is only used with kind 'fitted'")
         return self
 
 

@@ -28,10 +28,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.fields import bounded_warnings
-from jobs.models import CostModel, Job, JobLog, Upload, utcnow
+from jobs.models import CostModel, DeploymentPoint, Job, JobLog, Upload, utcnow
 from jobs.registry import WorkerRegistry
 from jobs.status import TERMINAL, JobStatus
 from jobs.store_extra import SweepsAndLogs
@@ -124,12 +125,12 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
     # jobs
     def create_job(
         self, tenant: str, spec: dict[str, Any], queue: str, name: str | None,
-        warnings: list[str] | None = None,
+        warnings: list[str] | None = None, kind: str = "train",
     ) -> Job:
         now = utcnow()
         job = Job(
-            id=new_id(), tenant=tenant, name=name, status=JobStatus.queued, queue=queue, spec=spec,
-            progress={"step": 0, "total_steps": None}, metrics={},
+            id=new_id(), tenant=tenant, kind=kind, name=name, status=JobStatus.queued,
+            queue=queue, spec=spec, progress={"step": 0, "total_steps": None}, metrics={},
             warnings=bounded_warnings(warnings or []),
             attempts=0, cancel_requested=False, created_at=now, updated_at=now,
         )
@@ -137,16 +138,20 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             s.add(job)
         return job
 
-    def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+    def get_job(self, job_id: str, tenant: str | None = None, kind: str | None = None
+                ) -> Job | None:
         if not plausible_id(job_id):
             return None
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None or (tenant is not None and job.tenant != tenant):
                 return None
+            if kind is not None and job.kind != kind:
+                return None
             return job
 
-    def job_view(self, job_id: str, tenant: str | None = None) -> Any | None:
+    def job_view(self, job_id: str, tenant: str | None = None, kind: str | None = None
+                 ) -> Any | None:
         """A job's columns, read-only (a Row, with the same attribute names as Job), for the
         API's status GET, its hottest path: one Core SELECT on a pooled connection, without
         the ORM's session, identity map and unit of work."""
@@ -156,15 +161,19 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             row = conn.execute(_JOB_BY_ID, {"job_id": job_id}).first()
         if row is None or (tenant is not None and row.tenant != tenant):
             return None
+        if kind is not None and row.kind != kind:
+            return None
         return row
 
     def list_jobs(
         self, tenant: str | None = None, status: str | None = None, limit: int = 50,
-        offset: int = 0,
+        offset: int = 0, kind: str | None = None,
     ) -> tuple[list[Job], int]:
         query = select(Job)
         if tenant is not None:
             query = query.where(Job.tenant == tenant)
+        if kind is not None:
+            query = query.where(Job.kind == kind)
         if status is not None:
             query = query.where(Job.status == status)
         with self.session() as s:
@@ -281,13 +290,24 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         ).rowcount  # type: ignore[attr-defined]
         return bool(hit)
 
-    def request_cancel(self, job_id: str, tenant: str | None = None) -> Job | None:
+    def add_warning(self, job_id: str, text: str) -> None:
+        """Append a warning to a job's record (once: the same text is not added twice)."""
+        with self.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is not None and text not in (job.warnings or []):
+                job.warnings = [*(job.warnings or []), text]
+                job.updated_at = utcnow()
+
+    def request_cancel(self, job_id: str, tenant: str | None = None, kind: str | None = None
+                       ) -> Job | None:
         """A queued job is cancelled at once; a running one when its worker next reports."""
         if not plausible_id(job_id):
             return None
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None or (tenant is not None and job.tenant != tenant):
+                return None
+            if kind is not None and job.kind != kind:
                 return None
             if job.status in TERMINAL:
                 return job
@@ -403,13 +423,31 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
     # cost models
     def create_cost_model(
         self, tenant: str, data: dict[str, Any], profile: dict[str, Any] | None,
-        name: str | None,
+        name: str | None, *, hardware: dict[str, Any] | None = None,
+        fingerprint: str | None = None, hardware_label: str | None = None,
+        batch: int | None = None, source: str = "upload", parent_id: str | None = None,
+        profile_job_id: str | None = None, refit: dict[str, Any] | None = None,
     ) -> CostModel:
-        row = CostModel(id=new_id(), tenant=tenant, name=name, data=data, profile=profile,
-                        created_at=utcnow())
-        with self.session() as s:
-            s.add(row)
-        return row
+        """Store a cost model as the next version of `name` (version 1 when unnamed). Two
+        writers racing for one version: the unique (tenant, name, version) lets one win and
+        the other takes the next number."""
+        for _ in range(20):
+            row = CostModel(
+                id=new_id(), tenant=tenant, name=name, data=data, profile=profile,
+                created_at=utcnow(), version=1, hardware=hardware, fingerprint=fingerprint,
+                hardware_label=hardware_label, batch=batch, source=source, parent_id=parent_id,
+                profile_job_id=profile_job_id, refit=refit)
+            try:
+                with self.session() as s:
+                    if name is not None:
+                        top = s.scalar(select(func.max(CostModel.version)).where(
+                            CostModel.tenant == tenant, CostModel.name == name))
+                        row.version = int(top or 0) + 1
+                    s.add(row)
+                return row
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not allocate a version of cost model {name!r}")
 
     def get_cost_model(self, model_id: str, tenant: str | None = None) -> CostModel | None:
         if not plausible_id(model_id):
@@ -421,17 +459,68 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             return row
 
     def list_cost_models(
-        self, tenant: str | None = None, limit: int = 50, offset: int = 0
+        self, tenant: str | None = None, limit: int = 50, offset: int = 0,
+        hardware: str | None = None, name: str | None = None,
     ) -> tuple[list[CostModel], int]:
+        """Newest first. `hardware`: a fingerprint, or text found (any case) in the hardware
+        label, e.g. 'EPYC' or 'H200'."""
         query = select(CostModel)
         if tenant is not None:
             query = query.where(CostModel.tenant == tenant)
+        if name is not None:
+            query = query.where(CostModel.name == name)
+        if hardware:
+            query = query.where(or_(
+                CostModel.fingerprint == hardware.lower(),
+                func.lower(CostModel.hardware_label).contains(hardware.lower(),
+                                                              autoescape=True)))
         with self.session() as s:
             count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = s.scalars(
-                query.order_by(CostModel.created_at.desc()).limit(limit).offset(offset)
+                query.order_by(CostModel.created_at.desc(), CostModel.version.desc())
+                .limit(limit).offset(offset)
             ).all()
             return list(rows), int(count)
+
+    def cost_model_versions(self, tenant: str, name: str) -> list[CostModel]:
+        """Every version of a named cost model, newest first."""
+        with self.session() as s:
+            return list(s.scalars(
+                select(CostModel).where(CostModel.tenant == tenant, CostModel.name == name)
+                .order_by(CostModel.version.desc())).all())
+
+    def profile_job_cost_models(self, job_id: str) -> list[CostModel]:
+        with self.session() as s:
+            return list(s.scalars(
+                select(CostModel).where(CostModel.profile_job_id == job_id)
+                .order_by(CostModel.version)).all())
+
+    # deployment points (measured latency of trained models beside the prediction)
+    def add_deployment_point(
+        self, cost_model_id: str, tenant: str, job_id: str, batch: int, predicted: float,
+        measured: float, layers: list[dict[str, Any]], fingerprint: str | None,
+    ) -> DeploymentPoint:
+        """One per (cost model, job, batch): a retried job replaces its earlier point."""
+        row = DeploymentPoint(
+            id=new_id(), cost_model_id=cost_model_id, tenant=tenant, job_id=job_id,
+            batch=batch, predicted=predicted, measured=measured, layers=layers,
+            fingerprint=fingerprint, created_at=utcnow())
+        with self.session() as s:
+            for old in s.scalars(select(DeploymentPoint).where(
+                    DeploymentPoint.cost_model_id == cost_model_id,
+                    DeploymentPoint.job_id == job_id, DeploymentPoint.batch == batch)):
+                s.delete(old)
+            s.add(row)
+        return row
+
+    def deployment_points(self, cost_model_ids: list[str]) -> list[DeploymentPoint]:
+        if not cost_model_ids:
+            return []
+        with self.session() as s:
+            return list(s.scalars(
+                select(DeploymentPoint)
+                .where(DeploymentPoint.cost_model_id.in_(cost_model_ids))
+                .order_by(DeploymentPoint.created_at)).all())
 
     # uploads
     def create_upload(

@@ -25,6 +25,7 @@ from service.routes import (
     jobs,
     logs,
     metrics,
+    profiles,
     prometheus,
     sweeps,
     uploads,
@@ -49,7 +50,10 @@ TAGS = [
     {"name": "sweeps", "description": "One spec at several budgets: the accuracy-latency "
      "frontier."},
     {"name": "uploads", "description": "Initial weights and datasets (.safetensors, .npz)."},
-    {"name": "cost models", "description": "Linear latency models fitted from profiles."},
+    {"name": "profiles", "description": "Profile jobs: a model timed on a worker's own "
+     "hardware, and the cost model fitted from it."},
+    {"name": "cost models", "description": "Linear latency models fitted from profiles, "
+     "versioned and keyed by hardware."},
     {"name": "health", "description": "Probes for orchestrators."},
 ]
 
@@ -102,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, telemetry=app.state.telemetry)  # outermost: times all
     errors.install(app)
     openapi.install(app, secured=bool(resources.settings.tokens()))
-    for module in (jobs, metrics, logs, sweeps, uploads, cost_models, health, prometheus,
-                   dashboard, docs):
+    for module in (jobs, metrics, logs, sweeps, uploads, profiles, cost_models, health,
+                   prometheus, dashboard, docs):
         app.include_router(module.router)
     return app

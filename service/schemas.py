@@ -182,7 +182,8 @@ PROFILE_SCHEMA: dict[str, Any] = {
 
 
 class CostModelCreate(BaseModel):
-    """A profile as `spartan profile` writes it, to be fitted into a cost model."""
+    """A profile as `spartan profile` writes it, to be fitted into a cost model; or a cost
+    model as `spartan fit` writes it, registered as it is."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "name": "a100-mlp",
@@ -194,10 +195,14 @@ class CostModelCreate(BaseModel):
     }]})
 
     name: Name | None = None
-    profile: JsonDict = Field(
-        description="The profile file `spartan profile` writes.",
+    profile: JsonDict | None = Field(
+        default=None,
+        description="The profile file `spartan profile` writes (give this or cost_model).",
         json_schema_extra=PROFILE_SCHEMA,
     )
+    cost_model: JsonDict | None = Field(
+        default=None, description="A fitted cost model as `spartan fit` writes it (give this "
+        "or profile).")
 
 
 class CostModelPublic(BaseModel):
@@ -205,7 +210,17 @@ class CostModelPublic(BaseModel):
 
     id: str
     name: str | None
+    version: int = Field(description="Versions count up per name: a refit is the next one.")
     created_at: datetime
+    hardware: dict[str, Any] | None = Field(
+        description="Where it was measured: device, cpu, cores, threads, gpu, gpu_memory_gb, "
+        "driver, cuda, torch, kernels (null for a profile that did not say).")
+    fingerprint: str | None = Field(description="Hash of the hardware fields that must match.")
+    hardware_label: str | None
+    batch: int | None = Field(description="The batch size it was profiled at.")
+    source: str = Field(description="'upload', 'profile' (a profile job) or 'refit'.")
+    parent_id: str | None = Field(description="The version a refit was made from.")
+    profile_job_id: str | None
     data: dict[str, Any] = Field(
         description="The fitted cost model: {unit, device, layers: {name: {intercept, slope, "
         "block, r2, mape}}}."
@@ -214,6 +229,12 @@ class CostModelPublic(BaseModel):
 
 class CostModelDetail(CostModelPublic):
     profile: dict[str, Any] | None = Field(description="The profile it was fitted from.")
+    refit: dict[str, Any] | None = Field(
+        default=None, description="For a refit version: the points folded in and the error on "
+        "them before and after.")
+    deployment: dict[str, Any] | None = Field(
+        default=None, description="Its error on real deployed models: the trained models "
+        "measured on the worker beside this model's prediction (held-out points).")
 
 
 class CostModelsPublic(BaseModel):
@@ -305,3 +326,39 @@ class LogsPublic(BaseModel):
 
     data: list[LogRecordPublic]
     count: int = Field(description="Records after `since` in all.")
+
+
+class ProfilePublic(BaseModel):
+    """A profile job: the model timed on a worker's own hardware, and the cost model(s) fitted
+    from it (`cost_model_id` once fitted; one per batch size in `cost_models`)."""
+
+    id: str
+    name: str | None
+    status: JobStatus
+    queue: str
+    progress: Progress
+    warnings: list[str]
+    error: str | None
+    attempts: int
+    worker: str | None
+    cancel_requested: bool
+    spec: dict[str, Any] = Field(description="The submitted spec with its defaults filled in.")
+    cost_model_id: str | None = Field(description="The fitted cost model (first batch size).")
+    cost_models: list[dict[str, Any]] = Field(
+        description="[{batch, cost_model_id, version, layers, fingerprint}] per batch size.")
+    hardware: dict[str, Any] | None = Field(description="The worker's hardware.")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ProfileDetail(ProfilePublic):
+    profile: dict[str, Any] | None = Field(
+        description="The raw profile of the first batch size (the profile file format).")
+    profiles: list[dict[str, Any]] = Field(description="[{batch, cost_model_id, profile}].")
+
+
+class ProfilesPublic(BaseModel):
+    data: list[ProfilePublic]
+    count: int

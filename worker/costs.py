@@ -8,6 +8,10 @@
   sparsity.budget means "at most this fraction of the dense model's latency", or
   cost_model.budget_ms an absolute latency; costmodels.bridge turns either into the
   Sparsifier's fraction, counting intercepts, overhead and unmasked layers as fixed cost.
+  The stored model is named by id (that version) or by name: then the newest version whose
+  hardware fingerprint is this worker's (costmodels.hardware), at the job's batch size if one
+  was profiled there. A model measured on other hardware is used with a warning, or refused
+  with cost_model.strict_hardware.
 
 With sparsity.structure "channels" the same three kinds are per-layer functions of the kept
 widths (spartan.channel_costs; costmodels.channel_bridge): params and FLOPs built in, fitted
@@ -22,7 +26,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from costmodels.schema import CostModel
-from jobs.spec import JobSpec
+from jobs.models import CostModel as StoredCostModel
+from jobs.spec import CostSpec, JobSpec
 from jobs.store import JobStore
 
 
@@ -37,6 +42,11 @@ class CostPlan:
     budget: float | None = None  # the budget in `unit`, when the spec fixes it
     model: CostModel | None = field(default=None, repr=False)  # validated once
     structure: str = "weights"
+    # The stored model used (fitted): id, name, version, batch, hardware, the worker's
+    # hardware and whether they match; and its earlier deployment points (closing the loop).
+    source: dict[str, Any] | None = None
+    points: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # for the job's record and report
 
     def budget_cost(self, variable_total: float) -> float:
         """The budget in `unit`, given the masked layers' total (variable) cost."""
@@ -52,6 +62,57 @@ class CostPlan:
         from costmodels import bridge
 
         return float(bridge.predict_cost(self.model, model))
+
+
+def pick_version(versions: list[StoredCostModel], fingerprint: str, batch: int
+                 ) -> StoredCostModel:
+    """The newest version measured on this hardware, preferring one profiled at `batch`;
+    else the newest of all (whose hardware differs: the caller warns or refuses)."""
+    matching = [v for v in versions if v.fingerprint == fingerprint]
+    for row in matching:
+        if row.batch == batch:
+            return row
+    return matching[0] if matching else versions[0]
+
+
+def stored_model(cost: CostSpec, store: JobStore, tenant: str | None, device: Any,
+                 batch: int) -> tuple[StoredCostModel, dict[str, Any], list[str]]:
+    """The stored cost model a job uses, its provenance for the report, and warnings. Raises
+    ValueError when it is missing, or measured elsewhere while strict_hardware is set."""
+    from costmodels import hardware
+
+    here = hardware.collect(device)
+    fingerprint = hardware.fingerprint(here)
+    if cost.name:
+        versions = store.cost_model_versions(tenant or "", cost.name)
+        if not versions:
+            raise ValueError(f"no cost model named '{cost.name}'")
+        row = pick_version(versions, fingerprint, batch)
+    else:
+        found = store.get_cost_model(cost.id or "", tenant=tenant)
+        if found is None:
+            raise ValueError(f"cost model '{cost.id}' not found")
+        row = found
+    what = f"cost model {row.name or row.id} (version {row.version})"
+    source: dict[str, Any] = {
+        "id": row.id, "name": row.name, "version": row.version, "batch": row.batch,
+        "fingerprint": row.fingerprint, "hardware": row.hardware,
+        "worker_fingerprint": fingerprint, "worker_hardware": here,
+        "hardware_match": row.fingerprint == fingerprint}
+    warnings = []
+    if row.fingerprint is None:
+        warnings.append(f"{what} does not say which hardware it was measured on; its latency "
+                        "predictions for this worker are unchecked")
+        source["hardware_match"] = None
+    elif row.fingerprint != fingerprint:
+        diffs = "; ".join(hardware.differences(row.hardware or {}, here))
+        text = (f"{what} was measured on other hardware ({row.hardware_label}) than this "
+                f"worker's ({hardware.label(here)}): {diffs}")
+        if cost.strict_hardware:
+            raise ValueError(f"{text}; refused because cost_model.strict_hardware is true "
+                             "(profile this worker, or name a cost model measured here)")
+        warnings.append(f"{text}; its latency predictions may not hold here")
+    return row, source, warnings
 
 
 def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: JobStore,
@@ -75,11 +136,15 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
             cost_model = builtin.flops_cost_model(model, example_input, block)
         finally:
             model.train(was_training)
+        source: dict[str, Any] | None = None
+        points: list[dict[str, Any]] = []
+        warnings: list[str] = []
     else:
-        row = store.get_cost_model(spec.cost_model.id or "", tenant=tenant)
-        if row is None:
-            raise ValueError(f"cost model '{spec.cost_model.id}' not found")
+        row, source, warnings = stored_model(spec.cost_model, store, tenant,
+                                             example_input.device, spec.training.batch_size)
         cost_model = row.data
+        points = [{"job_id": p.job_id, "batch": p.batch, "measured": p.measured,
+                   "layers": p.layers} for p in store.deployment_points([row.id])]
     split = bridge.split_costs(cost_model, model, block, prefixes=prefixes)
     budget_ms = spec.cost_model.budget_ms
     budget: float | None
@@ -92,7 +157,8 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
     else:
         fraction, budget = s.budget, None
     return CostPlan(kind, split.cost_model.unit, float(fraction), costs=split.costs,
-                    fixed=split.fixed, budget=budget, model=split.cost_model)
+                    fixed=split.fixed, budget=budget, model=split.cost_model, source=source,
+                    points=points, warnings=warnings)
 
 
 def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobStore,
@@ -107,10 +173,11 @@ def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobS
         cost_model: Any = builtin.channel_cost_model(model, example, "params")
     elif kind == "flops":
         cost_model = builtin.channel_cost_model(model, example, "flops")
+        source: dict[str, Any] | None = None
+        warnings: list[str] = []
     else:
-        row = store.get_cost_model(spec.cost_model.id or "", tenant=tenant)
-        if row is None:
-            raise ValueError(f"cost model '{spec.cost_model.id}' not found")
+        row, source, warnings = stored_model(spec.cost_model, store, tenant, example.device,
+                                             spec.training.batch_size)
         cost_model = row.data
     was_training = model.training
     try:
@@ -135,4 +202,4 @@ def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobS
     else:
         fraction, budget = s.budget, None
     return CostPlan(kind, cm.unit, float(fraction), costs=costs, fixed=fixed, budget=budget,
-                    model=cm, structure="channels")
+                    model=cm, structure="channels", source=source, warnings=warnings)

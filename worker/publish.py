@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,10 +42,13 @@ KEPT_TOLERANCE = 0.15  # a latency promise is kept when measured <= promised x 1
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the job record gets: final metrics and progress."""
+    """What the job record gets: final metrics and progress; the warnings learned while
+    publishing, and the deployment point to store with the cost model."""
 
     metrics: dict[str, Any]
     progress: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    deployment_point: dict[str, Any] | None = None
 
 
 def tensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -73,7 +76,8 @@ def cost_section(plan: CostPlan, cost: float, predicted: float) -> r.CostSection
         kind=plan.kind, unit=plan.unit, budget_fraction=plan.budget_fraction, budget=budget,
         predicted=predicted, dense=plan.fixed + cost, fixed=plan.fixed,
         within_budget=predicted <= budget * (1 + 1e-4),
-        predicted_vs_budget=predicted / budget if budget else None)
+        predicted_vs_budget=predicted / budget if budget else None,
+        cost_model=finite(plan.source) if plan.source is not None else None)
 
 
 def accuracy_section(state: LoopState, final: float, method: str, has_weights: bool
@@ -123,11 +127,10 @@ def promise_note(measured: float, promised: float | None, predicted: float | Non
             f"over the promised {promised:.4g} ms (the limit is 15%), because {why}.")
 
 
-def export(plan: JobPlan, cost: r.CostSection) -> tuple[bytes | None, r.SpeedupSection |
+def export(plan: JobPlan, cost: r.CostSection) -> tuple[Any | None, r.SpeedupSection |
                                                         r.SpeedupFailed]:
     """The sparse model's bytes and its timing against dense; a failure here is reported, not
     fatal: the trained model is already good."""
-    from spartan.sparse_io import sparse_bytes
     from worker.speedup import speedup_report
 
     spec, data = plan.spec, plan.data
@@ -138,7 +141,7 @@ def export(plan: JobPlan, cost: r.CostSection) -> tuple[bytes | None, r.SpeedupS
             return shrunk_export(plan, cost, arch)
         sparse, section = speedup_report(plan.model, plan.example, spec.training.batch_size,
                                          plan.device, cost.model_dump(), arch)
-        return sparse_bytes(sparse), r.SpeedupSection.model_validate(section)
+        return sparse, r.SpeedupSection.model_validate(section)
     except Exception as exc:  # noqa: BLE001 (any kernel failure: say so in the report)
         log.exception("job %s: sparse export failed", plan.job.id)
         return None, r.SpeedupFailed(error=describe(exc))
@@ -180,6 +183,16 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
     latency = latency_section(speedup, cost) if isinstance(speedup, r.SpeedupSection) else None
     missed = [latency.note] if latency is not None and latency.kept is False and latency.note \
         else []
+    deployment: r.DeploymentSection | r.DeploymentFailed | None = None
+    point: dict[str, Any] | None = None
+    learned: list[str] = []
+    if plan.costs.source is not None and plan.costs.unit == "ms" \
+            and plan.costs.structure == "weights":
+        from worker.deployment import close_loop
+
+        deployment, point, learned = close_loop(plan, sparse_model, speedup)
+    warnings = list(dict.fromkeys([*(job.warnings or []), *plan.costs.warnings, *missed,
+                                   *learned]))
     rep = r.Report(
         job_id=job.id, name=job.name, spec=job.spec,
         model=r.ModelSection(arch=spec.model.arch, input_shape=list(plan.data.input_shape),
@@ -198,8 +211,8 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
                                    world_size=plan.ranks.world,
                                    global_batch=spec.training.batch_size,
                                    ranks_compared=state.ranks_compared),
-        curve=state.history, warnings=list(job.warnings or []) + missed, speedup=speedup,
-        latency=latency)
+        curve=state.history, warnings=warnings, speedup=speedup,
+        latency=latency, deployment=deployment)
     meta = {"job_id": job.id, "arch": spec.model.arch,
             "input_shape": ",".join(map(str, plan.data.input_shape)),
             "num_classes": str(plan.data.num_classes)}
@@ -209,7 +222,9 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
         r.METRICS: state.metrics_jsonl(),
     }
     if sparse_model is not None:
-        manifest[r.SPARSE_MODEL] = sparse_model
+        from spartan.sparse_io import sparse_bytes
+
+        manifest[r.SPARSE_MODEL] = sparse_bytes(sparse_model)
     manifest[r.REPORT] = json.dumps(finite(rep.model_dump(mode="json")), indent=2,
                                     allow_nan=False).encode()  # last: "all written"
     for name, data in manifest.items():
@@ -221,4 +236,5 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
                "cost_unit": cost.unit}
     rate = state.step / state.train_seconds if state.train_seconds else None
     return Outcome(finite(metrics), finite({**progress, "eta_s": 0.0, "val_accuracy": final_acc,
-                                            "steps_per_s": rate}))
+                                            "steps_per_s": rate}),
+                   warnings=learned, deployment_point=point)

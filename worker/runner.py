@@ -29,10 +29,11 @@ from jobs.status import JobStatus
 from jobs.store import JobStore
 from worker import joblog
 from worker.checkpoint import Checkpointer, discard_checkpoint
+from worker.device_lock import hold_device
 from worker.launch import RanksLost, launch
 from worker.lease import Lease, StopRequested, describe, finite
 from worker.objectives import evaluate
-from worker.plan import JobPlan, make_plan
+from worker.plan import JobPlan, make_plan, pick_device
 from worker.publish import Outcome, publish
 from worker.ranks import SINGLE, Ranks
 from worker.tracking import TrackedCheckpoints, Trackers
@@ -73,13 +74,7 @@ def run_claimed(job: Job, store: JobStore, artifacts: ArtifactStore, settings: S
     lease = Lease(store, job_id, name, interval)
     with lease:
         try:
-            if processes > 1:  # rank 0 of the launched ranks holds its own lease too
-                outcome = Outcome(*launch(job_id, processes, settings, name,
-                                          threads=max(1, torch.get_num_threads() // processes)))
-            else:
-                done = attempt(job, artifacts, store, settings, lease)
-                assert done is not None
-                outcome = done[0]
+            outcome = run_attempt(job, artifacts, store, settings, lease, name, processes)
         except StopRequested:
             stopped = True
         except RanksLost as exc:
@@ -109,6 +104,50 @@ def run_claimed(job: Job, store: JobStore, artifacts: ArtifactStore, settings: S
             log.info("job %s cancelled", job_id)
         else:
             log.warning("job %s was taken over by another worker; stopping", job_id)
+
+
+def job_device(job: Job) -> torch.device:
+    """The device a job of either kind runs on (ValueError: cuda asked of a CPU worker)."""
+    requested = (job.spec.get("device") if job.kind == "profile"
+                 else (job.spec.get("training") or {}).get("device"))
+    return pick_device(str(requested or "auto"))
+
+
+def run_attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Settings,
+                lease: Lease, name: str, processes: int) -> Outcome:
+    """Run a training or a profile job on its device, held as worker.device_lock says:
+    shared for training, exclusive for profiling (no training beside a profile there)."""
+    profile = job.kind == "profile"
+    device = job_device(job)
+
+    def waiting() -> None:
+        lease.update({"step": 0, "total_steps": None, "phase": "waiting for the device",
+                      "device": device.type})
+
+    with hold_device(settings.locks_dir, device.type, exclusive=profile, check=lease.check,
+                     on_wait=waiting):
+        if profile:
+            from worker.profile_run import ProfileRun
+
+            metrics, progress = ProfileRun(job, store, artifacts, settings, lease).run()
+            return Outcome(finite(metrics), finite(progress))
+        if processes > 1:  # rank 0 of the launched ranks holds its own lease too
+            return Outcome(*launch(job.id, processes, settings, name,
+                                   threads=max(1, torch.get_num_threads() // processes)))
+        done = attempt(job, artifacts, store, settings, lease)
+        assert done is not None
+        return done[0]
+
+
+def record_deployment(store: JobStore, job: Job, result: Outcome) -> None:
+    """Store the job's deployment measurement with its cost model (a held-out point) and put
+    the warnings the job learned while publishing (a prediction off by more than 15%) on its
+    record."""
+    for warning in result.warnings:
+        store.add_warning(job.id, warning)
+    point = result.deployment_point
+    if point is not None:
+        store.add_deployment_point(tenant=job.tenant, job_id=job.id, **point)
 
 
 class ResourceLimitError(RuntimeError):
@@ -149,6 +188,9 @@ def attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Setti
     each rank runs this; only rank 0 tracks and publishes (the others return None)."""
     plan = make_plan(job, store, settings.uploads_dir, ranks)
     check_resources(plan, settings)
+    if ranks.leader:
+        for warning in plan.costs.warnings:  # e.g. a cost model measured on other hardware
+            store.add_warning(job.id, warning)
     # rank 0 alone writes (TensorBoard files, MLflow runs)
     trackers = Trackers.for_job(job, plan.spec, artifacts, settings) if ranks.leader \
         else Trackers([])
@@ -171,6 +213,7 @@ def attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Setti
         last = state.history[-1] if state.history else {}
         done = loop.progress(state, "done", last.get("loss"), last.get("accuracy"))
         outcome = publish(plan, state, artifacts, resumed_from, finite(done))
+        record_deployment(store, job, outcome)
     except StopRequested:
         trackers.finish("cancelled", state)
         raise

@@ -22,7 +22,7 @@ from jobs.queue import enqueue_job
 from jobs.registry import admission_error, unserved_warning
 from jobs.results import ResultsCache
 from jobs.settings import Settings
-from jobs.spec import JobSpec
+from jobs.spec import DataSpec, JobSpec, ModelSpec
 from jobs.status import TERMINAL
 from jobs.store import JobStore
 from service import serialize
@@ -76,18 +76,42 @@ def check_references(spec: JobSpec, store: JobStore, tenant: str) -> dict[str, A
             raise field_error(["body", "cost_model", "id"],
                               f"no cost model with id '{spec.cost_model.id}'")
         check_cost_model(spec, row.data)
-    if spec.model.weights:
-        upload = store.get_upload(spec.model.weights, tenant)
+    if spec.cost_model.kind == "fitted" and spec.cost_model.name:
+        check_text(spec.cost_model.name, ["body", "cost_model", "name"])
+        versions = store.cost_model_versions(tenant, spec.cost_model.name)
+        if not versions:
+            raise field_error(["body", "cost_model", "name"],
+                              f"no cost model named '{spec.cost_model.name}'")
+        # The worker picks the version measured on its hardware: refused now only when no
+        # version could serve (the newest one's problem is shown).
+        refusals = []
+        for version in versions:
+            try:
+                check_cost_model(spec, version.data)
+                break
+            except HTTPException as exc:
+                refusals.append(exc)
+        else:
+            raise refusals[0]
+    return check_uploads(spec.model, spec.data, store, tenant)
+
+
+def check_uploads(model: ModelSpec, data: DataSpec, store: JobStore, tenant: str
+                  ) -> dict[str, Any] | None:
+    """The uploads a model or data section names must be this tenant's, of the right kind.
+    Returns the data upload's tensors, when there is one."""
+    if model.weights:
+        upload = store.get_upload(model.weights, tenant)
         if upload is None:
             raise field_error(["body", "model", "weights"],
-                              f"no upload with id '{spec.model.weights}'")
+                              f"no upload with id '{model.weights}'")
         if upload.kind != "safetensors":
             raise field_error(["body", "model", "weights"],
                               "initial weights must be an uploaded .safetensors file")
-    if spec.data.upload:
-        upload = store.get_upload(spec.data.upload, tenant)
+    if data.upload:
+        upload = store.get_upload(data.upload, tenant)
         if upload is None:
-            raise field_error(["body", "data", "upload"], f"no upload with id '{spec.data.upload}'")
+            raise field_error(["body", "data", "upload"], f"no upload with id '{data.upload}'")
         missing = [k for k in ("x", "y") if k not in upload.tensors]
         if missing:
             raise field_error(["body", "data", "upload"],
@@ -170,7 +194,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Response:
-    rows, count = store.list_jobs(tenant, status_, limit, offset)
+    rows, count = store.list_jobs(tenant, status_, limit, offset, kind="train")
     return serialize.page(JobPublic, rows, count, lambda r: public_job(r, results))
 
 
@@ -181,9 +205,9 @@ async def get_job(job_id: str, store: StoreDep, tenant: CurrentTenant, results: 
     # on SQLite it takes ~0.1 ms, less than the hop to a threadpool thread and back, so it
     # runs on the event loop; a networked database is asked from the threadpool.
     if store.inline_reads:
-        job = store.job_view(job_id, tenant)
+        job = store.job_view(job_id, tenant, kind="train")
     else:
-        job = await run_in_threadpool(store.job_view, job_id, tenant)
+        job = await run_in_threadpool(store.job_view, job_id, tenant, "train")
     if job is None:
         raise not_found("job")
     return serialize.one(JobPublic, job, build=lambda r: public_job(r, results))
@@ -219,7 +243,7 @@ def delete_job(job_id: str, store: StoreDep, artifacts: ArtifactsDep,
     "when its worker next reports. Cancelling a cancelled job is a no-op.",
 )
 def cancel_job(job_id: str, store: StoreDep, tenant: CurrentTenant) -> Response:
-    job = store.request_cancel(job_id, tenant)
+    job = store.request_cancel(job_id, tenant, kind="train")
     if job is None:
         raise not_found("job")
     if job.status in ("succeeded", "failed"):

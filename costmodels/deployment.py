@@ -1,0 +1,145 @@
+"""A cost model checked against deployed models, and refitted from them. No torch.
+
+After training, the worker measures the exported model on its own hardware at the cost model's
+batch size: the whole model, and each cost-model layer on the input it gets in the deployed
+model. A *point* is one such measurement:
+
+    {"job_id": ..., "batch": 64, "measured": 0.41,
+     "layers": [{"name": "fc1", "nnz_blocks": 812, "measured": 0.052}, ...]}
+
+Points are held out: the cost model never saw them. `evaluate` predicts each point with a cost
+model (any version: the prediction is recomputed from the layers' nonzero blocks) and reports
+the error; above ERROR_THRESHOLD (15%, the same tolerance as a kept latency promise) it says
+the model needs a refit. `refit` folds the points in: each layer's line is scaled by the median
+ratio of its measured to predicted time in the deployed models, and the overhead (everything
+outside the layers) becomes the median of what the whole-model measurements leave after the
+layers, so that systematic errors of the isolated-layer profile (the kernel the export chose,
+activation layouts, caches, framework overhead) are taken from the deployed models themselves.
+It works the same for a model registered without its profile.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from costmodels.schema import CostModel, validate_cost_model
+
+ERROR_THRESHOLD = 0.15
+
+
+def predict_point(cost_model: Mapping[str, Any] | CostModel, layers: Sequence[Mapping[str, Any]]
+                  ) -> tuple[float, dict[str, float]]:
+    """(whole-model prediction, per-layer predictions) in ms for a point's layers. Every
+    cost-model layer must be in the point (ValueError otherwise)."""
+    cm = validate_cost_model(cost_model if isinstance(cost_model, CostModel)
+                             else dict(cost_model))
+    nnz = {str(lay["name"]): int(lay["nnz_blocks"]) for lay in layers}
+    missing = sorted(set(cm.layers) - set(nnz))
+    if missing:
+        raise ValueError(f"the point lacks cost-model layers {', '.join(missing)}")
+    per_layer = {name: lay.intercept + lay.slope * nnz[name] for name, lay in cm.layers.items()}
+    return (cm.overhead or 0.0) + sum(per_layer.values()), per_layer
+
+
+def _error(measured: float, predicted: float) -> float:
+    return abs(predicted - measured) / measured if measured > 0 else 0.0
+
+
+def evaluate(cost_model: Mapping[str, Any] | CostModel, points: Sequence[Mapping[str, Any]]
+             ) -> dict[str, Any]:
+    """The cost model's error on deployed models: whole-model MAPE (the promise's error),
+    per-layer MAPE, the worst point, and whether it needs a refit."""
+    rows: list[dict[str, Any]] = []
+    errors: list[float] = []
+    layer_errors: list[float] = []
+    for p in points:
+        try:
+            predicted, per_layer = predict_point(cost_model, p["layers"])
+        except ValueError:
+            continue  # a point of another model's layers (not comparable)
+        measured = float(p["measured"])
+        errors.append(_error(measured, predicted))
+        rows.append({"job_id": p.get("job_id"), "batch": p.get("batch"), "measured": measured,
+                     "predicted": predicted, "error": errors[-1]})
+        for lay in p["layers"]:
+            if lay.get("measured") and str(lay["name"]) in per_layer:
+                layer_errors.append(_error(float(lay["measured"]), per_layer[str(lay["name"])]))
+    if not rows:
+        return {"points": 0, "mape": None, "layer_mape": None, "max_error": None,
+                "threshold": ERROR_THRESHOLD, "needs_refit": False, "jobs": []}
+    mape = statistics.fmean(errors)
+    out: dict[str, Any] = {
+        "points": len(rows), "mape": mape,
+        "layer_mape": statistics.fmean(layer_errors) if layer_errors else None,
+        "max_error": max(errors), "threshold": ERROR_THRESHOLD,
+        "needs_refit": mape > ERROR_THRESHOLD, "jobs": rows[-50:],
+    }
+    if out["needs_refit"]:
+        out["message"] = (f"predictions are off by {mape:.0%} on average over {len(rows)} "
+                          f"deployed model(s) (more than {ERROR_THRESHOLD:.0%}): refit it "
+                          "with these measurements folded in")
+    return out
+
+
+def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
+          points: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None,
+                                                       dict[str, Any]]:
+    """(new cost model, its profile with the deployed samples appended, a summary with the
+    error on `points` before and after). ValueError when no point fits this cost model.
+
+    Per layer, the line is scaled by the median ratio of measured to predicted time over the
+    deployed points (the deployed model's kernel, activation layout and caches, which the
+    isolated profile did not see); then the overhead becomes the median of what each
+    whole-model measurement leaves after the layers (never below zero)."""
+    usable = [p for p in points if evaluate(cost_model, [p])["points"]]
+    if not usable:
+        raise ValueError("no deployment points of this cost model's layers to fold in")
+    new = json.loads(json.dumps(dict(cost_model)))
+    ratios: dict[str, list[float]] = {}
+    for p in usable:
+        _, per_layer = predict_point(cost_model, p["layers"])
+        for lay in p["layers"]:
+            name, measured = str(lay["name"]), lay.get("measured")
+            if measured and per_layer.get(name, 0) > 0:
+                ratios.setdefault(name, []).append(float(measured) / per_layer[name])
+    for name, values in ratios.items():
+        r = statistics.median(values)
+        entry = new["layers"][name]
+        entry["intercept"] *= r
+        entry["slope"] *= r
+        entry["calibration"] = r * float(entry.get("calibration", 1.0))
+    new["overhead"] = 0.0
+    rest = []
+    for p in usable:
+        _, per_layer = predict_point(new, p["layers"])
+        rest.append(float(p["measured"]) - sum(per_layer.values()))
+    new["overhead"] = max(0.0, statistics.median(rest))
+    validate_cost_model(new)
+    new_profile = _with_deployed_samples(profile, usable)
+    before, after = evaluate(cost_model, usable), evaluate(new, usable)
+    summary = {"points": len(usable), "layers_calibrated": sorted(ratios),
+               "mape_before": before["mape"], "mape_after": after["mape"],
+               "overhead_before": validate_cost_model(dict(cost_model)).overhead,
+               "overhead_after": new["overhead"]}
+    return new, new_profile, summary
+
+
+def _with_deployed_samples(profile: Mapping[str, Any] | None,
+                           points: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The profile with each deployed (nnz_blocks, latency) appended to its layer, marked
+    `deployed` (a record of what the refit saw)."""
+    if profile is None:
+        return None
+    out = json.loads(json.dumps(dict(profile)))
+    by_name = {lay["name"]: lay for lay in out.get("layers", [])}
+    for p in points:
+        for lay in p["layers"]:
+            target = by_name.get(str(lay["name"]))
+            if target is not None and lay.get("measured"):
+                target["samples"].append({"nnz_blocks": int(lay["nnz_blocks"]),
+                                          "latency": float(lay["measured"]), "deployed": True,
+                                          "job_id": p.get("job_id")})
+    return out

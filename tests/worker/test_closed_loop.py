@@ -1,0 +1,145 @@
+"""Cost models by hardware, and the loop closed: a job picks the version measured on its
+worker's hardware (warns, or refuses when strict, otherwise), and after training measures the
+exported model beside the prediction, stored with the cost model for its error and a refit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from costmodels import hardware
+from costmodels.deployment import evaluate, refit
+from jobs.artifacts import ArtifactStore
+from jobs.models import CostModel
+from jobs.settings import Settings
+from jobs.store import JobStore
+from tests.worker.conftest import Submit
+from tests.worker.test_profile_run import submit_profile
+from worker.runner import run_job
+
+MLP = {"arch": "mlp", "kwargs": {"hidden": [256]}}
+
+
+@pytest.fixture
+def profiled(store: JobStore, artifacts: ArtifactStore, settings: Settings) -> CostModel:
+    """A cost model of the tiny MLP at batch 64, profiled by a profile job on this worker."""
+    # csr alone: on a model this small "auto" keeps dense kernels (flat costs, nothing to buy)
+    job_id = submit_profile(store, batch_sizes=[64], kernels=["csr"], model=MLP)
+    run_job(job_id, store, artifacts, settings)
+    (row,) = store.profile_job_cost_models(job_id)
+    return row
+
+
+def elsewhere(store: JobStore, row: CostModel, **changes: Any) -> CostModel:
+    """Another version of the same name, as if measured on other hardware."""
+    assert row.hardware is not None
+    hw = {**row.hardware, **changes}
+    return store.create_cost_model(
+        row.tenant, {**row.data, "hardware": hw}, row.profile, row.name, hardware=hw,
+        fingerprint=hardware.fingerprint(hw), hardware_label=hardware.label(hw),
+        batch=row.batch, source="upload")
+
+
+def train(submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings,
+          cost_model: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    job_id = submit(model=MLP, cost_model={"kind": "fitted", **cost_model},
+                    sparsity={"budget": 0.9})
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None
+    report = (json.loads(artifacts.read_bytes(job_id, "report.json"))
+              if artifacts.exists(job_id, "report.json") else None)
+    return job, report
+
+
+def test_job_measures_its_model_beside_the_prediction(
+        profiled: CostModel, submit: Submit, store: JobStore, artifacts: ArtifactStore,
+        settings: Settings) -> None:
+    job, report = train(submit, store, artifacts, settings, {"name": "tiny-cpu"})
+    assert job.status == "succeeded", job.error
+    assert report is not None
+    assert report["cost"]["cost_model"]["id"] == profiled.id
+    assert report["cost"]["cost_model"]["hardware_match"] is True
+    dep = report["deployment"]
+    assert dep["batch_size"] == 64 and dep["unit"] == "ms" and dep["device"] == "cpu"
+    assert [b["batch"] for b in dep["batches"]] == [1, 64]
+    assert dep["measured"] > 0 and dep["predicted"] == pytest.approx(report["cost"]["predicted"])
+    assert {lay["name"] for lay in dep["layers"]} == {"layers.0", "head"}
+    for lay in dep["layers"]:
+        assert lay["measured"] > 0 and lay["nnz_blocks"] > 0
+    assert dep["within_tolerance"] == (dep["error"] <= 0.15)
+    assert ("message" in dep) == (not dep["within_tolerance"] or dep["cost_model"]["needs_refit"])
+    # Stored with the cost model as a held-out point.
+    (point,) = store.deployment_points([profiled.id])
+    assert point.job_id == job.id and point.batch == 64
+    assert point.measured == pytest.approx(dep["measured"])
+    assert point.fingerprint == profiled.fingerprint
+    assert dep["cost_model"]["points"] == 1
+
+
+def test_name_picks_the_version_measured_here(
+        profiled: CostModel, submit: Submit, store: JobStore, artifacts: ArtifactStore,
+        settings: Settings) -> None:
+    other = elsewhere(store, profiled, cpu="Some Other CPU 9000")
+    assert other.version == 2  # newer, but measured elsewhere
+    job, report = train(submit, store, artifacts, settings, {"name": "tiny-cpu"})
+    assert job.status == "succeeded", job.error
+    assert report is not None and report["cost"]["cost_model"]["id"] == profiled.id
+    assert not any("other hardware" in w for w in job.warnings)
+
+
+def test_other_hardware_warns_and_strict_refuses(
+        profiled: CostModel, submit: Submit, store: JobStore, artifacts: ArtifactStore,
+        settings: Settings) -> None:
+    other = elsewhere(store, profiled, threads=64, torch="1.0.0")
+    job, report = train(submit, store, artifacts, settings, {"id": other.id})
+    assert job.status == "succeeded", job.error
+    (warning,) = [w for w in job.warnings if "other hardware" in w]
+    assert "threads: 64 -> 1" in warning and "torch: '1.0.0'" in warning
+    assert report is not None and warning in report["warnings"]
+    assert report["cost"]["cost_model"]["hardware_match"] is False
+
+    job, report = train(submit, store, artifacts, settings,
+                        {"id": other.id, "strict_hardware": True})
+    assert job.status == "failed" and report is None
+    assert job.error is not None and "strict_hardware" in job.error
+    assert "threads: 64 -> 1" in job.error
+    # By name with no version from here at all: strict refuses too.
+    store.create_cost_model(profiled.tenant, other.data, other.profile, "only-elsewhere",
+                            hardware=other.hardware, fingerprint=other.fingerprint,
+                            hardware_label=other.hardware_label, batch=64)
+    job, _ = train(submit, store, artifacts, settings,
+                   {"name": "only-elsewhere", "strict_hardware": True})
+    assert job.status == "failed" and "strict_hardware" in (job.error or "")
+
+
+def test_refit_lowers_the_error_on_the_stored_points(
+        profiled: CostModel, submit: Submit, store: JobStore, artifacts: ArtifactStore,
+        settings: Settings) -> None:
+    # A deliberately wrong version (every layer and the overhead 3x too slow) used by a job.
+    data = json.loads(json.dumps(profiled.data))
+    for lay in data["layers"].values():
+        lay["intercept"] *= 3
+        lay["slope"] *= 3
+    data["overhead"] = 3 * (data.get("overhead") or 0.01) + 0.05
+    wrong = store.create_cost_model(profiled.tenant, data, profiled.profile, "wrong",
+                                    hardware=profiled.hardware,
+                                    fingerprint=profiled.fingerprint, batch=64)
+    job, report = train(submit, store, artifacts, settings, {"name": "wrong"})
+    assert job.status == "succeeded", job.error
+    assert report is not None
+    dep = report["deployment"]
+    assert dep["error"] > 0.15 and not dep["within_tolerance"]
+    assert dep["refit"]["url"] == f"/v1/cost-models/{wrong.id}/refit"
+    assert any("refit" in w for w in job.warnings)
+    points = [{"job_id": p.job_id, "batch": p.batch, "measured": p.measured,
+               "layers": p.layers} for p in store.deployment_points([wrong.id])]
+    before = evaluate(wrong.data, points)
+    assert before["needs_refit"]
+    new, _, summary = refit(wrong.data, wrong.profile, points)
+    after = evaluate(new, points)
+    assert after["mape"] < before["mape"] and not after["needs_refit"]
+    assert summary["mape_before"] == pytest.approx(before["mape"])
+    assert summary["mape_after"] == pytest.approx(after["mape"])

@@ -1,0 +1,165 @@
+"""Closing the loop: after training, the exported model measured on this worker beside the cost
+model's prediction, kept with the cost model as a held-out point.
+
+The model measured is the one the job exports (`model.sparse.safetensors`, the kernels
+`spartan.to_sparse` chose). Whole-model times at batch 1 and the training batch are the
+speedup section's (worker.speedup: the same model, median of repeats; not timed twice); each
+cost-model layer is timed here, on the input it gets inside the deployed model, at those batch
+sizes and at the cost model's own batch (the one its prediction is for; the whole model too
+when that batch is another), round-robin (costmodels.timing: warm-up, repeats, median). The
+prediction for the same model is the cost model's overhead plus, per layer, intercept + slope
+x its nonzero blocks (counted in the cost model's block); costmodels.deployment turns the
+stored points into the cost model's error on deployed models, and refits from them.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from costmodels.schema import CostModel
+
+log = logging.getLogger(__name__)
+
+REPEATS, WARMUP = 15, 2
+
+
+def nonzero_blocks(model: nn.Module, cost_model: CostModel) -> dict[str, int]:
+    """Nonzero blocks of each cost-model layer's weight, in the layer's cost-model block."""
+    from costmodels.bridge import _find_weight
+    from spartan.layout import block_values
+
+    out = {}
+    with torch.no_grad():
+        for name, lay in cost_model.layers.items():
+            w = _find_weight(model, name)
+            if w is None:
+                raise ValueError(f"cost-model layer {name!r} is not a weight of the model")
+            out[name] = int((block_values(w.detach(), lay.block) > 0).sum())
+    return out
+
+
+def _layer_inputs(runner: nn.Module, names: list[str], x: Tensor) -> dict[str, Tensor]:
+    """The first input of each named submodule that is called on its own in `runner`."""
+    seen: dict[str, Tensor] = {}
+    hooks = []
+    for name in names:
+        try:
+            module = runner.get_submodule(name)
+        except AttributeError:
+            continue  # a parameter path (attention projections): timed inside its owner
+
+        def hook(_m: nn.Module, args: tuple[Any, ...], n: str = name) -> None:
+            if n not in seen and args and isinstance(args[0], Tensor):
+                seen[n] = args[0]
+        hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            runner(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def measure(runner: nn.Module, names: list[str], x: Tensor, device: torch.device,
+            whole: bool, repeats: int = REPEATS) -> tuple[float | None, dict[str, float]]:
+    """(whole-model median ms when `whole`, per-layer median ms) of `runner` on batch `x`."""
+    from costmodels.timing import time_round_robin
+
+    inputs = _layer_inputs(runner, names, x)
+    layers = {n: runner.get_submodule(n) for n in names if n in inputs}
+    fns = ([partial(runner, x)] if whole else []) + [partial(m, inputs[n])
+                                                     for n, m in layers.items()]
+    with torch.no_grad():
+        results = time_round_robin(fns, repeats=repeats, warmup=WARMUP, device=device)
+    total = results.pop(0)[0] if whole else None
+    return total, {n: r[0] for n, r in zip(layers, results, strict=True)}
+
+
+def measure_deployment(runner: nn.Module, model: nn.Module, example: Tensor,
+                       train_batch: int, device: torch.device, cost_model: CostModel,
+                       cost_batch: int | None, whole_ms: dict[int, float]
+                       ) -> dict[str, Any]:
+    """The report's `deployment` section (without the cost model's summary): `runner` (the
+    exported model) measured per layer at each batch, the whole model taken from `whole_ms`
+    (batch -> ms, the speedup section's) or timed here, and at the cost model's batch beside
+    the prediction."""
+    from costmodels.deployment import ERROR_THRESHOLD, predict_point
+
+    runner = runner.eval()
+    nnz = nonzero_blocks(model, cost_model)
+    names = list(nnz)
+    n = len(example)
+    cost_batch = cost_batch or train_batch
+    rows: list[dict[str, Any]] = []
+    for batch in sorted({1, train_batch, cost_batch}):
+        xb = example[torch.arange(batch) % n].to(device)  # rows repeated past the example
+        total, per_layer = measure(runner, names, xb, device, whole=batch not in whole_ms)
+        rows.append({"batch": batch, "measured": whole_ms.get(batch, total),
+                     "layers": per_layer})
+    at = next(r for r in rows if r["batch"] == cost_batch)
+    measured: dict[str, float] = at["layers"]
+    layers: list[dict[str, Any]] = [
+        {"name": name, "nnz_blocks": nnz[name], "measured": measured.get(name)}
+        for name in names]
+    predicted, per_layer_pred = predict_point(cost_model, layers)
+    for lay in layers:
+        lay["predicted"] = per_layer_pred[lay["name"]]
+        lay["error"] = (abs(lay["predicted"] - lay["measured"]) / lay["measured"]
+                        if lay["measured"] else None)
+    whole: float = at["measured"]
+    error = abs(predicted - whole) / whole
+    return {
+        "unit": "ms", "device": device.type, "batch_size": cost_batch,
+        "statistic": f"median of {REPEATS} round-robin repeats (layers)",
+        "predicted": predicted, "measured": whole, "error": error,
+        "within_tolerance": error <= ERROR_THRESHOLD, "tolerance": ERROR_THRESHOLD,
+        "layers": layers, "batches": rows,
+    }
+
+
+def close_loop(plan: Any, sparse_model: Any | None, speedup: Any
+               ) -> tuple[Any, dict[str, Any] | None, list[str]]:
+    """(the report's deployment section, the point to store with the cost model, warnings)
+    for a job trained against a fitted latency cost model (worker.plan.JobPlan). A failure is
+    reported, not fatal: the trained model is already good."""
+    from costmodels.deployment import evaluate
+    from jobs import report as r
+    from worker.lease import describe, finite
+
+    costs = plan.costs
+    source, cost_model = costs.source, costs.model
+    runner = sparse_model.module if sparse_model is not None else plan.model
+    whole_ms = ({row.batch: row.sparse_ms for row in speedup.batches}
+                if isinstance(speedup, r.SpeedupSection) else {})
+    try:
+        section = measure_deployment(runner, plan.model, plan.example,
+                                     plan.training.batch_size, plan.device, cost_model,
+                                     source.get("batch"), whole_ms)
+    except Exception as exc:  # noqa: BLE001 (reported in the section)
+        log.exception("job %s: deployment measurement failed", plan.job.id)
+        return r.DeploymentFailed(error=describe(exc)), None, []
+    point = {"cost_model_id": source["id"], "batch": section["batch_size"],
+             "predicted": section["predicted"], "measured": section["measured"],
+             "layers": finite(section["layers"]), "fingerprint": source["worker_fingerprint"]}
+    others = [p for p in costs.points if p["job_id"] != plan.job.id]
+    summary = evaluate(cost_model, [*others, {**point, "job_id": plan.job.id}])
+    section["cost_model"] = {"id": source["id"], "name": source.get("name"),
+                             "version": source.get("version"), "points": summary["points"],
+                             "mape": summary["mape"], "needs_refit": summary["needs_refit"]}
+    warnings = []
+    if not section["within_tolerance"] or summary["needs_refit"]:
+        text = (f"the cost model's prediction was off by {section['error']:.0%} for this model "
+                f"({section['predicted']:.4g} ms predicted, {section['measured']:.4g} ms "
+                f"measured at batch {section['batch_size']}); its error over "
+                f"{summary['points']} deployed model(s) is {summary['mape']:.0%}: "
+                f"POST /v1/cost-models/{source['id']}/refit folds these measurements in")
+        section["message"] = text
+        section["refit"] = {"method": "POST", "url": f"/v1/cost-models/{source['id']}/refit"}
+        warnings.append(text)
+    return r.DeploymentSection.model_validate(finite(section)), point, warnings
