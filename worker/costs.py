@@ -169,12 +169,12 @@ def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobS
 
     kind, s = spec.cost_model.kind, spec.sparsity
     dense = s.method == "dense"
+    source: dict[str, Any] | None = None
+    warnings: list[str] = []
     if kind == "params" and spec.cost_model.budget_ms is None:
         cost_model: Any = builtin.channel_cost_model(model, example, "params")
     elif kind == "flops":
         cost_model = builtin.channel_cost_model(model, example, "flops")
-        source: dict[str, Any] | None = None
-        warnings: list[str] = []
     else:
         row, source, warnings = stored_model(spec.cost_model, store, tenant, example.device,
                                              spec.training.batch_size)

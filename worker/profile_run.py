@@ -47,8 +47,6 @@ class ProfileRun:
         from worker.plan import pick_device
 
         spec = ProfileSpec.model_validate(self.job.spec)
-        if spec.structure == "channels":
-            raise ValueError("structure 'channels' cannot be profiled by this worker yet")
         device = pick_device(spec.device)
         torch.manual_seed(0)
         data = load_dataset(spec.data.dataset, spec.data.kwargs, spec.data.val_fraction, 0,
@@ -94,11 +92,20 @@ class ProfileRun:
             self.lease.check()  # a cancel stops between layers
 
         on_layer(0, 0, "")
-        kernel, choices = spec.kernel_choice()
-        profile = profile_model(
-            model, x[:batch], block=(spec.block[0], spec.block[1]), device=device,
-            kernel=kernel, densities=spec.densities, batch=batch, quick=spec.quick,
-            progress=False, choices=choices, on_layer=on_layer)
+        if spec.structure == "channels":
+            from costmodels.structured import profile_channels
+
+            # Widths in and out of each layer, timed on the dense kernel of the shrunk layer.
+            profile = profile_channels(model, x[:batch], device=device, batch=batch,
+                                       fractions=spec.widths, quick=spec.quick, progress=False)
+            profile["hardware"] = hardware.collect(device, ["dense"])
+        else:
+            kernel, choices = spec.kernel_choice()
+            profile = profile_model(
+                model, x[:batch], block=(spec.block[0], spec.block[1]), device=device,
+                kernel=kernel, densities=spec.densities, batch=batch, quick=spec.quick,
+                progress=False, choices=choices, on_layer=on_layer)
+        self.lease.check()
         hw = profile["hardware"]
         self.lease.update({"step": index, "total_steps": total, "phase": "fitting",
                            "batch": batch, "device": device.type})

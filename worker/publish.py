@@ -129,8 +129,8 @@ def promise_note(measured: float, promised: float | None, predicted: float | Non
 
 def export(plan: JobPlan, cost: r.CostSection) -> tuple[Any | None, r.SpeedupSection |
                                                         r.SpeedupFailed]:
-    """The sparse model's bytes and its timing against dense; a failure here is reported, not
-    fatal: the trained model is already good."""
+    """The sparse model (spartan.SparseModel) and its timing against dense; a failure here is
+    reported, not fatal: the trained model is already good."""
     from worker.speedup import speedup_report
 
     spec, data = plan.spec, plan.data
@@ -148,18 +148,17 @@ def export(plan: JobPlan, cost: r.CostSection) -> tuple[Any | None, r.SpeedupSec
 
 
 def shrunk_export(plan: JobPlan, cost: r.CostSection, arch: dict[str, Any]
-                  ) -> tuple[bytes, r.SpeedupSection]:
+                  ) -> tuple[Any, r.SpeedupSection]:
     """Structured jobs: the physically smaller model (spartan.shrink), saved with its plan,
     timed against the finalized one."""
     from spartan import SparseModel, shrink
-    from spartan.sparse_io import sparse_bytes
     from worker.speedup import shrunk_report
 
     model = plan.model.eval()
     small = shrink(model, plan.example[:2]).eval()
     section = shrunk_report(model, small, plan.example, plan.spec.training.batch_size,
                             plan.device, cost.model_dump())
-    return sparse_bytes(SparseModel(small, {}, arch)), r.SpeedupSection.model_validate(section)
+    return SparseModel(small, {}, arch), r.SpeedupSection.model_validate(section)
 
 
 def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,

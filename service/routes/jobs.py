@@ -92,7 +92,12 @@ def check_references(spec: JobSpec, store: JobStore, tenant: str) -> dict[str, A
             except HTTPException as exc:
                 refusals.append(exc)
         else:
-            raise refusals[0]
+            first = refusals[0]
+            if isinstance(first.detail, list):  # the checks name the id; this spec has a name
+                for item in first.detail:
+                    item["loc"] = ["body", "cost_model", "name" if item["loc"][-1] == "id"
+                                   else item["loc"][-1]]
+            raise first
     return check_uploads(spec.model, spec.data, store, tenant)
 
 

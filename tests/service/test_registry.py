@@ -113,11 +113,27 @@ def test_deployment_error_and_refit(client: TestClient) -> None:
     assert new["deployment"]["mape"] < 0.15 and not new["deployment"]["needs_refit"]
 
 
+def mlp_profile() -> dict[str, Any]:
+    """A profile of the contract spec's model (the default MLP on digits)."""
+    layers = []
+    for name, shape in (("layers.0", [256, 64]), ("layers.1", [128, 256]), ("head", [10, 128])):
+        total = shape[0] * shape[1]
+        layers.append({"name": name, "shape": shape, "samples": [
+            {"nnz_blocks": int(total * d), "latency": 0.01 + 2e-5 * total * d}
+            for d in (0.1, 0.5, 1.0)]})
+    return {"device": "cpu", "unit": "ms", "layers": layers, "machine": MACHINE}
+
+
 def test_job_naming_a_cost_model(client: TestClient) -> None:
-    register(client, {"name": "cpu", "profile": with_machine()})
-    fitted = {"kind": "fitted", "name": "cpu", "budget_ms": 0.05, "strict_hardware": True}
+    register(client, {"name": "cpu", "profile": mlp_profile()})
+    fitted = {"kind": "fitted", "name": "cpu", "budget_ms": 0.5, "strict_hardware": True}
     response = client.post("/v1/jobs", json=spec(cost_model=fitted))
     assert response.status_code == 202, response.text
+    # Every version of the name is for another model: refused, naming the name.
+    register(client, {"name": "other", "profile": with_machine()})
+    response = client.post("/v1/jobs", json=spec(cost_model={"kind": "fitted", "name": "other",
+                                                             "budget_ms": 0.5}))
+    assert response.status_code == 422 and ["body", "cost_model", "name"] in locs(response)
     missing = client.post("/v1/jobs", json=spec(cost_model={"kind": "fitted", "name": "nope"}))
     assert missing.status_code == 422 and ["body", "cost_model", "name"] in locs(missing)
     for bad in ({"kind": "fitted"}, {"kind": "fitted", "name": "cpu", "id": "x" * 32},

@@ -60,6 +60,19 @@ def test_profile_job_fits_and_stores_a_cost_model_with_this_hardware(
         assert [lay["name"] for lay in raw["layers"]] == ["layers.0", "head"]
 
 
+def test_channels_profile_job_fits_a_structured_cost_model(
+        store: JobStore, artifacts: ArtifactStore, settings: Settings) -> None:
+    job_id = submit_profile(store, structure="channels", kernels=["auto"],
+                            widths=[0.25, 0.5, 1.0], batch_sizes=[8])
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    (row,) = store.profile_job_cost_models(job_id)
+    assert row.data["structure"] == "channels" and set(row.data["layers"]) >= {"layers.0"}
+    assert row.hardware is not None and row.hardware["kernels"] == ["dense"]
+    assert row.fingerprint == hardware.fingerprint(hardware.collect("cpu"))
+
+
 def test_a_retry_keeps_the_batch_sizes_already_profiled(
         store: JobStore, artifacts: ArtifactStore, settings: Settings) -> None:
     job_id = submit_profile(store)
