@@ -93,7 +93,8 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
     Per layer, the line is scaled by the median ratio of measured to predicted time over the
     deployed points (the deployed model's kernel, activation layout and caches, which the
     isolated profile did not see); then the overhead becomes the median of what each
-    whole-model measurement leaves after the layers (never below zero)."""
+    whole-model measurement leaves after the layers, or, when the layers already add up to
+    more than the whole model, every layer is scaled down to the whole-model times."""
     usable = [p for p in points if evaluate(cost_model, [p])["points"]]
     if not usable:
         raise ValueError("no deployment points of this cost model's layers to fold in")
@@ -112,11 +113,20 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
         entry["slope"] *= r
         entry["calibration"] = r * float(entry.get("calibration", 1.0))
     new["overhead"] = 0.0
-    rest = []
-    for p in usable:
-        _, per_layer = predict_point(new, p["layers"])
-        rest.append(float(p["measured"]) - sum(per_layer.values()))
-    new["overhead"] = max(0.0, statistics.median(rest))
+    sums = [sum(predict_point(new, p["layers"])[1].values()) for p in usable]
+    rest = [float(p["measured"]) - total for p, total in zip(usable, sums, strict=True)]
+    if statistics.median(rest) >= 0:
+        new["overhead"] = statistics.median(rest)
+    else:
+        # The layers, timed alone, add up to more than the whole model measured (a burst of
+        # load while they were timed, or work the deployed model overlaps): the whole-model
+        # times are the promise's measure, so every layer is scaled down to them.
+        g = statistics.median(float(p["measured"]) / total
+                              for p, total in zip(usable, sums, strict=True) if total > 0)
+        for entry in new["layers"].values():
+            entry["intercept"] *= g
+            entry["slope"] *= g
+            entry["calibration"] = g * float(entry.get("calibration", 1.0))
     validate_cost_model(new)
     new_profile = _with_deployed_samples(profile, usable)
     before, after = evaluate(cost_model, usable), evaluate(new, usable)
