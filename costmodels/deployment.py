@@ -32,15 +32,18 @@ ERROR_THRESHOLD = 0.15
 
 def predict_point(cost_model: Mapping[str, Any] | CostModel, layers: Sequence[Mapping[str, Any]]
                   ) -> tuple[float, dict[str, float]]:
-    """(whole-model prediction, per-layer predictions) in ms for a point's layers. Every
-    cost-model layer must be in the point (ValueError otherwise)."""
+    """(whole-model prediction, per-layer predictions) in ms for a point's layers, as
+    costmodels.bridge.predict_cost gives it. Every cost-model layer must be in the point
+    (ValueError otherwise)."""
     cm = validate_cost_model(cost_model if isinstance(cost_model, CostModel)
                              else dict(cost_model))
     nnz = {str(lay["name"]): int(lay["nnz_blocks"]) for lay in layers}
     missing = sorted(set(cm.layers) - set(nnz))
     if missing:
         raise ValueError(f"the point lacks cost-model layers {', '.join(missing)}")
-    per_layer = {name: lay.intercept + lay.slope * nnz[name] for name, lay in cm.layers.items()}
+    from costmodels.fit import piecewise  # the line, capped at the dense latency (as bridge)
+
+    per_layer = {name: piecewise(lay, nnz[name]) for name, lay in cm.layers.items()}
     return (cm.overhead or 0.0) + sum(per_layer.values()), per_layer
 
 
@@ -107,11 +110,7 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
             if measured and per_layer.get(name, 0) > 0:
                 ratios.setdefault(name, []).append(float(measured) / per_layer[name])
     for name, values in ratios.items():
-        r = statistics.median(values)
-        entry = new["layers"][name]
-        entry["intercept"] *= r
-        entry["slope"] *= r
-        entry["calibration"] = r * float(entry.get("calibration", 1.0))
+        _scale(new["layers"][name], statistics.median(values))
     new["overhead"] = 0.0
     sums = [sum(predict_point(new, p["layers"])[1].values()) for p in usable]
     rest = [float(p["measured"]) - total for p, total in zip(usable, sums, strict=True)]
@@ -124,9 +123,7 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
         g = statistics.median(float(p["measured"]) / total
                               for p, total in zip(usable, sums, strict=True) if total > 0)
         for entry in new["layers"].values():
-            entry["intercept"] *= g
-            entry["slope"] *= g
-            entry["calibration"] = g * float(entry.get("calibration", 1.0))
+            _scale(entry, g)
     validate_cost_model(new)
     new_profile = _with_deployed_samples(profile, usable)
     before, after = evaluate(cost_model, usable), evaluate(new, usable)
@@ -135,6 +132,14 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
                "overhead_before": validate_cost_model(dict(cost_model)).overhead,
                "overhead_after": new["overhead"]}
     return new, new_profile, summary
+
+
+def _scale(entry: dict[str, Any], r: float) -> None:
+    """A layer's whole cost curve times r (its line and its dense cap; the crossover stays)."""
+    for key in ("intercept", "slope", "dense_latency"):
+        if isinstance(entry.get(key), (int, float)):
+            entry[key] *= r
+    entry["calibration"] = r * float(entry.get("calibration", 1.0))
 
 
 def _with_deployed_samples(profile: Mapping[str, Any] | None,

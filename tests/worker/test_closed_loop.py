@@ -70,7 +70,8 @@ def test_job_measures_its_model_beside_the_prediction(
     for lay in dep["layers"]:
         assert lay["measured"] > 0 and lay["nnz_blocks"] > 0
     assert dep["within_tolerance"] == (dep["error"] <= 0.15)
-    assert ("message" in dep) == (not dep["within_tolerance"] or dep["cost_model"]["needs_refit"])
+    assert (dep["message"] is not None) == (not dep["within_tolerance"]
+                                           or dep["cost_model"]["needs_refit"])
     # Stored with the cost model as a held-out point.
     (point,) = store.deployment_points([profiled.id])
     assert point.job_id == job.id and point.batch == 64
