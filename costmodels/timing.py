@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from costmodels.hardware import cpu_model
+
 log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc malloc.h
 _kept = False
@@ -40,22 +42,11 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """CPU model, cores, torch threads, torch / CUDA versions and the GPU, for the profile."""
     dev = torch.device(device)
     info: dict[str, Any] = {
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "gpu": None,
     }
@@ -72,4 +63,4 @@ def device_label(device: torch.device | str = "cpu") -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
     n = torch.get_num_threads()
-    return f"cpu: {_cpu_model()} ({n} thread{'s' if n != 1 else ''})"
+    return f"cpu: {cpu_model()} ({n} thread{'s' if n != 1 else ''})"

@@ -6,7 +6,7 @@ The model measured is the one the job exports (`model.sparse.safetensors`, the k
 speedup section's (worker.speedup: the same model, median of repeats; not timed twice); each
 cost-model layer is timed here, on the input it gets inside the deployed model, at those batch
 sizes and at the cost model's own batch (the one its prediction is for; the whole model too
-when that batch is another), round-robin (costmodels.timing: warm-up, repeats, median). The
+when that batch is another), round-robin (spartan.timing: warm-up, repeats, median). The
 prediction for the same model is the cost model's overhead plus, per layer, intercept + slope
 x its nonzero blocks (counted in the cost model's block); costmodels.deployment turns the
 stored points into the cost model's error on deployed models, and refits from them.
@@ -69,7 +69,7 @@ def _layer_inputs(runner: nn.Module, names: list[str], x: Tensor) -> dict[str, T
 def measure(runner: nn.Module, names: list[str], x: Tensor, device: torch.device,
             whole: bool, repeats: int = REPEATS) -> tuple[float | None, dict[str, float]]:
     """(whole-model median ms when `whole`, per-layer median ms) of `runner` on batch `x`."""
-    from costmodels.timing import time_round_robin
+    from spartan.timing import time_round_robin
 
     inputs = _layer_inputs(runner, names, x)
     layers = {n: runner.get_submodule(n) for n in names if n in inputs}
