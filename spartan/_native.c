@@ -42,6 +42,15 @@ typedef struct {
   int64_t i;
 } cand_t;
 
+/* The handshake spartan/_native.py checks at load: bump SP_ABI with any change to the exported
+ * functions' arguments or to group_t / geom_t / cand_t, which Python mirrors by hand. */
+#define SP_ABI 1
+int64_t sp_abi(void) { return SP_ABI; }
+int64_t sp_sizeof(int64_t what) {
+  return what == 0 ? (int64_t)sizeof(group_t) : what == 1 ? (int64_t)sizeof(cand_t)
+       : what == 2 ? (int64_t)sizeof(geom_t) : -1;
+}
+
 /* exp for z in [-88, 87]: 2^j p(r), r = z - j ln 2, degree-6 Taylor polynomial (rel. err 2e-7) */
 static inline float fexp(float z) {
   float j = __builtin_rintf(z * 1.44269504f);
