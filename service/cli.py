@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.settings import get_settings
-from service import commands
+from service import commands, registry_cli
 from service.client import Client, ClientError
 from service.progress import JobBar
 
@@ -128,6 +128,12 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.submit:  # a profile job on a worker of the queue, on its own hardware
+        from service.registry_cli import submit_profile
+
+        return submit_profile(args)
+    if not args.output:
+        raise ValueError("-o/--output is needed (or --submit, to profile on a worker)")
     from service.profiling import run_profile
 
     return run_profile(args)
@@ -197,7 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
     p.add_argument("--structure", choices=["weights", "channels"], default="weights",
                    help="channels: time each layer at kept widths, for structured jobs")
-    p.add_argument("-o", "--output", required=True, help="profile.json to write")
+    p.add_argument("-o", "--output", help="profile.json to write")
+    p.add_argument("--submit", action="store_true",
+                   help="run it as a profile job on a worker (its own hardware), which fits "
+                   "and registers the cost model")
+    p.add_argument("--name", help="with --submit: the cost model's name (next version)")
+    p.add_argument("--queue", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="with --submit: the workers' queue")
+    p.add_argument("--wait", action="store_true", help="with --submit: until it ends")
+    url_option(p)
+
+    registry_cli.add_parsers(add, url_option)
 
     p = add("fit", cmd_fit, "fit a cost model from a profile")
     p.add_argument("profile")

@@ -98,6 +98,39 @@ class Client:
         sweep: dict[str, Any] = self.request("POST", f"/v1/sweeps/{sweep_id}/cancel")
         return sweep
 
+    def submit_profile(self, body: dict[str, Any]) -> dict[str, Any]:
+        profile: dict[str, Any] = self.request("POST", "/v1/profiles", json=body)
+        return profile
+
+    def profile(self, profile_id: str) -> dict[str, Any]:
+        profile: dict[str, Any] = self.request("GET", f"/v1/profiles/{profile_id}")
+        return profile
+
+    def wait_profile(self, profile_id: str,
+                     on_update: Callable[[dict[str, Any]], None] | None = None,
+                     poll_s: float = 0.5, timeout_s: float | None = None) -> dict[str, Any]:
+        """Poll until the profile job ends."""
+        return self._wait(self.profile, profile_id, on_update, poll_s, timeout_s)
+
+    def register_cost_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        model: dict[str, Any] = self.request("POST", "/v1/cost-models", json=body)
+        return model
+
+    def cost_models(self, hardware: str | None = None, name: str | None = None,
+                    limit: int = 50) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        params.update({k: v for k, v in (("hardware", hardware), ("name", name)) if v})
+        page: dict[str, Any] = self.request("GET", "/v1/cost-models", params=params)
+        return page
+
+    def cost_model(self, model_id: str) -> dict[str, Any]:
+        model: dict[str, Any] = self.request("GET", f"/v1/cost-models/{model_id}")
+        return model
+
+    def refit_cost_model(self, model_id: str) -> dict[str, Any]:
+        model: dict[str, Any] = self.request("POST", f"/v1/cost-models/{model_id}/refit")
+        return model
+
     def page_url(self, kind: str, item_id: str) -> str:
         """The dashboard page of a job or a sweep."""
         return f"{self.url}/{kind}/{item_id}"
