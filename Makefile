@@ -31,6 +31,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy spartan costmodels jobs worker service benchmarks
+	$(BIN)/lint-imports
 
 test: lint $(EXTRAS)
 	$(BIN)/pytest -q -ra

@@ -203,3 +203,14 @@ def test_python_m_worker_ignores_modules_in_the_current_directory(tmp_path: Path
                           capture_output=True, text=True, timeout=120)
     assert "shadowed" not in done.stderr + done.stdout
     assert done.returncode == 2 and "unknown queues bogus" in done.stderr
+
+
+def test_spartan_worker_ignores_a_planted_worker_and_profile(tmp_path: Path) -> None:
+    # The console entry puts its own folder, not the current one, first on the import path.
+    for name in ("worker.py", "profile.py", "jobs.py"):
+        (tmp_path / name).write_text("raise SystemExit('planted module imported')\n")
+    spartan = Path(sys.executable).with_name("spartan")
+    done = subprocess.run([str(spartan), "worker", "--queues", "bogus"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert "planted" not in done.stderr + done.stdout
+    assert done.returncode == 1 and "unknown queues bogus" in done.stderr
