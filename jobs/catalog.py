@@ -17,6 +17,17 @@ from typing import Any
 
 BUILTIN_MODELS = ("mlp", "cnn", "resnet", "vit")
 BUILTIN_DATASETS = ("digits", "mnist1d", "teacher", "upload")
+# Read from storage and streamed (worker/data.py); their paths must lie under the data roots.
+STORAGE_DATASETS = ("imagefolder", "hf", "npy", "fashion-mnist")
+# Where Debian's dataset-fashion-mnist package puts the four idx files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+# Datasets whose labels are classes only (no regression targets).
+CLASS_ONLY_DATASETS = ("digits", "mnist1d", "teacher", "imagefolder", "fashion-mnist")
+MODEL_SOURCES = ("torchvision", "timm", "hf")
+# The Python package each model source needs on the worker.
+_SOURCE_PACKAGES = {"torchvision": "torchvision", "timm": "timm", "hf": "transformers"}
 MODEL_GROUP = "spartan.models"
 DATASET_GROUP = "spartan.datasets"
 
@@ -41,6 +52,42 @@ def _opt_pos_int(key: str, value: Any) -> None:
         _pos_int(key, value)
 
 
+def _opt_int(key: str, value: Any) -> None:
+    if value is not None:
+        _any_int(key, value)
+
+
+def _path(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ValueError(f"'{key}' must be a path (a non-empty string), got {value!r}")
+
+
+def _opt_path(key: str, value: Any) -> None:
+    if value is not None:
+        _path(key, value)
+
+
+def _name(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value or len(value) > 200 or "\x00" in value:
+        raise ValueError(f"'{key}' must be a name (a string of 1 to 200 characters), "
+                         f"got {value!r}")
+
+
+def _opt_name(key: str, value: Any) -> None:
+    if value is not None:
+        _name(key, value)
+
+
+def _bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"'{key}' must be true or false, got {value!r}")
+
+
+def _channels(key: str, value: Any) -> None:
+    if value not in (1, 3) or isinstance(value, bool):
+        raise ValueError(f"'{key}' must be 1 (grayscale) or 3 (RGB), got {value!r}")
+
+
 def _any_int(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"'{key}' must be a non-negative integer, got {value!r}")
@@ -63,7 +110,36 @@ DATASET_KWARGS: dict[str, dict[str, tuple[Any, Check]]] = {
     "teacher": {"num_samples": (2000, _pos_int), "dim": (32, _pos_int),
                 "classes": (10, _pos_int), "hidden": (64, _pos_int), "seed": (0, _any_int)},
     "upload": {},
+    # Class subfolders of PNG / JPEG files; val_root: a named validation folder with the same
+    # classes (else a seeded split). Images are resized to size x size, augmented in training
+    # by a random crop from a crop_padding-padded copy and a horizontal flip.
+    "imagefolder": {"root": (None, _path), "val_root": (None, _opt_path), "size": (32, _pos_int),
+                    "channels": (3, _channels), "crop_padding": (4, _any_int),
+                    "flip": (True, _bool)},
+    # A datasets.save_to_disk directory, or parquet / CSV / JSON(L) files (a file, or a
+    # directory of them); split / val_split name splits of a saved DatasetDict, val_path a
+    # file or directory of validation files.
+    "hf": {"path": (None, _path), "val_path": (None, _opt_path), "split": (None, _opt_name),
+           "val_split": (None, _opt_name), "text_column": ("text", _name),
+           "label_column": ("label", _name), "max_length": (128, _pos_int)},
+    # Memory-mapped .npy arrays: x (examples first) and y (labels or targets); val_x / val_y a
+    # named validation split. Float inputs are standardised per feature with statistics
+    # streamed over the training split.
+    "npy": {"x": (None, _path), "y": (None, _opt_path), "val_x": (None, _opt_path),
+            "val_y": (None, _opt_path), "standardize": (True, _bool),
+            "num_classes": (None, _opt_pos_int)},
+    # Debian's dataset-fashion-mnist files (root: another folder holding the same files);
+    # the validation split is the package's 10k test set. limit / val_limit: the first N.
+    "fashion-mnist": {"root": (None, _opt_path), "limit": (None, _opt_pos_int),
+                      "val_limit": (None, _opt_pos_int)},
 }
+# Kwargs that name files or folders: they must lie under SPARTAN_DATA_ROOTS.
+PATH_KWARGS: dict[str, tuple[str, ...]] = {
+    "imagefolder": ("root", "val_root"), "hf": ("path", "val_path"),
+    "npy": ("x", "y", "val_x", "val_y"), "fashion-mnist": ("root",),
+}
+_REQUIRED: dict[str, tuple[str, ...]] = {"imagefolder": ("root",), "hf": ("path",),
+                                         "npy": ("x",)}
 
 
 def _plugins(group: str) -> list[str]:
@@ -75,19 +151,21 @@ def model_names() -> list[str]:
 
 
 def dataset_names() -> list[str]:
-    return [*BUILTIN_DATASETS, *_plugins(DATASET_GROUP)]
+    return [*BUILTIN_DATASETS, *STORAGE_DATASETS, *_plugins(DATASET_GROUP)]
 
 
 def check_model(arch: str) -> None:
     """Raise ValueError naming the valid choices when arch is unknown."""
     prefix, sep, name = arch.partition(":")
     if sep:
-        if prefix not in ("torchvision", "timm") or not name:
-            raise ValueError(
-                f"unknown model source '{prefix}'; use 'torchvision:NAME' or 'timm:NAME'"
-            )
-        if importlib.util.find_spec(prefix) is None:
-            raise ValueError(f"'{arch}' needs the '{prefix}' package, which is not installed")
+        if prefix not in MODEL_SOURCES or not name.strip() or "\x00" in name:
+            raise ValueError(f"unknown model source '{prefix}'; use 'torchvision:NAME', "
+                             "'timm:NAME' or 'hf:NAME_OR_PATH'")
+        package = _SOURCE_PACKAGES[prefix]
+        if importlib.util.find_spec(package) is None:
+            extra = " (pip install 'spartan-service[hf]')" if prefix == "hf" else ""
+            raise ValueError(f"'{arch}' needs the '{package}' package, which is not "
+                             f"installed{extra}")
         return
     if arch not in model_names():
         raise ValueError(f"unknown arch '{arch}'; valid: {', '.join(model_names())}")
@@ -116,6 +194,9 @@ def model_kwargs(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
     Other archs (plugins, torchvision, timm) are passed through: their factory checks them.
     """
+    if is_hf(arch):
+        # pretrained: the weights in the model folder (else the config's fresh initialisation).
+        return _resolve({"pretrained": (True, _bool)}, f"model '{arch}'", kwargs)
     if arch not in MODEL_KWARGS:
         return dict(kwargs)
     out = _resolve(MODEL_KWARGS[arch], f"model '{arch}'", kwargs)
@@ -136,7 +217,27 @@ def dataset_kwargs(dataset: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("teacher 'classes' must be at least 2")
     if dataset == "mnist1d" and out["num_samples"] < 10:
         raise ValueError("mnist1d 'num_samples' must be at least 10 (one per class)")
+    missing = [k for k in _REQUIRED.get(dataset, ()) if out[k] is None]
+    if missing:
+        raise ValueError(f"dataset '{dataset}' needs kwargs {', '.join(repr(k) for k in missing)}")
+    if dataset == "npy":
+        if out["y"] is None and out["val_y"] is not None:
+            raise ValueError("npy 'val_y' needs 'y'")
+        if out["y"] is not None and (out["val_x"] is None) != (out["val_y"] is None):
+            raise ValueError("npy 'val_x' and 'val_y' go together (a named validation split)")
+    if dataset == "hf" and out["val_path"] is not None and out["val_split"] is not None:
+        raise ValueError("hf 'val_path' and 'val_split' both name the validation split; "
+                         "give one")
     return out
+
+
+def is_hf(arch: str) -> bool:
+    return arch.startswith("hf:")
+
+
+def text_data(dataset: str) -> bool:
+    """Whether the dataset yields text (tokenised with the model's tokenizer)."""
+    return dataset == "hf"
 
 
 def dataset_shape(dataset: str, kwargs: dict[str, Any]) -> tuple[Shape, int] | None:
@@ -149,6 +250,8 @@ def dataset_shape(dataset: str, kwargs: dict[str, Any]) -> tuple[Shape, int] | N
     if dataset == "teacher":
         kw = dataset_kwargs(dataset, kwargs)
         return (kw["dim"],), kw["classes"]
+    if dataset == "fashion-mnist":
+        return (1, 28, 28), 10
     return None
 
 

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     # Where workers lock their devices (a profile job has its device alone): default
     # `locks/` under the data dir; see worker/device_lock.py.
     lock_dir: Path | None = None
+    # Colon-separated directories that jobs may read data and models from (shared storage);
+    # unset: no path is readable, only built-in datasets and uploads.
+    data_roots: str | None = None
+    # Whether the API checks paths it can see (existence, readability, columns) at submit; off
+    # when the API does not mount the workers' storage (the roots are still checked by name).
+    check_data: bool = True
 
     # Per-job limits, checked at submit (estimates) and by the worker before training; "N"
     # for every queue or "cpu:N,gpu:M". The defaults fit a worker of 2 cores and 24 GiB.
@@ -122,6 +128,12 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir.resolve() / "uploads"
+
+    def roots(self) -> list[Path]:
+        """SPARTAN_DATA_ROOTS as resolved directories (symlinks followed)."""
+        if not self.data_roots:
+            return []
+        return [Path(p).expanduser().resolve() for p in self.data_roots.split(":") if p.strip()]
 
     def tokens(self) -> dict[str, str]:
         """token -> tenant."""

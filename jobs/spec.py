@@ -27,8 +27,10 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     arch: Text = Field(
         default="mlp",
-        description="Built-in architecture, 'torchvision:NAME', 'timm:NAME', or a factory "
-        "registered under the 'spartan.models' entry-point group.",
+        description="Built-in architecture, 'torchvision:NAME', 'timm:NAME', 'hf:NAME_OR_PATH' "
+        "(a Hugging Face model folder under the data roots, or a name in the worker's local "
+        "Hugging Face cache; never downloaded), or a factory registered under the "
+        "'spartan.models' entry-point group.",
         examples=["mlp"],
     )
     kwargs: JsonDict = Field(default_factory=dict, description="Arguments of the factory.")
@@ -52,7 +54,8 @@ class DataSpec(_Strict):
     dataset: Text = Field(
         default="digits",
         description="Built-in dataset, 'upload' (with upload=ID, an .npz/.safetensors holding x "
-        "and y), or a factory under the 'spartan.datasets' entry-point group.",
+        "and y), data on shared storage under SPARTAN_DATA_ROOTS ('imagefolder', 'hf', 'npy'), "
+        "'fashion-mnist', or a factory under the 'spartan.datasets' entry-point group.",
         examples=["digits"],
     )
     upload: Ref | None = Field(default=None, description="Upload id when dataset is 'upload'.")
@@ -198,6 +201,39 @@ class TrainingSpec(_Strict):
     tensorboard: bool = Field(
         default=False, description="Also write TensorBoard event files beside metrics.jsonl "
         "(needs the worker's [tensorboard] extra).")
+    task: Literal["classification", "regression", "causal_lm"] = Field(
+        default="classification",
+        description="classification (cross-entropy; accuracy), regression (MSE; R^2) or "
+        "causal_lm (next-token cross-entropy; perplexity).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="bf16: autocast on CPU or GPU; fp16: autocast with a gradient scaler, GPU "
+        "only.",
+    )
+    grad_accum: int = Field(default=1, ge=1, le=1024,
+                            description="Micro-batches per optimiser (and Sparsifier) step.")
+    grad_clip: FiniteFloat | None = Field(default=None, gt=0.0, le=1e6,
+                                    description="Clip the gradients' global L2 norm to this.")
+    label_smoothing: FiniteFloat = Field(default=0.0, ge=0.0, lt=1.0,
+                                   description="Classification only.")
+    lr_warmup_frac: FiniteFloat = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="Fraction of the steps over which lr rises linearly from 0 before the "
+        "schedule (cosine decays over the rest).",
+    )
+    decay_norms_and_biases: bool = Field(
+        default=False, description="Apply weight_decay to norms and biases too (off: only to "
+        "weights of 2+ dims).")
+    eval_every: int | None = Field(
+        default=None, ge=1, le=INT_MAX,
+        description="Steps between validation passes (default: each epoch).")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=INT_MAX,
+        description="Stop after this many optimiser steps (large datasets).")
+    loader_workers: int = Field(
+        default=0, ge=0, le=32, description="DataLoader worker processes (0: load in the "
+        "training process).")
 
     @model_validator(mode="before")
     @classmethod
@@ -206,6 +242,15 @@ class TrainingSpec(_Strict):
         if isinstance(data, dict) and data.get("lr") is None and data.get("optimizer") == "sgd":
             data = {**data, "lr": 5e-2}
         return data
+
+    @model_validator(mode="after")
+    def _recipe_fits(self) -> TrainingSpec:
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision 'fp16' needs a GPU (its gradient scaler is CUDA's); "
+                             "use 'bf16' on CPU")
+        if self.label_smoothing and self.task != "classification":
+            raise ValueError("label_smoothing applies to task 'classification' only")
+        return self
 
 
 MAX_PROCESSES = 64
@@ -262,6 +307,46 @@ class JobSpec(_Strict):
     queue: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="'auto': gpu when training.device is 'cuda', else cpu."
     )
+    baseline: Literal["train", "evaluate", "none"] | None = Field(
+        default=None,
+        description="The dense reference in the report: 'train' a dense twin on the same "
+        "batches, 'evaluate' the starting (pretrained) model before sparsifying, or 'none'. "
+        "Default: 'evaluate' when the job starts from pretrained weights, else 'none'.",
+    )
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> JobSpec:
+        task, dataset, arch = self.training.task, self.data.dataset, self.model.arch
+        hf = catalog.is_hf(arch)
+        if task == "causal_lm":
+            if not hf:
+                raise ValueError(f"training.task 'causal_lm' needs a Hugging Face causal "
+                                 f"language model (model.arch 'hf:...'), not '{arch}'")
+            if dataset not in ("hf", "npy"):
+                raise ValueError(f"training.task 'causal_lm' needs text (dataset 'hf') or "
+                                 f"token ids (dataset 'npy'), not dataset '{dataset}'")
+        elif task == "regression" and dataset in catalog.CLASS_ONLY_DATASETS:
+            raise ValueError(f"training.task 'regression' needs real-valued targets "
+                                 f"(dataset 'npy', 'hf' or 'upload'), not dataset '{dataset}'")
+        if catalog.text_data(dataset) and not hf:
+            raise ValueError(f"dataset 'hf' holds text, which needs a Hugging Face model with "
+                             f"its tokenizer (model.arch 'hf:...'), not '{arch}'")
+        if self.baseline == "evaluate" and not self.starts_pretrained():
+            raise ValueError("baseline 'evaluate' needs pretrained weights (model.weights, or "
+                             "an 'hf:' model with pretrained true); use 'train' or 'none'")
+        return self
+
+    def starts_pretrained(self) -> bool:
+        m = self.model
+        return bool(m.weights) or (catalog.is_hf(m.arch) and m.kwargs.get("pretrained", True))
+
+    def resolved_baseline(self) -> str:
+        """The baseline that runs: 'none' for a dense job (it is its own reference)."""
+        if self.sparsity.method == "dense":
+            return "none"
+        if self.baseline is not None:
+            return self.baseline
+        return "evaluate" if self.starts_pretrained() else "none"
 
     @field_validator("resources")
     @classmethod

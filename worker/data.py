@@ -119,16 +119,22 @@ def _from_factory(name: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     raise ValueError(f"dataset factory '{name}' must return (x, y) or {{'x': ..., 'y': ...}}")
 
 
-def _check(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(x: np.ndarray, y: np.ndarray, task: str = "classification"
+           ) -> tuple[np.ndarray, np.ndarray]:
     if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise ValueError(f"x and y must be numeric, got {x.dtype} and {y.dtype}")
-    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+    y_dims = (1, 2) if task == "regression" else (1,)
+    if x.ndim < 2 or y.ndim not in y_dims or len(x) != len(y):
         raise ValueError(f"need x of shape (N, ...) and y of shape (N,); got {list(x.shape)} "
                          f"and {list(y.shape)}")
     if len(y) < 2:
         raise ValueError(f"need at least 2 examples, got {len(y)}")
     if not np.isfinite(x).all():
         raise ValueError("x holds NaN or infinite values")
+    if task == "regression":
+        if not np.isfinite(y).all():
+            raise ValueError("y holds NaN or infinite values")
+        return x.astype(np.float32), y.astype(np.float32)
     if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
         raise ValueError("y must hold integer class labels")
     if y.min() < 0:
@@ -144,7 +150,7 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
 
 
 def load_dataset(dataset: str, kwargs: dict[str, Any], val_fraction: float, seed: int,
-                 upload: Path | None = None) -> Dataset:
+                 upload: Path | None = None, task: str = "classification") -> Dataset:
     """Build, split and standardise a dataset. `upload` is the file of dataset 'upload'."""
     catalog.check_dataset(dataset)
     kw = catalog.dataset_kwargs(dataset, kwargs)
@@ -158,12 +164,18 @@ def load_dataset(dataset: str, kwargs: dict[str, Any], val_fraction: float, seed
         raw_x, raw_y = _from_factory(dataset, kw)
         x, y = (t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
                 for t in (raw_x, raw_y))
-    x, y = _check(np.asarray(x), np.asarray(y))
+    x, y = _check(np.asarray(x), np.asarray(y), task)
     train, val = split(len(y), val_fraction, seed)
     mean = x[train].mean(axis=0)
     std = x[train].std(axis=0)
     std[std < 1e-8] = 1.0  # constant features (digits' border pixels) stay at zero
     x = (x - mean) / std
+    if task == "regression":  # targets standardised too; num_classes counts the outputs
+        y_std = y[train].std(axis=0)
+        y = (y - y[train].mean(axis=0)) / np.where(y_std < 1e-8, 1.0, y_std)
+        return Dataset(torch.from_numpy(x[train]), torch.from_numpy(y[train]),
+                       torch.from_numpy(x[val]), torch.from_numpy(y[val]),
+                       tuple(x.shape[1:]), 1 if y.ndim == 1 else y.shape[1])
     num_classes = int(y.max()) + 1
     if dataset != "upload" and dataset in catalog.DATASET_KWARGS:
         known = catalog.dataset_shape(dataset, kw)

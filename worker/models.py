@@ -203,13 +203,26 @@ def _call_factory(factory: Any, kwargs: dict[str, Any], input_shape: Shape,
     return model
 
 
-def build_model(arch: str, kwargs: dict[str, Any], input_shape: Shape,
-                num_classes: int) -> nn.Module:
-    """Build a model for examples of `input_shape` and `num_classes` classes.
+def build_model(arch: str, kwargs: dict[str, Any], input_shape: Shape | None,
+                num_classes: int, task: str = "classification", text: bool = False,
+                roots: list[Path] | None = None, pad_token_id: int | None = None) -> nn.Module:
+    """Build a model for examples of `input_shape` and `num_classes` classes (for regression:
+    outputs). `task`, `text`, `roots` and `pad_token_id` matter to 'hf:' models only.
 
     ValueError for an unknown arch, unknown or invalid kwargs, or a missing package.
     """
     catalog.check_model(arch)
+    if catalog.is_hf(arch):
+        from jobs.settings import get_settings
+        from worker import hf
+
+        folder = hf.model_dir(arch[3:], get_settings().roots() if roots is None else roots)
+        pretrained = catalog.model_kwargs(arch, kwargs)["pretrained"]
+        return hf.load_model(folder, task, text, num_classes, pretrained, input_shape,
+                             pad_token_id)
+    if input_shape is None:
+        raise ValueError(f"model '{arch}' needs array or image inputs; text needs an 'hf:' "
+                         "model with its tokenizer")
     if arch in _BUILTINS:
         return _BUILTINS[arch](tuple(input_shape), num_classes,
                                **catalog.model_kwargs(arch, kwargs))

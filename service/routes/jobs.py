@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from costmodels import checks
-from jobs import catalog
+from jobs import catalog, datapaths
 from jobs.admission import estimate, problems
 from jobs.artifacts import check_name
 from jobs.models import Job
@@ -60,11 +60,15 @@ def check_resources(spec: JobSpec, upload_tensors: dict[str, Any] | None,
                     for field, message in over])
 
 
-def check_references(spec: JobSpec, store: JobStore, tenant: str) -> dict[str, Any] | None:
+def check_references(spec: JobSpec, store: JobStore, tenant: str,
+                     settings: Settings | None = None) -> dict[str, Any] | None:
     """Ids in the spec must name this tenant's uploads and cost models, of the right kind; a
-    multi-process job must fit some live worker of its queue (when one is alive to say).
-    Returns the data upload's tensors, when the job trains on one."""
+    multi-process job must fit some live worker of its queue (when one is alive to say); with
+    `settings`, its paths must lie under the data roots (check_paths). Returns the data
+    upload's tensors, when the job trains on one."""
     check_text(spec.name, ["body", "name"])
+    if settings is not None:
+        check_paths(spec, settings)
     if spec.resources.processes > 1:
         refused = admission_error(store.live_workers(), spec.resolved_queue(),
                                   spec.resources.processes)
@@ -157,6 +161,15 @@ def public_job(job: Job, results: ResultsCache) -> JobPublic:
     return out
 
 
+def check_paths(spec: JobSpec, settings: Settings) -> None:
+    """Paths must lie under SPARTAN_DATA_ROOTS; what they name is checked where this process
+    sees the storage (settings.check_data)."""
+    try:
+        datapaths.check_spec(spec, settings.roots(), look=settings.check_data)
+    except datapaths.PathError as exc:
+        raise field_error(["body", *exc.loc], exc.msg) from None
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
@@ -169,7 +182,7 @@ def submit_job(
     spec: JobSpec, store: StoreDep, celery: CeleryDep, tenant: CurrentTenant,
     settings: SettingsDep,
 ) -> Response:
-    check_resources(spec, check_references(spec, store, tenant), settings)
+    check_resources(spec, check_references(spec, store, tenant, settings), settings)
     warnings = spec.warnings() + cost_model_warnings(spec, store, tenant)
     unserved = unserved_warning(store.live_workers(), spec.resolved_queue())
     if unserved:

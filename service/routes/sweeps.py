@@ -99,7 +99,7 @@ def create_sweep(body: SweepCreate, response: Response, store: StoreDep, celery:
     spec sets a latency budget. Method "dense" adds one dense reference point."""
     check_text(body.name, ["body", "name"])
     try:
-        check_resources(body.spec, check_references(body.spec, store, tenant), settings)
+        check_resources(body.spec, check_references(body.spec, store, tenant, settings), settings)
     except HTTPException as exc:  # its loc is the job route's ["body", ...]: under "spec" here
         if isinstance(exc.detail, list):
             for item in exc.detail:

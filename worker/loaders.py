@@ -1,0 +1,193 @@
+"""Streaming batches: a source fetches one batch of examples by index, torch DataLoaders run
+the fetches (in worker processes when asked, into pinned memory on a GPU), and the order of an
+epoch is a function of (seed, epoch) only, so that a resumed attempt picks up mid-epoch with
+the same batches and the same augmentations.
+
+Sharding: with `world_size` ranks, each epoch's permutation is padded to a multiple of the
+world size (repeating its start, as torch's DistributedSampler does) and rank r takes every
+world_size-th index from r: the ranks see disjoint examples and the same number of batches.
+Validation is sharded the same way, without padding.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from jobs import datapaths
+
+Inputs = Tensor | dict[str, Tensor]
+Batch = tuple[Any, Tensor]  # (inputs: a tensor or a dict of tensors, targets)
+EVAL_BATCH = 256
+# Bytes read from a mapping before its pages are dropped from this process (they stay in the
+# page cache): what keeps a worker's memory flat while it streams a file larger than memory.
+RELEASE_EVERY = 64 << 20
+
+
+class Source(Protocol):
+    """Examples addressed by index; `fetch` builds one batch on the CPU."""
+
+    def __len__(self) -> int: ...
+
+    def fetch(self, index: np.ndarray, rng: np.random.Generator | None) -> Batch:
+        """The examples at `index` (sorted ascending); `rng` set when training (augment)."""
+        ...
+
+
+class NpyArray:
+    """A read-only memory map of an .npy file that releases the pages it has read every
+    RELEASE_EVERY bytes, and reopens itself in each DataLoader worker (maps do not pickle)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.shape, self.dtype, fortran, self.offset = datapaths.npy_header(path)
+        if fortran and len(self.shape) > 1:
+            raise ValueError(f"{path.name} is stored in Fortran order; save it C-contiguous "
+                             "(np.ascontiguousarray) so that rows can be read one by one")
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._map: mmap.mmap | None = None
+        self._array: np.ndarray | None = None
+        self._read = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_map": None, "_array": None, "_read": 0}
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            with self.path.open("rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._array = np.ndarray(self.shape, self.dtype, buffer=self._map,
+                                     offset=self.offset)
+        return self._array
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """A copy of the rows at `index`."""
+        rows = self.array()[index]
+        self._read += len(index) * self.row_bytes
+        if self._read >= RELEASE_EVERY and self._map is not None:
+            self._read = 0
+            if hasattr(mmap, "MADV_DONTNEED"):
+                self._map.madvise(mmap.MADV_DONTNEED)
+        return rows
+
+    def chunks(self, index: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+        for i in range(0, len(index), rows):
+            yield self.take(index[i:i + rows])
+
+
+def shard(order: np.ndarray, rank: int, world_size: int, pad: bool) -> np.ndarray:
+    if world_size == 1:
+        return order
+    if pad and len(order) % world_size:
+        extra = world_size - len(order) % world_size
+        order = np.concatenate([order, np.resize(order, extra)])
+    return order[rank::world_size]
+
+
+class _EpochBatches(TorchDataset[Batch]):
+    """Item i is batch i of one epoch (DataLoader with batch_size=None)."""
+
+    def __init__(self, source: Source, batches: list[np.ndarray],
+                 seeds: list[list[int]] | None) -> None:
+        self.source, self.batches, self.seeds = source, batches, seeds
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Batch:
+        rng = None if self.seeds is None else np.random.default_rng(self.seeds[i])
+        return self.source.fetch(np.sort(self.batches[i]), rng)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    inputs, target = batch
+    nb = device.type == "cuda"
+    if isinstance(inputs, dict):
+        inputs = {k: v.to(device, non_blocking=nb) for k, v in inputs.items()}
+    else:
+        inputs = inputs.to(device, non_blocking=nb)
+    return inputs, target.to(device, non_blocking=nb)
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """A DataLoader worker's error carries its whole traceback in the message; keep the line
+    that says what went wrong (it names the file)."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    _, _, message = last.partition(": ")
+    return ValueError(message or last)
+
+
+class LoaderBatches:
+    """The training loop's batches (worker.batches.Batches) from a streamed source."""
+
+    def __init__(self, train: Source, train_index: np.ndarray, val: Source,
+                 val_index: np.ndarray, batch_size: int, seed: int, device: torch.device,
+                 workers: int = 0, rank: int = 0, world_size: int = 1,
+                 eval_batch: int = EVAL_BATCH) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size}")
+        self.train, self.val = train, val
+        self.train_index, self.val_index = train_index, val_index
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.workers, self.rank, self.world_size = workers, rank, world_size
+        self.eval_batch = eval_batch
+        per_rank = math.ceil(len(train_index) / world_size)
+        self.steps_per_epoch = math.ceil(per_rank / batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = self.train_index[rng.permutation(len(self.train_index))]
+        return shard(order, self.rank, self.world_size, pad=True)
+
+    def _load(self, source: Source, batches: list[np.ndarray], seeds: list[list[int]] | None
+              ) -> Iterator[Batch]:
+        loader = DataLoader(_EpochBatches(source, batches, seeds), batch_size=None,
+                            shuffle=False, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda",
+                            prefetch_factor=2 if self.workers else None)
+        try:
+            for batch in loader:
+                yield to_device(batch, self.device)
+        except Exception as exc:
+            raise _unwrap(exc) from None
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        order, b = self.order(epoch), self.batch_size
+        batches = [order[i * b:(i + 1) * b] for i in range(start, self.steps_per_epoch)]
+        # One seed per batch: augmentations do not depend on which process fetched it.
+        seeds = [[self.seed, epoch, self.rank, i] for i in range(start, self.steps_per_epoch)]
+        return self._load(self.train, batches, seeds)
+
+    def validation(self) -> Iterator[Batch]:
+        index = shard(self.val_index, self.rank, self.world_size, pad=False)
+        b = self.eval_batch
+        return self._load(self.val, [index[i:i + b] for i in range(0, len(index), b)], None)
+
+    def example(self) -> Batch:
+        """The first training batch of epoch 0, on the device (cost probes, timing)."""
+        return next(iter(self.epoch(0)))
+
+
+def worker_rss_mb() -> float:
+    """This process's resident memory in MB (anonymous and file-backed), from /proc."""
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

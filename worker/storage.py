@@ -1,0 +1,184 @@
+"""Datasets read from shared storage and streamed: `imagefolder`, `hf`, `npy`, `fashion-mnist`.
+
+`open_storage` resolves the spec's paths under the data roots, reads what it must to know the
+data's shape (headers, class folders, label ranges, statistics in one bounded pass), and returns
+sources that fetch batches on demand; `StreamData.batches` wraps them in DataLoaders. The
+validation split is a named one when the spec gives it (val_root, val_x / val_y, val_path or
+val_split, Fashion-MNIST's test set), else a seeded permutation of the training examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs import catalog, datapaths
+from worker.arrays import NpySource, fashion_mnist, feature_stats
+from worker.data import split
+from worker.images import ImageSource, list_images
+from worker.loaders import LoaderBatches, NpyArray, Source
+from worker.text import TextSource, label_classes, open_table, target_stats
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class StreamData:
+    train: Source
+    train_index: np.ndarray
+    val: Source
+    val_index: np.ndarray
+    input_shape: Shape | None  # one example's shape; None for text
+    outputs: int  # classes, regression targets, or 0 for causal_lm (the vocabulary decides)
+    text: bool
+
+    @property
+    def num_classes(self) -> int:
+        return self.outputs
+
+    def batches(self, batch_size: int, seed: int, device: torch.device, workers: int = 0,
+                rank: int = 0, world_size: int = 1) -> LoaderBatches:
+        return LoaderBatches(self.train, self.train_index, self.val, self.val_index,
+                             batch_size, seed, device, workers, rank, world_size)
+
+
+class _Paths:
+    def __init__(self, kw: dict[str, Any], roots: list[Path]) -> None:
+        self.kw, self.roots = kw, roots
+
+    def __call__(self, key: str) -> Path:
+        try:
+            return datapaths.resolve_under(self.kw[key], self.roots)
+        except ValueError as exc:
+            raise ValueError(f"data.kwargs.{key}: {exc}") from None
+
+
+def open_storage(dataset: str, kwargs: dict[str, Any], task: str, val_fraction: float,
+                 seed: int, roots: list[Path], tokenizer: Any = None,
+                 cache_dir: Path | None = None) -> StreamData:
+    kw = catalog.dataset_kwargs(dataset, kwargs)
+    path = _Paths(kw, roots)
+    if dataset == "npy":
+        return _npy(kw, path, task, val_fraction, seed)
+    if dataset == "imagefolder":
+        return _imagefolder(kw, path, val_fraction, seed)
+    if dataset == "fashion-mnist":
+        folder = datapaths.fashion_mnist_dir(path("root") if kw["root"] else None)
+        train, val = fashion_mnist(folder, kw["limit"], kw["val_limit"])
+        return StreamData(train, np.arange(len(train)), val, np.arange(len(val)), (1, 28, 28),
+                          10, False)
+    if dataset == "hf":
+        if tokenizer is None:
+            raise ValueError("dataset 'hf' needs the model's tokenizer")
+        return _hf(kw, path, task, val_fraction, seed, tokenizer, cache_dir)
+    raise ValueError(f"'{dataset}' is not a storage dataset")
+
+
+def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed: int
+         ) -> StreamData:
+    x = NpyArray(path("x"))
+    y = NpyArray(path("y")) if kw["y"] else None
+    if y is None and task != "causal_lm":
+        raise ValueError(f"data.kwargs.y: task '{task}' needs labels or targets")
+    for arr in (x, y):
+        if arr is not None and len(arr) < 2:
+            raise ValueError(f"{arr.path.name}: need at least 2 examples, got {len(arr)}")
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"data.kwargs.y: {len(y)} rows, x has {len(x)}")
+    if kw["val_x"]:
+        vx = NpyArray(path("val_x"))
+        vy = NpyArray(path("val_y")) if kw["val_y"] else None
+        if vx.shape[1:] != x.shape[1:]:
+            raise ValueError(f"data.kwargs.val_x: examples of shape {list(vx.shape[1:])}, x's "
+                             f"are {list(x.shape[1:])}")
+        if vy is not None and len(vy) != len(vx):
+            raise ValueError(f"data.kwargs.val_y: {len(vy)} rows, val_x has {len(vx)}")
+        train_index, val_index = np.arange(len(x)), np.arange(len(vx))
+    else:
+        vx, vy = x, y
+        train_index, val_index = split(len(x), val_fraction, seed)
+    outputs, x_stats, y_stats = 0, None, None
+    if task == "classification":
+        assert y is not None
+        outputs = kw["num_classes"] or _classes([y, vy])
+    elif task == "regression":
+        assert y is not None
+        outputs = 1 if len(y.shape) == 1 else int(np.prod(y.shape[1:]))
+        y_stats = feature_stats(y, train_index)
+    if task != "causal_lm" and kw["standardize"]:
+        x_stats = feature_stats(x, train_index)
+
+    def make(a: NpyArray, b: NpyArray | None) -> NpySource:
+        return NpySource(a, b, task, outputs or None, x_stats, y_stats)
+
+    return StreamData(make(x, y), train_index, make(vx, vy), val_index, tuple(x.shape[1:]),
+                      outputs, False)
+
+
+def _classes(arrays: list[NpyArray | None]) -> int:
+    hi = 0.0
+    for arr in arrays:
+        if arr is None:
+            continue
+        lo, top, integral = datapaths.label_range(arr.path)
+        if not integral or lo < 0:
+            raise ValueError(f"{arr.path.name}: class labels must be integers from 0 (found "
+                             f"{lo:g}{'' if integral else ' and non-integers'})")
+        hi = max(hi, top)
+    return max(int(hi) + 1, 2)
+
+
+def _imagefolder(kw: dict[str, Any], path: _Paths, val_fraction: float, seed: int
+                 ) -> StreamData:
+    root = path("root")
+    classes = datapaths.image_classes(root, ["data", "kwargs", "root"])
+    files, labels = list_images(root, classes)
+    args = (kw["size"], kw["channels"], kw["crop_padding"], kw["flip"])
+    train = ImageSource(files, labels, *args)
+    if kw["val_root"]:
+        vfiles, vlabels = list_images(path("val_root"), classes)
+        val = ImageSource(vfiles, vlabels, *args)
+        train_index, val_index = np.arange(len(files)), np.arange(len(vfiles))
+    else:
+        val = ImageSource(files, labels, *args)
+        train_index, val_index = split(len(files), val_fraction, seed)
+    mean, std = train.channel_stats(train_index, seed)
+    for source in (train, val):
+        source.mean, source.std = torch.from_numpy(mean), torch.from_numpy(std)
+    return StreamData(train, train_index, val, val_index,
+                      (kw["channels"], kw["size"], kw["size"]), len(classes), False)
+
+
+def _hf(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed: int,
+        tokenizer: Any, cache_dir: Path | None) -> StreamData:
+    table = open_table(path("path"), kw["split"], cache_dir, "path")
+    if kw["val_path"]:
+        val_table = open_table(path("val_path"), None, cache_dir, "val_path")
+    elif kw["val_split"]:
+        val_table = open_table(path("path"), kw["val_split"], cache_dir, "val_split")
+    else:
+        val_table = None
+    if len(table) < (1 if val_table is not None else 2):
+        raise ValueError(f"data.kwargs.path: the dataset has {len(table)} rows")
+    label = None if task == "causal_lm" else kw["label_column"]
+    outputs, label_map, stats = 0, None, None
+    if task == "classification":
+        outputs, label_map = label_classes([t for t in (table, val_table) if t is not None],
+                                           kw["label_column"])
+    elif task == "regression":
+        outputs, stats = 1, target_stats(table, kw["label_column"])
+
+    def make(t: Any) -> TextSource:
+        return TextSource(t, kw["text_column"], label, tokenizer, kw["max_length"], task,
+                          label_map, outputs or None, stats)
+
+    train = make(table)
+    if val_table is None:
+        train_index, val_index = split(len(table), val_fraction, seed)
+        return StreamData(train, train_index, train, val_index, None, outputs, True)
+    return StreamData(train, np.arange(len(table)), make(val_table), np.arange(len(val_table)),
+                      None, outputs, True)
