@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first; the project's range then installs nothing more for torch.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,hf]'
 	touch $(STAMP)
 
 # The tracking extras the tests exercise (MLflow against a real server: ~1 min to install).
@@ -24,6 +24,9 @@ setup: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium not installed: browser tests will skip"; }
+	@test -d /usr/share/datasets/fashion-mnist || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+		echo "dataset-fashion-mnist not installed: Fashion-MNIST tests will skip"; }
 
 demo: setup
 	$(BIN)/spartan demo

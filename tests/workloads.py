@@ -4,10 +4,25 @@ arrays whose labels the inputs determine (so that a few steps of training learn 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def need_fashion_mnist() -> None:
+    """Skip without Debian's dataset-fashion-mnist package; under CI=true, fail instead."""
+    if (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        return
+    reason = ("Debian's dataset-fashion-mnist package is not installed (make setup installs "
+              "it: apt-get install dataset-fashion-mnist)")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true: the Fashion-MNIST path must be tested")
+    pytest.skip(reason)
 
 WORDS = ["good", "great", "fine", "happy", "nice", "bad", "awful", "poor", "sad", "ugly",
          "the", "movie", "was", "very", "really", "a", "film", "plot"]

@@ -87,7 +87,7 @@ def labels(y: np.ndarray, index: np.ndarray, num_classes: int | None, name: str)
         bad |= y != np.round(y)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name}: row {int(index[i])} has label {y[i]!r}, not a class in "
+        raise ValueError(f"{name}: row {int(index[i])} has label {y[i].item()}, not a class in "
                          f"0..{(num_classes or 0) - 1}")
     return torch.from_numpy(y.astype(np.int64))
 

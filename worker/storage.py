@@ -104,7 +104,7 @@ def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed:
     outputs, x_stats, y_stats = 0, None, None
     if task == "classification":
         assert y is not None
-        outputs = kw["num_classes"] or _classes([y, vy])
+        outputs = _classes([y, vy], kw["num_classes"])
     elif task == "regression":
         assert y is not None
         outputs = 1 if len(y.shape) == 1 else int(np.prod(y.shape[1:]))
@@ -119,7 +119,9 @@ def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed:
                       outputs, False)
 
 
-def _classes(arrays: list[NpyArray | None]) -> int:
+def _classes(arrays: list[NpyArray | None], given: int | None) -> int:
+    """The number of classes (given, or the largest label + 1), every label checked in one
+    chunked pass."""
     hi = 0.0
     for arr in arrays:
         if arr is None:
@@ -128,8 +130,11 @@ def _classes(arrays: list[NpyArray | None]) -> int:
         if not integral or lo < 0:
             raise ValueError(f"{arr.path.name}: class labels must be integers from 0 (found "
                              f"{lo:g}{'' if integral else ' and non-integers'})")
+        if given is not None and top >= given:
+            raise ValueError(f"{arr.path.name}: label {top:g} is out of range for "
+                             f"data.kwargs.num_classes {given}")
         hi = max(hi, top)
-    return max(int(hi) + 1, 2)
+    return given or max(int(hi) + 1, 2)
 
 
 def _imagefolder(kw: dict[str, Any], path: _Paths, val_fraction: float, seed: int

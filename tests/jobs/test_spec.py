@@ -85,3 +85,46 @@ def test_resources_default_to_one_process_and_split_the_batch() -> None:
     spec = JobSpec.model_validate({**with_("training", batch_size=96),
                                    "resources": {"processes": 4}})
     assert (spec.resources.processes, spec.resources.nodes) == (4, 1)
+
+
+def test_storage_datasets_tasks_and_recipes() -> None:
+    npy = {"dataset": "npy", "kwargs": {"x": "x.npy", "y": "y.npy"}}
+    spec = JobSpec.model_validate({**CONTRACT, "data": npy, "training": {
+        "task": "regression", "precision": "bf16", "grad_accum": 4, "grad_clip": 1.0,
+        "lr_warmup_frac": 0.1, "eval_every": 10, "loader_workers": 2}})
+    assert spec.training.task == "regression" and spec.resolved_baseline() == "none"
+    assert spec.data.kwargs == {"x": "x.npy", "y": "y.npy"}
+    hf = {"model": {"arch": "hf:/models/gpt2"}, "data": {"dataset": "hf",
+                                                          "kwargs": {"path": "t.parquet"}}}
+    lm = JobSpec.model_validate({**CONTRACT, **hf, "training": {"task": "causal_lm"}})
+    assert lm.starts_pretrained() and lm.resolved_baseline() == "evaluate"
+    assert JobSpec.model_validate({**CONTRACT, "baseline": "train"}).resolved_baseline() == "train"
+    dense = with_("sparsity", method="dense")
+    assert JobSpec.model_validate({**dense, "baseline": "train"}).resolved_baseline() == "none"
+
+
+@pytest.mark.parametrize(("changes", "needle"), [
+    ({"data": {"dataset": "npy"}}, "dataset 'npy' needs kwargs 'x'"),
+    ({"data": {"dataset": "imagefolder", "kwargs": {"root": "r", "channels": 2}}},
+     "'channels' must be 1 (grayscale) or 3"),
+    ({"data": {"dataset": "hf", "kwargs": {"path": "p", "val_path": "v", "val_split": "t"}},
+      "model": {"arch": "hf:/m"}}, "give one"),
+    ({"data": {"dataset": "npy", "kwargs": {"x": "x", "y": "y", "val_x": "vx"}}},
+     "'val_x' and 'val_y' go together"),
+    ({"data": {"dataset": "hf", "kwargs": {"path": "p"}}}, "needs a Hugging Face model"),
+    ({"training": {"task": "regression"}}, "regression' needs real-valued targets"),
+    ({"training": {"task": "causal_lm"}}, "causal_lm' needs a Hugging Face causal"),
+    ({"training": {"task": "causal_lm"}, "model": {"arch": "hf:/m"}},
+     "causal_lm' needs text"),
+    ({"training": {"precision": "fp16", "device": "cpu"}}, "'fp16' needs a GPU"),
+    ({"training": {"precision": "fp8"}}, "precision"),
+    ({"training": {"grad_accum": 0}}, "grad_accum"),
+    ({"training": {"label_smoothing": 0.1, "task": "regression"},
+      "data": {"dataset": "npy", "kwargs": {"x": "x", "y": "y"}}}, "label_smoothing applies"),
+    ({"baseline": "evaluate"}, "baseline 'evaluate' needs pretrained weights"),
+    ({"baseline": "twin"}, "baseline"),
+    ({"model": {"arch": "hf:"}}, "unknown model source"),
+    ({"model": {"arch": "hf:/m", "kwargs": {"pretrained": "yes"}}}, "'pretrained' must be true"),
+])
+def test_workload_errors_name_the_problem(changes: dict[str, Any], needle: str) -> None:
+    assert needle in error_of({**CONTRACT, **changes})

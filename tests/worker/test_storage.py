@@ -1,0 +1,151 @@
+"""Storage datasets streamed in batches: shapes, fixed and resumable order, sharding across ranks,
+streamed statistics, DataLoader workers, and bad files failing with the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests import workloads
+from worker import loaders
+from worker.arrays import feature_stats
+from worker.loaders import NpyArray
+from worker.storage import open_storage
+
+CPU = torch.device("cpu")
+
+
+def test_npy_batches_are_standardised_resumable_and_sharded(tmp_path: Path) -> None:
+    x_path, y_path = workloads.npy_pair(tmp_path, n=103, dim=5, classes=3)
+    data = open_storage("npy", {"x": str(x_path), "y": str(y_path)}, "classification", 0.2, 0,
+                        [tmp_path])
+    assert data.input_shape == (5,) and data.outputs == 3 and len(data.val_index) == 21
+    batches = data.batches(16, seed=3, device=CPU)
+    epoch = list(batches.epoch(1))
+    assert batches.steps_per_epoch == len(epoch) == 6
+    assert sum(len(y) for _, y in epoch) == 82
+    resumed = list(batches.epoch(1, start=4))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch[4:], resumed, strict=True))
+    assert not torch.equal(epoch[0][1], next(iter(batches.epoch(2)))[1])
+    x = torch.cat([b[0] for b in epoch])
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1
+    # Two ranks: disjoint examples, the same number of batches, together the whole split.
+    ranks = [data.batches(8, 3, CPU, rank=r, world_size=2) for r in (0, 1)]
+    seen = [torch.cat([b[0] for b in r.epoch(0)]) for r in ranks]
+    assert ranks[0].steps_per_epoch == ranks[1].steps_per_epoch == 6
+    rows = {tuple(row.tolist()) for s in seen for row in s}
+    assert len(rows) == 82  # one example repeated to pad 82 to an even split: 41 each
+    assert len(seen[0]) == len(seen[1]) == 41
+    with pytest.raises(ValueError, match="rank 2"):
+        data.batches(8, 3, CPU, rank=2, world_size=2)
+
+
+def test_streamed_statistics_match_numpy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((500, 3, 4)) * [[[1.0], [10.0], [0.1]]] + 5).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    index = np.sort(rng.choice(500, 400, replace=False))
+    array = NpyArray(tmp_path / "x.npy")
+    array.row_bytes = 4096 * 8  # force one row per chunk: the pairwise update is exercised
+    mean, std = feature_stats(array, index)
+    np.testing.assert_allclose(mean, x[index].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, x[index].std(0), rtol=1e-4)
+
+
+def test_loader_workers_give_the_same_batches(tmp_path: Path) -> None:
+    workloads.image_folder(tmp_path / "imgs", per_class=10)
+    data = open_storage("imagefolder", {"root": str(tmp_path / "imgs"), "size": 8},
+                        "classification", 0.25, 0, [tmp_path])
+    assert data.input_shape == (3, 8, 8) and data.outputs == 2
+    inline = list(data.batches(4, 1, CPU).epoch(0))
+    parallel = list(data.batches(4, 1, CPU, workers=2).epoch(0))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+               for a, b in zip(inline, parallel, strict=True))
+    # Augmented training batches differ from the plain validation view of the same images.
+    val = next(iter(data.batches(4, 1, CPU).validation()))[0]
+    assert val.shape[1:] == (3, 8, 8)
+
+
+def test_bad_images_name_the_file(tmp_path: Path) -> None:
+    root = workloads.image_folder(tmp_path / "imgs", per_class=4)
+    kwargs = {"root": str(root), "size": 8, "crop_padding": 0}
+    good = (root / "left" / "1.png").read_bytes()
+    (root / "left" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
+    # The statistics sample reads it at once: the job fails before training.
+    with pytest.raises(ValueError, match=r"left/1.png: cannot read the image \(image file is "
+                                         r"truncated"):
+        open_storage("imagefolder", kwargs, "classification", 0.25, 0, [tmp_path])
+    (root / "left" / "1.png").write_bytes(good)
+    data = open_storage("imagefolder", kwargs, "classification", 0.25, 0, [tmp_path])
+    (root / "left" / "1.png").write_text("not an image")  # damaged after the job started
+    for workers in (0, 1):
+        with pytest.raises(ValueError, match=r"left/1.png: cannot read the image"):
+            for _ in data.batches(8, 0, CPU, workers=workers).epoch(0):
+                pass
+
+
+def test_npy_label_and_value_errors_name_the_row(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.ones((6, 2), np.float32))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 1, 5, 0, 1]))
+    kwargs = {"x": str(tmp_path / "x.npy"), "y": str(tmp_path / "y.npy"), "num_classes": 2,
+              "standardize": False}
+    with pytest.raises(ValueError, match="y.npy: label 5 is out of range for data.kwargs."
+                                         "num_classes 2"):
+        open_storage("npy", kwargs, "classification", 0.2, 0, [tmp_path])
+    data = open_storage("npy", {**kwargs, "num_classes": 6}, "classification", 0.2, 0,
+                        [tmp_path])
+    np.save(tmp_path / "y.npy", np.array([0, 1, 1, 7, 0, 1]))  # changed under the job
+    with pytest.raises(ValueError, match="y.npy: row 3 has label 7"):
+        for _ in data.batches(6, 0, CPU).epoch(0):
+            list(data.batches(6, 0, CPU).validation())
+    x = np.ones((6, 2), np.float32)
+    x[4, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.zeros(6, np.int64))
+    data = open_storage("npy", {"x": str(tmp_path / "x.npy"), "y": str(tmp_path / "y.npy"),
+                                "standardize": False}, "classification", 0.2, 0, [tmp_path])
+    with pytest.raises(ValueError, match="x.npy: row 4 holds NaN"):
+        list(data.batches(6, 0, CPU).epoch(0))
+    with pytest.raises(ValueError, match="outside the data roots"):
+        open_storage("npy", {"x": str(tmp_path / "x.npy")}, "classification", 0.2, 0,
+                     [tmp_path / "sub"])
+
+
+def test_npy_regression_and_named_validation_split(tmp_path: Path) -> None:
+    x_path, y_path = workloads.npy_pair(tmp_path / "train", n=64, regression=True)
+    vx, vy = workloads.npy_pair(tmp_path / "val", n=16, regression=True, seed=1)
+    data = open_storage("npy", {"x": str(x_path), "y": str(y_path), "val_x": str(vx),
+                                "val_y": str(vy)}, "regression", 0.2, 0, [tmp_path])
+    assert data.outputs == 1 and len(data.train_index) == 64 and len(data.val_index) == 16
+    _, y = next(iter(data.batches(64, 0, CPU).epoch(0)))
+    assert y.dtype == torch.float32 and abs(float(y.mean())) < 1e-5
+
+
+def test_memory_stays_flat_while_streaming_a_mapped_file(tmp_path: Path) -> None:
+    """Pages read through the map are released every RELEASE_EVERY bytes."""
+    rows, dim = 4096, 2048  # 32 MB of float32
+    np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (rows, dim))[:] = 1.0
+    array = NpyArray(tmp_path / "x.npy")
+    before = loaders.worker_rss_mb()
+    old = loaders.RELEASE_EVERY
+    loaders.RELEASE_EVERY = 4 << 20
+    try:
+        for start in range(0, rows, 256):
+            array.take(np.arange(start, start + 256))
+    finally:
+        loaders.RELEASE_EVERY = old
+    assert loaders.worker_rss_mb() - before < 16  # of 32 MB read
+
+
+def test_fashion_mnist_from_the_debian_package() -> None:
+    workloads.need_fashion_mnist()
+    data = open_storage("fashion-mnist", {"limit": 300, "val_limit": 100}, "classification",
+                        0.2, 0, [])
+    assert data.input_shape == (1, 28, 28) and data.outputs == 10
+    assert len(data.train_index) == 300 and len(data.val_index) == 100
+    x, y = next(iter(data.batches(300, 0, CPU).epoch(0)))
+    assert x.shape == (300, 1, 28, 28) and int(y.max()) <= 9 and len(set(y.tolist())) == 10
+    assert abs(float(x.mean())) < 0.1
