@@ -8,6 +8,8 @@
 2. The latency payoff on this CPU (benchmarks/quality_latency.py): spartan driven by a fitted
    latency cost model vs spartan with a parameter budget, measured end to end.
 3. Ablation of beta (init, final) and the schedule (linear, cosine), spartan on digits/MLP.
+4. Fashion-MNIST (benchmarks/quality_fashion.py): LeNet-300-100 and a CNN with BatchNorm at
+   90 / 95 / 98%, every method, mean and 95% interval over 5 seeds (--quick: 2 seeds, a subset).
 
     python -m benchmarks.quality [--quick] [--threads N] [--seeds N] [--no-plots]
 
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["grid", "payoff", "ablation"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["grid", "payoff", "ablation", "fashion"])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -164,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
                  pay["param_budget"])
     if "ablation" not in args.skip:
         out["ablation"] = ablation(p)
+    if "fashion" not in args.skip:
+        from benchmarks.quality_fashion import grid as fashion_grid
+
+        out["fashion_mnist"] = fashion_grid(args.quick)
+        log.info("\nFashion-MNIST\n%s", out["fashion_mnist"]["table_markdown"])
     if not args.no_plots:
         from benchmarks import quality_plots as qp
 

@@ -22,11 +22,34 @@ from torch.nn import functional as F
 from spartan import Sparsifier, SparsifierConfig
 
 DATASETS: dict[str, dict[str, Any]] = {"digits": {}, "mnist1d": {"num_samples": 5000}}
+# Fashion-MNIST from Debian's dataset-fashion-mnist package, its own 10k test set held out;
+# "fashion-quick" is its first 6000 training and 2000 test images.
+FASHION: dict[str, dict[str, Any]] = {"fashion": {},
+                                      "fashion-quick": {"limit": 6000, "val_limit": 2000}}
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("mlp", {"hidden": [256, 256]}),
     "cnn": ("cnn", {"channels": [32, 64]}),
     "mlp512": ("mlp", {"hidden": [512, 512]}),
+    "lenet300": ("mlp", {"hidden": [300, 100]}),  # LeNet-300-100, the classic pruning MLP
+    "cnnbn": ("cnnbn", {}),  # CNNBN below
 }
+
+
+class CNNBN(nn.Module):
+    """conv 32 - BN - ReLU - pool, conv 64 - BN - ReLU - pool, linear 128, linear 10."""
+
+    def __init__(self, channels: int, size: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.MaxPool2d(2))
+        self.fc = nn.Linear(64 * (size // 4) ** 2, 128)
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.fc(self.features(x).flatten(1))))
 TEST_FRACTION, SPLIT_SEED = 0.2, 0
 LR, MOMENTUM, BATCH = 0.05, 0.9, 64
 
@@ -65,9 +88,25 @@ def dataset(name: str) -> Any:
     """The split, standardised dataset (cached: every run of a dataset shares it)."""
     from worker.data import load_dataset
 
+    if name in FASHION:
+        return fashion(**FASHION[name])
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}, "
+                         f"{', '.join(FASHION)}")
     return load_dataset(name, DATASETS[name], TEST_FRACTION, SPLIT_SEED)
+
+
+def fashion(limit: int | None = None, val_limit: int | None = None) -> Any:
+    """Fashion-MNIST through the worker's streaming source, gathered into tensors (60k x 784
+    floats: 188 MB), standardised with the training set's pixel mean and std."""
+    from worker.data import Dataset
+    from worker.storage import open_storage
+
+    data = open_storage("fashion-mnist", {"limit": limit, "val_limit": val_limit},
+                        "classification", TEST_FRACTION, SPLIT_SEED, [])
+    x, y = data.train.fetch(data.train_index, None)
+    xv, yv = data.val.fetch(data.val_index, None)
+    return Dataset(x, y, xv, yv, (1, 28, 28), 10)
 
 
 def build(model: str, dataset_name: str, seed: int) -> nn.Module:
@@ -78,13 +117,20 @@ def build(model: str, dataset_name: str, seed: int) -> nn.Module:
     data = dataset(dataset_name)
     torch.manual_seed(seed)
     arch, kwargs = MODELS[model]
+    if arch == "cnnbn":
+        c, h, _ = data.input_shape
+        return CNNBN(c, h, data.num_classes)
     return build_model(arch, kwargs, data.input_shape, data.num_classes)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 1000) -> float:
+    """Test accuracy in percent, in batches (a CNN's activations of 10k images at once would
+    take gigabytes)."""
     model.eval()
-    return 100.0 * float((model(x).argmax(1) == y).float().mean())
+    correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+                  for i in range(0, len(y), batch))
+    return 100.0 * correct / len(y)
 
 
 def train(setting: Setting, costs: Any = None, budget: float | None = None) -> RunResult:

@@ -64,3 +64,15 @@ def test_headline_matches_accuracy_and_interpolates_latency() -> None:
     assert h["param_budget"]["within_tolerance"]
     assert h["latency_ratio_equal_accuracy"] == pytest.approx(1.25)
     assert h["equal_latency"]["param_budget_accuracy_interpolated"] == pytest.approx(81.8)
+
+
+def test_fashion_interval_and_one_run() -> None:
+    from benchmarks.quality_fashion import interval
+    from tests.workloads import need_fashion_mnist
+
+    ci = interval([80.0, 82.0, 84.0])
+    assert ci["mean"] == 82.0 and ci["ci95"] == pytest.approx(4.303 * 2 / 3 ** 0.5, rel=1e-3)
+    assert interval([70.0])["ci95"] is None
+    need_fashion_mnist()
+    res = train(Setting("fashion-quick", "lenet300", "spartan", 0.9, epochs=1))
+    assert res.accuracy > 50 and res.density == pytest.approx(0.1, abs=0.01)
