@@ -115,7 +115,8 @@ def plain_loop(x_path: Path, y_path: Path, method: str, steps: int, seed: int = 
     model = build_model("mlp", {"hidden": HIDDEN}, (FEATURES,), CLASSES)
     sparsifier = None
     if method != "dense":
-        sparsifier = Sparsifier(model, SparsifierConfig(method=method, budget=0.1), steps)
+        config = SparsifierConfig(method=method, budget=0.1)  # type: ignore[arg-type]
+        sparsifier = Sparsifier(model, config, steps)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
