@@ -118,6 +118,14 @@ def _readable_dir(path: Path, loc: Loc) -> None:
         raise PathError(loc, f"{path} is not readable")
 
 
+def _readable(path: Path, loc: Loc) -> None:
+    """A readable file, or a readable folder (of shards)."""
+    if path.is_dir():
+        _readable_dir(path, loc)
+    else:
+        _readable_file(path, loc)
+
+
 def _readable_file(path: Path, loc: Loc) -> None:
     if not path.is_file():
         raise PathError(loc, f"{path} is not a file" if path.exists()
@@ -286,6 +294,34 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], bool, int]:
     return tuple(int(s) for s in shape), dtype, bool(fortran), offset
 
 
+def npy_files(path: Path) -> list[Path]:
+    """An .npy file, or the sorted .npy shards of a folder (concatenated along the first
+    axis)."""
+    if not path.is_dir():
+        return [path]
+    shards = sorted(p for p in path.iterdir() if p.suffix == ".npy" and p.is_file())
+    if not shards:
+        raise ValueError(f"{path} holds no .npy shard")
+    return shards
+
+
+def array_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """(shape, dtype) of an .npy file or of a folder of shards (their rows added up)."""
+    rows, rest, dtype = 0, None, None
+    for shard in npy_files(path):
+        shape, shard_dtype, _, _ = npy_header(shard)
+        if not shape:
+            raise ValueError(f"{shard} holds a scalar, not an array of examples")
+        if rest is None:
+            rest, dtype = shape[1:], shard_dtype
+        elif shape[1:] != rest or shard_dtype != dtype:
+            raise ValueError(f"shard {shard.name} is {shard_dtype} {list(shape)}; the first "
+                             f"shard is {dtype} {[rows, *rest]}")
+        rows += shape[0]
+    assert rest is not None and dtype is not None
+    return (rows, *rest), dtype
+
+
 def _chunks(array: np.ndarray, rows: int = 1 << 20) -> Iterator[np.ndarray]:
     for i in range(0, len(array), rows):
         yield np.asarray(array[i:i + rows])
@@ -293,9 +329,10 @@ def _chunks(array: np.ndarray, rows: int = 1 << 20) -> Iterator[np.ndarray]:
 
 def label_range(path: Path) -> tuple[float, float, bool]:
     """(min, max, all integral) of a label array, read in chunks."""
-    labels = np.load(path, mmap_mode="r", allow_pickle=False)
     lo, hi, integral = float("inf"), float("-inf"), True
-    for chunk in _chunks(labels):
+    chunks = (c for shard in npy_files(path)
+              for c in _chunks(np.load(shard, mmap_mode="r", allow_pickle=False)))
+    for chunk in chunks:
         if chunk.size:
             lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
             if chunk.dtype.kind == "f":
@@ -308,9 +345,9 @@ def check_arrays(paths: dict[str, Path], kw: dict[str, Any], task: str) -> None:
     pairs = [("x", "y")] + ([("val_x", "val_y")] if "data.kwargs.val_x" in paths else [])
     for xk, yk in pairs:
         x_path = paths[f"data.kwargs.{xk}"]
-        _readable_file(x_path, ["data", "kwargs", xk])
+        _readable(x_path, ["data", "kwargs", xk])
         try:
-            x_shape, x_dtype, _, _ = npy_header(x_path)
+            x_shape, x_dtype = array_header(x_path)
         except ValueError as exc:
             raise PathError(["data", "kwargs", xk], str(exc)) from None
         if task == "causal_lm":
@@ -326,9 +363,9 @@ def check_arrays(paths: dict[str, Path], kw: dict[str, Any], task: str) -> None:
                                 "targets: kwargs.y")
             continue
         y_path = paths[f"data.kwargs.{yk}"]
-        _readable_file(y_path, ["data", "kwargs", yk])
+        _readable(y_path, ["data", "kwargs", yk])
         try:
-            y_shape, _, _, _ = npy_header(y_path)
+            y_shape, _ = array_header(y_path)
         except ValueError as exc:
             raise PathError(["data", "kwargs", yk], str(exc)) from None
         if not y_shape or y_shape[0] != x_shape[0]:

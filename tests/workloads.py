@@ -122,14 +122,20 @@ def image_folder(root: Path, per_class: int = 12, size: int = 8, seed: int = 0) 
 
 
 def npy_pair(folder: Path, n: int = 256, dim: int = 12, classes: int = 3, seed: int = 0,
-             regression: bool = False) -> tuple[Path, Path]:
+             regression: bool = False, shards: int = 1) -> tuple[Path, Path]:
     """x of shape (n, dim), and y: the argmax class of a fixed linear map (or its first
-    output, for regression)."""
+    output, for regression). With shards > 1, folders x/ and y/ of that many .npy files."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     x = rng.standard_normal((n, dim)).astype(np.float32) * 3 + 1
-    w = rng.standard_normal((dim, classes))
+    w = np.random.default_rng(1234).standard_normal((dim, classes))  # one teacher for all
     y = (x @ w)[:, 0].astype(np.float32) if regression else (x @ w).argmax(1).astype(np.int64)
-    np.save(folder / "x.npy", x)
-    np.save(folder / "y.npy", y)
-    return folder / "x.npy", folder / "y.npy"
+    if shards == 1:
+        np.save(folder / "x.npy", x)
+        np.save(folder / "y.npy", y)
+        return folder / "x.npy", folder / "y.npy"
+    for name, array in (("x", x), ("y", y)):
+        (folder / name).mkdir(exist_ok=True)
+        for i, part in enumerate(np.array_split(array, shards)):
+            np.save(folder / name / f"part-{i:03d}.npy", part)
+    return folder / "x", folder / "y"

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.loaders import Batch, NpyArray
+from worker.loaders import Batch, NpyArray, NpyShards
+
+Array = NpyArray | NpyShards
 
 CHUNK_BYTES = 32 << 20
 
 
-def feature_stats(array: NpyArray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def feature_stats(array: Array, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation (float32) of the rows at `index`, streamed."""
     rows = max(1, CHUNK_BYTES // max(array.row_bytes, 1))
     count, mean, m2 = 0, None, None
@@ -47,7 +49,7 @@ def feature_stats(array: NpyArray, index: np.ndarray) -> tuple[np.ndarray, np.nd
 class NpySource:
     """Batches of memory-mapped x (and y) rows; token ids as they are for causal_lm."""
 
-    def __init__(self, x: NpyArray, y: NpyArray | None, task: str, num_classes: int | None,
+    def __init__(self, x: Array, y: Array | None, task: str, num_classes: int | None,
                  x_stats: tuple[np.ndarray, np.ndarray] | None,
                  y_stats: tuple[np.ndarray, np.ndarray] | None) -> None:
         self.x, self.y, self.task, self.num_classes = x, y, task, num_classes

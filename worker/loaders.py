@@ -88,6 +88,44 @@ class NpyArray:
             yield self.take(index[i:i + rows])
 
 
+class NpyShards:
+    """Several .npy files read as one array, concatenated along the first axis."""
+
+    def __init__(self, path: Path, files: list[Path]) -> None:
+        self.path = path
+        self.parts = [NpyArray(f) for f in files]
+        first = self.parts[0]
+        for part in self.parts[1:]:
+            if part.shape[1:] != first.shape[1:] or part.dtype != first.dtype:
+                raise ValueError(f"shard {part.path.name} is {part.dtype} {list(part.shape)}; "
+                                 f"{first.path.name} is {first.dtype} {list(first.shape)}")
+        self.shape = (sum(len(p) for p in self.parts), *first.shape[1:])
+        self.dtype, self.row_bytes = first.dtype, first.row_bytes
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Rows at `index` (sorted ascending), read shard by shard."""
+        which = np.searchsorted(self.starts, index, side="right") - 1
+        pieces = [self.parts[s].take(index[which == s] - self.starts[s])
+                  for s in np.unique(which)]
+        if not pieces:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        return np.concatenate(pieces)
+
+    def chunks(self, index: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+        for i in range(0, len(index), rows):
+            yield self.take(index[i:i + rows])
+
+
+def open_array(path: Path) -> NpyArray | NpyShards:
+    """An .npy file, or a folder of .npy shards."""
+    files = datapaths.npy_files(path)
+    return NpyShards(path, files) if path.is_dir() else NpyArray(files[0])
+
+
 def shard(order: np.ndarray, rank: int, world_size: int, pad: bool) -> np.ndarray:
     if world_size == 1:
         return order

@@ -20,10 +20,11 @@ from jobs import catalog, datapaths
 from worker.arrays import NpySource, fashion_mnist, feature_stats
 from worker.data import split
 from worker.images import ImageSource, list_images
-from worker.loaders import LoaderBatches, NpyArray, Source
+from worker.loaders import LoaderBatches, NpyArray, NpyShards, Source, open_array
 from worker.text import TextSource, label_classes, open_table, target_stats
 
 Shape = tuple[int, ...]
+Array = NpyArray | NpyShards
 
 
 @dataclass
@@ -80,8 +81,8 @@ def open_storage(dataset: str, kwargs: dict[str, Any], task: str, val_fraction: 
 
 def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed: int
          ) -> StreamData:
-    x = NpyArray(path("x"))
-    y = NpyArray(path("y")) if kw["y"] else None
+    x = open_array(path("x"))
+    y = open_array(path("y")) if kw["y"] else None
     if y is None and task != "causal_lm":
         raise ValueError(f"data.kwargs.y: task '{task}' needs labels or targets")
     for arr in (x, y):
@@ -90,8 +91,8 @@ def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed:
     if y is not None and len(y) != len(x):
         raise ValueError(f"data.kwargs.y: {len(y)} rows, x has {len(x)}")
     if kw["val_x"]:
-        vx = NpyArray(path("val_x"))
-        vy = NpyArray(path("val_y")) if kw["val_y"] else None
+        vx = open_array(path("val_x"))
+        vy = open_array(path("val_y")) if kw["val_y"] else None
         if vx.shape[1:] != x.shape[1:]:
             raise ValueError(f"data.kwargs.val_x: examples of shape {list(vx.shape[1:])}, x's "
                              f"are {list(x.shape[1:])}")
@@ -112,14 +113,14 @@ def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed:
     if task != "causal_lm" and kw["standardize"]:
         x_stats = feature_stats(x, train_index)
 
-    def make(a: NpyArray, b: NpyArray | None) -> NpySource:
+    def make(a: Array, b: Array | None) -> NpySource:
         return NpySource(a, b, task, outputs or None, x_stats, y_stats)
 
     return StreamData(make(x, y), train_index, make(vx, vy), val_index, tuple(x.shape[1:]),
                       outputs, False)
 
 
-def _classes(arrays: list[NpyArray | None], given: int | None) -> int:
+def _classes(arrays: list[Array | None], given: int | None) -> int:
     """The number of classes (given, or the largest label + 1), every label checked in one
     chunked pass."""
     hi = 0.0

@@ -23,7 +23,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workloads.tiny_bert(root / "bert")
     workloads.tiny_gpt2(root / "gpt2")
     workloads.text_parquet(root / "reviews.parquet", n=160)
-    workloads.npy_pair(root / "train", n=384, regression=True)
+    workloads.npy_pair(root / "train", n=384, regression=True, shards=3)
     workloads.npy_pair(root / "val", n=96, regression=True, seed=1)
     return root
 
@@ -112,10 +112,11 @@ def test_tiny_gpt2_causal_lm_reports_perplexity(serve: Serve, storage: Path) -> 
     assert all("val_perplexity" in r for r in epochs)
 
 
-def test_npy_regression_with_a_named_validation_split(serve: Serve, storage: Path) -> None:
+def test_npy_shards_regression_with_a_named_validation_split(serve: Serve,
+                                                            storage: Path) -> None:
     spec = {"model": {"arch": "mlp", "kwargs": {"hidden": [32]}},
             "data": {"dataset": "npy", "kwargs": {
-                "x": str(storage / "train" / "x.npy"), "y": str(storage / "train" / "y.npy"),
+                "x": str(storage / "train" / "x"), "y": str(storage / "train" / "y"),
                 "val_x": str(storage / "val" / "x.npy"), "val_y": str(storage / "val" / "y.npy")}},
             "sparsity": {"method": "spartan", "budget": 0.5},
             "training": {"task": "regression", "epochs": 4, "batch_size": 32, "lr": 0.01},

@@ -149,3 +149,21 @@ def test_fashion_mnist_from_the_debian_package() -> None:
     x, y = next(iter(data.batches(300, 0, CPU).epoch(0)))
     assert x.shape == (300, 1, 28, 28) and int(y.max()) <= 9 and len(set(y.tolist())) == 10
     assert abs(float(x.mean())) < 0.1
+
+
+def test_npy_shards_read_as_one_array(tmp_path: Path) -> None:
+    x_dir, y_dir = workloads.npy_pair(tmp_path / "sharded", n=100, dim=4, shards=3)
+    x_one, y_one = workloads.npy_pair(tmp_path / "whole", n=100, dim=4)
+    kwargs = {"standardize": False}
+    sharded = open_storage("npy", {"x": str(x_dir), "y": str(y_dir), **kwargs},
+                           "classification", 0.2, 0, [tmp_path])
+    whole = open_storage("npy", {"x": str(x_one), "y": str(y_one), **kwargs},
+                         "classification", 0.2, 0, [tmp_path])
+    assert sharded.input_shape == (4,) and len(sharded.train_index) == 80
+    for a, b in zip(sharded.batches(32, 0, CPU).epoch(0), whole.batches(32, 0, CPU).epoch(0),
+                    strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    np.save(x_dir / "part-003.npy", np.zeros((5, 3), np.float32))
+    with pytest.raises(ValueError, match="shard part-003.npy is float32 \\[5, 3\\]"):
+        open_storage("npy", {"x": str(x_dir), "y": str(y_dir)}, "classification", 0.2, 0,
+                     [tmp_path])
