@@ -26,8 +26,8 @@ class _Section(BaseModel):
 
 class ModelSection(_Section):
     arch: str
-    input_shape: list[int]
-    num_classes: int
+    input_shape: list[int] | None = Field(description="One example's shape; null for text.")
+    num_classes: int = Field(description="Classes; regression: outputs; causal_lm: 0.")
     parameters: int = Field(description="All parameters of the model, masked or not.")
 
 
@@ -89,11 +89,18 @@ class CostSection(_Section):
 
 
 class AccuracySection(_Section):
+    """The task's validation metric (accuracy, r2 or perplexity: see `metric`)."""
+
     sparse: float | None = Field(description="Final validation metric; null for dense jobs.")
-    final: float
-    dense: float | None = Field(description="Dense reference; see dense_source.")
+    final: float | None
+    dense: float | None = Field(description="Dense reference; see dense_source. Null only "
+                                "with baseline 'none'.")
     dense_source: str
     initial: float | None = Field(description="Before training (the initial weights).")
+    metric: str = Field(default="accuracy", description="accuracy, r2 or perplexity.")
+    higher_is_better: bool = True
+    baseline: str = Field(default="none", description="The baseline that ran: train, "
+                          "evaluate or none.")
 
 
 class TrainingSection(_Section):

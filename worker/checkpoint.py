@@ -117,11 +117,15 @@ class Checkpointer:
         rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        twin = p.twin
         save_checkpoint(self.artifacts, self.job_id, {
             "total_steps": p.total_steps, "loop": state.to_json(),
             "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
             "sparsifier": None if p.sparsifier is None else p.sparsifier.state_dict(),
-            "rng": rng,
+            "precision": p.precision.state_dict(), "rng": rng,
+            "twin": None if twin is None else {
+                "model": twin.model.state_dict(), "optimizer": twin.optimizer.state_dict(),
+                "precision": twin.precision.state_dict()},
         })
 
     def restore(self) -> LoopState | None:
@@ -157,6 +161,13 @@ class Checkpointer:
         p.optimizer.load_state_dict(ckpt["optimizer"])
         if p.sparsifier is not None:
             p.sparsifier.load_state_dict(ckpt["sparsifier"])
+        p.precision.load_state_dict(ckpt.get("precision") or {})
+        if p.twin is not None:
+            if not ckpt.get("twin"):
+                raise ValueError("the checkpoint holds no dense twin (baseline 'train')")
+            p.twin.model.load_state_dict(ckpt["twin"]["model"])
+            p.twin.optimizer.load_state_dict(ckpt["twin"]["optimizer"])
+            p.twin.precision.load_state_dict(ckpt["twin"].get("precision") or {})
         torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
         cuda = ckpt["rng"].get("cuda")
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

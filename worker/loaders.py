@@ -3,10 +3,12 @@ the fetches (in worker processes when asked, into pinned memory on a GPU), and t
 epoch is a function of (seed, epoch) only, so that a resumed attempt picks up mid-epoch with
 the same batches and the same augmentations.
 
-Sharding: with `world_size` ranks, each epoch's permutation is padded to a multiple of the
-world size (repeating its start, as torch's DistributedSampler does) and rank r takes every
-world_size-th index from r: the ranks see disjoint examples and the same number of batches.
-Validation is sharded the same way, without padding.
+Sharding: with `world_size` ranks, each global batch of `batch_size` examples (in the order
+one process would take them) is cut into `world_size` contiguous parts and rank r takes part r
+(as worker.batches.ShardedBatches does for data held in memory): the ranks see disjoint
+examples, the same number of batches, and together the same update as one process.
+`last_global` is the size of the global batch the last yielded part came from. Validation is
+not sharded: rank 0 evaluates for all.
 """
 
 from __future__ import annotations
@@ -126,15 +128,6 @@ def open_array(path: Path) -> NpyArray | NpyShards:
     return NpyShards(path, files) if path.is_dir() else NpyArray(files[0])
 
 
-def shard(order: np.ndarray, rank: int, world_size: int, pad: bool) -> np.ndarray:
-    if world_size == 1:
-        return order
-    if pad and len(order) % world_size:
-        extra = world_size - len(order) % world_size
-        order = np.concatenate([order, np.resize(order, extra)])
-    return order[rank::world_size]
-
-
 class _EpochBatches(TorchDataset[Batch]):
     """Item i is batch i of one epoch (DataLoader with batch_size=None)."""
 
@@ -148,6 +141,18 @@ class _EpochBatches(TorchDataset[Batch]):
     def __getitem__(self, i: int) -> Batch:
         rng = None if self.seeds is None else np.random.default_rng(self.seeds[i])
         return self.source.fetch(np.sort(self.batches[i]), rng)
+
+
+def allow_children() -> None:
+    """Let a daemonic process (a Celery pool child running the job) start DataLoader workers.
+
+    multiprocessing refuses children to daemons so that none outlive them; DataLoader workers
+    watch their parent and exit when it dies, and the loader joins them when it is done."""
+    import multiprocessing
+
+    process = multiprocessing.current_process()
+    if process.daemon:
+        process._config["daemon"] = False  # type: ignore[attr-defined]
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -185,36 +190,39 @@ class LoaderBatches:
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.workers, self.rank, self.world_size = workers, rank, world_size
         self.eval_batch = eval_batch
-        per_rank = math.ceil(len(train_index) / world_size)
-        self.steps_per_epoch = math.ceil(per_rank / batch_size)
+        self.steps_per_epoch = math.ceil(len(train_index) / batch_size)
+        self.last_global = 0
 
     def order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
-        order = self.train_index[rng.permutation(len(self.train_index))]
-        return shard(order, self.rank, self.world_size, pad=True)
+        return self.train_index[rng.permutation(len(self.train_index))]
 
-    def _load(self, source: Source, batches: list[np.ndarray], seeds: list[list[int]] | None
-              ) -> Iterator[Batch]:
+    def _load(self, source: Source, batches: list[np.ndarray], seeds: list[list[int]] | None,
+              sizes: list[int] | None = None) -> Iterator[Batch]:
+        if self.workers:
+            allow_children()
         loader = DataLoader(_EpochBatches(source, batches, seeds), batch_size=None,
                             shuffle=False, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda",
                             prefetch_factor=2 if self.workers else None)
         try:
-            for batch in loader:
+            for i, batch in enumerate(loader):
+                if sizes is not None:
+                    self.last_global = sizes[i]
                 yield to_device(batch, self.device)
         except Exception as exc:
             raise _unwrap(exc) from None
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order, b = self.order(epoch), self.batch_size
-        batches = [order[i * b:(i + 1) * b] for i in range(start, self.steps_per_epoch)]
-        # One seed per batch: augmentations do not depend on which process fetched it.
+        whole = [order[i * b:(i + 1) * b] for i in range(start, self.steps_per_epoch)]
+        mine = [np.array_split(g, self.world_size)[self.rank] for g in whole]
+        # One seed per batch and rank: augmentations do not depend on which process fetched.
         seeds = [[self.seed, epoch, self.rank, i] for i in range(start, self.steps_per_epoch)]
-        return self._load(self.train, batches, seeds)
+        return self._load(self.train, mine, seeds, [len(g) for g in whole])
 
     def validation(self) -> Iterator[Batch]:
-        index = shard(self.val_index, self.rank, self.world_size, pad=False)
-        b = self.eval_batch
+        index, b = self.val_index, self.eval_batch
         return self._load(self.val, [index[i:i + b] for i in range(0, len(index), b)], None)
 
     def example(self) -> Batch:

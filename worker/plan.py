@@ -7,24 +7,57 @@ and makes the optimiser. Training and publishing read the plan; nothing recomput
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from jobs import catalog, datapaths
 from jobs.models import Job
+from jobs.settings import Settings
 from jobs.spec import JobSpec, TrainingSpec
 from jobs.store import JobStore
 from jobs.uploads import upload_path
 from spartan import Sparsifier, SparsifierConfig
+from worker import hf
 from worker.batches import Batches, ShardedBatches, TensorBatches
 from worker.costs import CostPlan, plan_costs
-from worker.data import Dataset, load_dataset
+from worker.data import load_dataset
 from worker.models import build_model, load_weights
 from worker.objectives import Task, make_task
 from worker.ranks import SINGLE, Ranks, device_of
+from worker.recipes import Precision, make_optimizer
+from worker.storage import open_storage
+
+
+@dataclass
+class Track:
+    """A model with its optimiser and precision: the sparse model, or its dense twin."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the report and the model need to know of the data."""
+
+    input_shape: tuple[int, ...] | None  # one example's; None for text
+    outputs: int  # classes, regression targets, or 0 for causal_lm
+    train_examples: int
+    val_examples: int
+    text: bool
+    resident_bytes: int  # what the worker holds in memory (streamed data: little)
+
+    @property
+    def num_classes(self) -> int:
+        return self.outputs
 
 
 @dataclass(frozen=True)
@@ -32,15 +65,18 @@ class JobPlan:
     job: Job
     spec: JobSpec
     device: torch.device
-    data: Dataset  # on `device`
+    data: DataInfo
     batches: Batches
     task: Task
     model: nn.Module  # on `device`, the Sparsifier attached
     optimizer: torch.optim.Optimizer
+    precision: Precision
     costs: CostPlan
     sparsifier: Sparsifier | None  # None for method "dense"
+    twin: Track | None  # the dense twin of baseline "train"
+    baseline: str  # "train", "evaluate" or "none" (resolved)
     total_steps: int
-    example: Tensor  # one training batch of inputs: cost probes and speedup timing
+    example: Tensor  # one training batch of model inputs: cost probes and speedup timing
     ranks: Ranks = SINGLE  # this process's place among the job's ranks
     # Under several ranks, `model` wrapped in DistributedDataParallel: what training calls.
     # Evaluation, checkpoints and export use `model` itself.
@@ -64,13 +100,6 @@ def pick_device(requested: str) -> torch.device:
         raise ValueError("training.device is 'cuda' but this worker has no CUDA device; use "
                          "device 'auto' or 'cpu', or run a worker on a GPU machine")
     return torch.device("cpu")
-
-
-def make_optimizer(model: nn.Module, t: TrainingSpec) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def make_sparsifier(spec: JobSpec, model: nn.Module, costs: CostPlan, total_steps: int,
@@ -105,7 +134,40 @@ def resolve_upload(store: JobStore, uploads_dir: Path, job: Job, upload_id: str 
     return path
 
 
-def make_plan(job: Job, store: JobStore, uploads_dir: Path, ranks: Ranks = SINGLE) -> JobPlan:
+def load_data(spec: JobSpec, job: Job, store: JobStore, settings: Settings,
+              device: torch.device, tokenizer: Any, ranks: Ranks
+              ) -> tuple[DataInfo, Batches, Tensor]:
+    """The job's batches (this rank's share of each global batch), streamed from storage or
+    held in memory, and the inputs of the first global batch (the same on every rank)."""
+    d, t = spec.data, spec.training
+    if d.dataset in catalog.STORAGE_DATASETS:
+        stream = open_storage(d.dataset, d.kwargs, t.task, d.val_fraction, t.seed,
+                              settings.roots(), tokenizer,
+                              settings.data_dir.resolve() / "cache" / "datasets")
+        info = DataInfo(stream.input_shape, stream.outputs, len(stream.train_index),
+                        len(stream.val_index), stream.text, stream.resident_bytes())
+        example = example_inputs(stream.batches(t.batch_size, t.seed, device))
+        return info, stream.batches(t.batch_size, t.seed, device, t.loader_workers,
+                                    ranks.rank, ranks.world), example
+    upload = resolve_upload(store, settings.uploads_dir, job, d.upload, None)
+    data = load_dataset(d.dataset, d.kwargs, d.val_fraction, t.seed, upload=upload,
+                        task=t.task).to(device)
+    info = DataInfo(data.input_shape, data.num_classes, len(data.y_train), len(data.y_val),
+                    False, sum(t.numel() * t.element_size() for t in (data.x_train, data.x_val)))
+    tensors = TensorBatches(data, t.batch_size, t.seed)
+    batches: Batches = (ShardedBatches(tensors, ranks.rank, ranks.world) if ranks.world > 1
+                        else tensors)
+    return info, batches, data.x_train[:t.batch_size]
+
+
+def example_inputs(batches: Batches) -> Tensor:
+    """The model inputs of the first training batch, as one tensor (token ids for text)."""
+    inputs, _ = next(iter(batches.epoch(0)))
+    return inputs["input_ids"] if isinstance(inputs, dict) else inputs
+
+
+def make_plan(job: Job, store: JobStore, settings: Settings, ranks: Ranks = SINGLE
+              ) -> JobPlan:
     """The job's plan; with several ranks, every rank makes the same one (data, model, costs
     and Sparsifier alike), trains its share of each batch and wraps the model in DDP."""
     spec = JobSpec.model_validate(job.spec)
@@ -113,20 +175,30 @@ def make_plan(job: Job, store: JobStore, uploads_dir: Path, ranks: Ranks = SINGL
     device = pick_device(t.device)
     if ranks.world > 1 and device.type == "cuda":
         device = device_of(ranks, "cuda")  # one GPU per rank
+    precision = Precision(t.precision, device)
+    roots = settings.roots()
+    datapaths.check_spec(spec, roots, look=True)  # the worker's own view of the storage
+    tokenizer = None
+    if catalog.is_hf(spec.model.arch) and catalog.text_data(spec.data.dataset):
+        tokenizer = hf.load_tokenizer(hf.model_dir(spec.model.arch[3:], roots))
     torch.manual_seed(t.seed)
-    data = load_dataset(spec.data.dataset, spec.data.kwargs, spec.data.val_fraction, t.seed,
-                        upload=resolve_upload(store, uploads_dir, job, spec.data.upload, None)
-                        ).to(device)
-    model = build_model(spec.model.arch, spec.model.kwargs, data.input_shape, data.num_classes)
-    weights = resolve_upload(store, uploads_dir, job, spec.model.weights, "safetensors")
+    data, batches, example = load_data(spec, job, store, settings, device, tokenizer, ranks)
+    model = build_model(spec.model.arch, spec.model.kwargs, data.input_shape, data.outputs,
+                        t.task, data.text, roots,
+                        None if tokenizer is None else tokenizer.pad_token_id)
+    weights = resolve_upload(store, settings.uploads_dir, job, spec.model.weights,
+                             "safetensors")
     if weights is not None:
         load_weights(model, weights)
     model.to(device)
-    tensors = TensorBatches(data, t.batch_size, t.seed)
-    batches: Batches = (ShardedBatches(tensors, ranks.rank, ranks.world) if ranks.world > 1
-                        else tensors)
-    total = batches.steps_per_epoch * t.epochs
-    example = data.x_train[:t.batch_size]
+    baseline = spec.resolved_baseline()
+    twin = None
+    if baseline == "train":  # the same initial weights, before the Sparsifier attaches
+        dense = copy.deepcopy(model)
+        twin = Track(dense, make_optimizer(dense, t), Precision(t.precision, device))
+    per_epoch = math.ceil(batches.steps_per_epoch / t.grad_accum)
+    total = per_epoch * t.epochs if t.max_steps is None else min(per_epoch * t.epochs,
+                                                                 t.max_steps)
     costs = plan_costs(spec, model, example[:2], store, job.tenant)
     sparsifier = make_sparsifier(spec, model, costs, total, example[:2])
     train_model = None
@@ -135,6 +207,7 @@ def make_plan(job: Job, store: JobStore, uploads_dir: Path, ranks: Ranks = SINGL
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, t)  # after the Sparsifier, the same way on every attempt
     return JobPlan(job=job, spec=spec, device=device, data=data, batches=batches,
-                   task=make_task(), model=model, optimizer=optimizer, costs=costs,
-                   sparsifier=sparsifier, total_steps=total, example=example, ranks=ranks,
-                   train_model=train_model)
+                   task=make_task(t.task, t.label_smoothing), model=model,
+                   optimizer=optimizer, precision=precision, costs=costs,
+                   sparsifier=sparsifier, twin=twin, baseline=baseline, total_steps=total,
+                   example=example, ranks=ranks, train_model=train_model)

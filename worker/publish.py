@@ -1,12 +1,12 @@
 """The last stage of a job: the report (jobs.report.Report) and every artifact, written from one
 manifest, report.json last.
 
-About `accuracy.dense` in the report: training a dense twin would double every job's cost, so
-the report states where its dense figure comes from instead of inventing one:
-- method "dense": the job's own final accuracy;
-- initial weights given (model.weights, the pretrained model being sparsified): the accuracy of
-  those weights before any training;
-- otherwise null: submit the same spec with sparsity.method "dense" for a reference.
+About `accuracy.dense` in the report (the task's metric, like `accuracy.sparse`), by the
+job's resolved `baseline`:
+- method "dense": the job's own final metric;
+- "train": the final metric of the dense twin trained beside the sparse model;
+- "evaluate": the metric of the starting (pretrained) weights before any training;
+- "none": null.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 DENSE_SOURCES = {
     "job": "this job (method 'dense')",
-    "initial": "the initial weights (model.weights) before sparse training",
-    None: "not measured: submit the same spec with sparsity.method 'dense' for a reference",
+    "train": "a dense twin trained beside the sparse model (baseline 'train')",
+    "evaluate": "the initial weights (pretrained, or model.weights) before sparsifying "
+                "(baseline 'evaluate')",
+    "none": "not measured (baseline 'none'): use baseline 'train' or 'evaluate'",
 }
 KEPT_TOLERANCE = 0.15  # a latency promise is kept when measured <= promised x 1.15
 
@@ -80,13 +82,22 @@ def cost_section(plan: CostPlan, cost: float, predicted: float) -> r.CostSection
         cost_model=finite(plan.source) if plan.source is not None else None)
 
 
-def accuracy_section(state: LoopState, final: float, method: str, has_weights: bool
+def accuracy_section(plan: JobPlan, state: LoopState, final: float | None
                      ) -> r.AccuracySection:
-    source = "job" if method == "dense" else "initial" if has_weights else None
-    dense = final if source == "job" else state.initial_accuracy if source else None
+    method, task = plan.spec.sparsity.method, plan.task
+    source = "job" if method == "dense" else plan.baseline
+    dense: float | None = None
+    if source == "job":
+        dense = final
+    elif source == "train" and plan.twin is not None:
+        dense = evaluate(plan.twin.model, task, plan.batches.validation(),
+                         plan.twin.precision.autocast)[0]
+    elif source == "evaluate":
+        dense = state.initial_accuracy
     return r.AccuracySection(sparse=final if method != "dense" else None, final=final,
                              dense=dense, dense_source=DENSE_SOURCES[source],
-                             initial=state.initial_accuracy)
+                             initial=state.initial_accuracy, metric=task.metric,
+                             higher_is_better=task.higher_is_better, baseline=source)
 
 
 def latency_section(speedup: r.SpeedupSection, cost: r.CostSection) -> r.LatencySection:
@@ -135,7 +146,8 @@ def export(plan: JobPlan, cost: r.CostSection) -> tuple[Any | None, r.SpeedupSec
 
     spec, data = plan.spec, plan.data
     arch = {"arch": spec.model.arch, "kwargs": spec.model.kwargs,
-            "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+            "input_shape": None if data.input_shape is None else list(data.input_shape),
+            "num_classes": data.num_classes}
     try:
         if spec.sparsity.structure == "channels":
             return shrunk_export(plan, cost, arch)
@@ -175,7 +187,8 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
     params = dict(model.named_parameters())
     nonzero = sum(int((params[n] != 0).sum()) for n in masks)
     measured = nonzero / sum(params[n].numel() for n in masks)
-    final_acc, final_loss = evaluate(model, plan.task, plan.batches.validation())
+    final_acc, final_loss = evaluate(model, plan.task, plan.batches.validation(),
+                                     plan.precision.autocast)
     cost = cost_section(plan.costs, sparsity.cost,
                         plan.costs.predicted(model, sparsity.kept_cost))
     sparse_model, speedup = export(plan, cost)
@@ -194,15 +207,18 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
                                    *learned]))
     rep = r.Report(
         job_id=job.id, name=job.name, spec=job.spec,
-        model=r.ModelSection(arch=spec.model.arch, input_shape=list(plan.data.input_shape),
+        model=r.ModelSection(arch=spec.model.arch,
+                             input_shape=None if plan.data.input_shape is None
+                             else list(plan.data.input_shape),
                              num_classes=plan.data.num_classes,
                              parameters=sum(p.numel() for p in model.parameters())),
-        data=r.DataSection(dataset=spec.data.dataset, train_examples=len(plan.data.y_train),
-                           val_examples=len(plan.data.y_val)),
+        data=r.DataSection(dataset=spec.data.dataset,
+                           train_examples=plan.data.train_examples,
+                           val_examples=plan.data.val_examples),
         sparsity=r.SparsitySection.model_validate(
             {**sparsity.to_dict(), "measured_density": measured}),
         cost=cost,
-        accuracy=accuracy_section(state, final_acc, s.method, bool(spec.model.weights)),
+        accuracy=accuracy_section(plan, state, final_acc),
         val_loss=final_loss,
         training=r.TrainingSection(steps=state.step, epochs=spec.training.epochs,
                                    device=plan.device.type, seconds=state.train_seconds,
@@ -213,7 +229,7 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
         curve=state.history, warnings=warnings, speedup=speedup,
         latency=latency, deployment=deployment)
     meta = {"job_id": job.id, "arch": spec.model.arch,
-            "input_shape": ",".join(map(str, plan.data.input_shape)),
+            "input_shape": ",".join(map(str, plan.data.input_shape or ())),
             "num_classes": str(plan.data.num_classes)}
     manifest: dict[str, bytes] = {
         r.MODEL: tensors_bytes(model.state_dict(), meta),
@@ -229,7 +245,8 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
     for name, data in manifest.items():
         artifacts.write_bytes(job.id, name, data)
     metrics = {"history": state.history[-500:], **(state.history[-1] if state.history else {}),
-               "val_accuracy": final_acc, "val_loss": final_loss,
+               "val_accuracy": final_acc, "val_loss": final_loss, "metric": plan.task.metric,
+               f"val_{plan.task.metric}": final_acc,
                "dense_accuracy": rep.accuracy.dense, "density": rep.sparsity.density,
                "predicted_cost": cost.predicted, "budget_cost": cost.budget,
                "cost_unit": cost.unit}

@@ -160,7 +160,7 @@ def check_resources(plan: JobPlan, settings: Settings) -> None:
     data = plan.data
     refused = check_built(
         params=sum(p.numel() for p in plan.model.parameters()),
-        dataset_bytes=sum(t.numel() * t.element_size() for t in (data.x_train, data.x_val)),
+        dataset_bytes=data.resident_bytes,
         steps=plan.total_steps, limits=settings.job_limits(plan.job.queue))
     if refused:
         raise ResourceLimitError(refused)
@@ -186,7 +186,7 @@ def attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Setti
     """One attempt at one job: plan, train (from the last checkpoint, if any), publish; the
     job's trackers (TensorBoard, MLflow) follow along. Under several ranks (worker.rank_job)
     each rank runs this; only rank 0 tracks and publishes (the others return None)."""
-    plan = make_plan(job, store, settings.uploads_dir, ranks)
+    plan = make_plan(job, store, settings, ranks)
     check_resources(plan, settings)
     if ranks.leader:
         for warning in plan.costs.warnings:  # e.g. a cost model measured on other hardware
@@ -200,8 +200,10 @@ def attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: Setti
         state = checkpoints.restore()
         resumed_from = None if state is None else state.step
         if state is None:
+            # The metric before training: baseline "evaluate"'s dense reference.
             state = LoopState(initial_accuracy=evaluate(
-                plan.model, plan.task, plan.batches.validation())[0] if ranks.leader else None)
+                plan.model, plan.task, plan.batches.validation(), plan.precision.autocast)[0]
+                if ranks.leader else None)
         else:
             lease.beat(resumed_from_step=state.step)
             log.info("job %s: resumed from step %d", job.id, state.step)

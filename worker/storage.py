@@ -41,6 +41,11 @@ class StreamData:
     def num_classes(self) -> int:
         return self.outputs
 
+    def resident_bytes(self) -> int:
+        """Bytes the sources hold in memory (Fashion-MNIST's images; files are streamed)."""
+        held = {id(s): s for s in (self.train, self.val)}.values()
+        return sum(int(getattr(s, "images", np.empty(0)).nbytes) for s in held)
+
     def batches(self, batch_size: int, seed: int, device: torch.device, workers: int = 0,
                 rank: int = 0, world_size: int = 1) -> LoaderBatches:
         return LoaderBatches(self.train, self.train_index, self.val, self.val_index,

@@ -1,11 +1,17 @@
 """The training stage of a job: epochs of mini-batches, the Sparsifier stepped after each
 optimiser step, progress for the lease, metrics records, resumable checkpoints.
 
-The loop reads a `JobPlan` (model, optimiser, Sparsifier, batches, task, total steps) and saves
-checkpoints through the `Checkpoints` object it is given; it never calls back into the runner.
-Resuming is exact: the batch order of an epoch depends on (seed, epoch) only, and a checkpoint
-holds the model, optimizer, Sparsifier, RNG and loop state, so an attempt that resumes at step
-s continues as the interrupted one would have.
+The loop reads a `JobPlan` (model, optimiser, Sparsifier, batches, task, recipe, total steps)
+and saves checkpoints through the `Checkpoints` object it is given; it never calls back into
+the runner. A step is one optimiser step: `grad_accum` micro-batches, each forward (under
+autocast with a mixed precision) and backward, then clipping, the optimiser, and the
+Sparsifier once. With `baseline` "train", the plan's dense twin takes the same batches beside
+the sparse model. Resuming is exact: the batch order of an epoch depends on (seed, epoch) only,
+and a checkpoint holds the models, optimisers, Sparsifier, scaler, RNG and loop state, so an
+attempt that resumes at step s continues as the interrupted one would have.
+
+Statistics are summed on the device (the task's vector, the loss times its count) and moved to
+the state only when a record or a progress report needs them: a step never waits for a sync.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from jobs.spec import TrainingSpec
 from worker.lease import Lease, finite
-from worker.objectives import evaluate
-from worker.plan import JobPlan
+from worker.objectives import evaluate, forward
+from worker.plan import JobPlan, Track
+from worker.recipes import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +39,17 @@ log = logging.getLogger(__name__)
 class LoopState:
     """Everything about the loop that is not a tensor; stored as JSON in checkpoints."""
 
-    step: int = 0
+    step: int = 0  # optimiser steps done
     epoch: int = 0  # epochs completed
-    epoch_loss: float = 0.0  # sums over the current epoch's examples
-    epoch_score: float = 0.0  # the task's summed score (correct predictions)
-    epoch_seen: int = 0
-    window_loss: float = 0.0  # sums since the last metrics record
-    window_score: float = 0.0
-    window_seen: int = 0
+    epoch_loss: float = 0.0  # loss x count, summed over the current epoch
+    epoch_stats: list[float] = field(default_factory=list)  # the task's statistics, summed
+    window_loss: float = 0.0  # the same since the last metrics record
+    window_stats: list[float] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines
-    initial_accuracy: float | None = None
+    initial_accuracy: float | None = None  # the task's metric before training
     train_seconds: float = 0.0  # over all attempts
+    last_eval: dict[str, Any] = field(default_factory=dict)  # the latest validation record
     ranks_compared: int = 0  # checkpoints at which every rank's masks and weights matched
 
     def to_json(self) -> dict[str, Any]:
@@ -52,8 +57,8 @@ class LoopState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoopState:
-        legacy = {"epoch_correct": "epoch_score", "window_correct": "window_score"}
-        return cls(**{legacy.get(k, k): v for k, v in data.items()})
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def metrics_jsonl(self) -> bytes:
         """The records as metrics.jsonl (strict JSON, one record a line)."""
@@ -67,10 +72,8 @@ class Checkpoints(Protocol):
         ...
 
 
-def lr_at(t: TrainingSpec, step: int, total: int) -> float:
-    if t.lr_schedule == "cosine":
-        return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(step / total, 1.0)))
-    return t.lr
+def _add(a: list[float], b: list[float]) -> list[float]:
+    return [x + y for x, y in zip(a, b, strict=True)] if a else list(b)
 
 
 class Loop:
@@ -81,12 +84,17 @@ class Loop:
         self.plan, self.t, self.lease = plan, plan.training, lease
         self.model, self.optimizer, self.sparsifier = plan.model, plan.optimizer, plan.sparsifier
         self.task, self.total_steps = plan.task, plan.total_steps
-        self.steps_per_epoch = plan.batches.steps_per_epoch
+        self.precision, self.twin = plan.precision, plan.twin
+        self.batches_per_epoch = plan.batches.steps_per_epoch
+        self.accum = self.t.grad_accum
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accum)
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.checkpoints = checkpoints
         self.interval = progress_interval_s
         self.log_every = max(1, min(self.steps_per_epoch, self.total_steps // 200))
         self._started = (time.perf_counter(), 0)  # (clock, step) when this attempt began
         self._base_seconds = 0.0
+        self._sums: Tensor | None = None  # [loss x count, *task stats] since the last sync
 
     def schedule_now(self, step: int) -> tuple[float, float | None]:
         """(kept budget fraction, beta) at `step`."""
@@ -110,102 +118,135 @@ class Loop:
         done = state.step - self._started[1]
         rate = done / elapsed if elapsed > 0 and done > 0 else None
         fraction, beta = self.schedule_now(state.step)
-        last = state.history[-1] if state.history else {}
-        return {
+        metric = self.task.metric
+        val = state.last_eval.get(f"val_{metric}")
+        out = {
             "step": state.step, "total_steps": self.total_steps,
-            "epoch": min(state.epoch + 1, self.t.epochs), "epochs": self.t.epochs,
-            "phase": phase or self.phase(state.step), "loss": loss, "accuracy": acc,
-            "val_accuracy": last.get("val_accuracy"), "budget_fraction": fraction,
-            "beta": beta, "steps_per_s": rate,
+            "epoch": min(state.epoch + 1, self.epochs), "epochs": self.epochs,
+            "phase": phase or self.phase(state.step), "loss": loss, "metric": metric,
+            "accuracy": acc, "val_accuracy": val, metric: acc, f"val_{metric}": val,
+            "budget_fraction": fraction, "beta": beta, "steps_per_s": rate,
             "eta_s": (self.total_steps - state.step) / rate if rate else None,
         }
+        if self.twin is not None:
+            out["dense_val_" + metric] = state.last_eval.get(f"dense_val_{metric}")
+        return out
 
     def metrics(self, state: LoopState) -> dict[str, Any]:
         return {"history": state.history[-500:], **(state.history[-1] if state.history else {})}
 
     def run(self, state: LoopState) -> LoopState:
-        t, model, task = self.t, self.model, self.task
         self._started = (time.perf_counter(), state.step)
         self._base_seconds = state.train_seconds
         self.lease.update(self.progress(state, None, None, None))
-        last_report = 0.0
-        device = self.plan.device
-        # Sums since the last sync, kept on the device so that a step never waits for it.
-        self._loss = torch.zeros((), device=device)
-        self._score = torch.zeros((), device=device)
-        model.train()
-        while state.epoch < t.epochs:
-            first = state.step - state.epoch * self.steps_per_epoch
-            for b, (xb, yb) in enumerate(self.plan.batches.epoch(state.epoch, first), first):
-                lr = lr_at(t, state.step, self.total_steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                out = self.plan.forward_model(xb)
-                loss = task.loss(out, yb)
-                n = task.examples(yb)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.plan.ranks.world > 1:
-                    n = self.backward_shard(out, loss, n)
-                else:
-                    loss.backward()
-                self.optimizer.step()
-                if self.sparsifier is not None:
-                    self.step_sparsifier(state.step, loss)
-                state.step += 1
-                with torch.no_grad():
-                    if self.plan.ranks.world > 1:
-                        self.reduce_sums(out, yb, loss)
-                    else:
-                        self._loss += loss.detach() * n
-                        self._score += task.score(out, yb)
-                state.epoch_seen += n
-                state.window_seen += n
-                epoch_end = b == self.steps_per_epoch - 1
-                now = time.perf_counter()
-                logged = state.step % self.log_every == 0
-                if logged or epoch_end or now - last_report > self.interval:
-                    self.sync(state)
-                    if logged:
-                        state.records.append(self.record(state, lr))
-                        state.window_loss, state.window_score, state.window_seen = 0.0, 0.0, 0
-                    self.lease.update(self.progress(
-                        state, None, state.epoch_loss / max(state.epoch_seen, 1),
-                        state.epoch_score / max(state.epoch_seen, 1)))
-                    last_report = now
-                self.lease.check()
-                if epoch_end:
-                    self.end_epoch(state)
-                elif state.step % t.checkpoint_every == 0:
-                    self.save(state)
+        self._last_report = 0.0
+        for model in self.models():
+            model.train()
+        while state.step < self.total_steps:
+            epoch = state.step // self.steps_per_epoch
+            state.epoch = epoch
+            first = (state.step - epoch * self.steps_per_epoch) * self.accum
+            micro: list[tuple[Any, Tensor]] = []
+            for b, batch in enumerate(self.plan.batches.epoch(epoch, first), first):
+                micro.append(batch)
+                epoch_end = b == self.batches_per_epoch - 1
+                if len(micro) < self.accum and not epoch_end:
+                    continue
+                self.step(state, micro)
+                micro = []
+                self.after_step(state, epoch_end)
+                if state.step >= self.total_steps:
+                    break
+            if state.step >= self.total_steps and state.epoch < self.epochs and \
+                    state.step % self.steps_per_epoch:
+                self.end_epoch(state)  # max_steps ended the run mid-epoch
         return state
 
-    def backward_shard(self, out: Tensor, loss: Tensor, n: int) -> int:
-        """Backward of this rank's share of the global batch; returns the global batch size.
+    def models(self) -> list[torch.nn.Module]:
+        return [self.model] + ([self.twin.model] if self.twin is not None else [])
 
-        DDP averages the ranks' gradients; each rank's mean loss is scaled by its share of the
-        global batch (times the world size), so the average is the gradient of the global
-        batch's mean loss even when an epoch's last batch does not split evenly: the same
-        update as one process taking the whole batch."""
+    def step(self, state: LoopState, micro: list[tuple[Any, Tensor]]) -> None:
+        """One optimiser step over the micro-batches (their mean gradient)."""
+        lr = lr_at(self.t, state.step, self.total_steps)
+        tracks = [Track(self.plan.forward_model, self.optimizer, self.precision)]
+        if self.twin is not None:
+            tracks.append(self.twin)
+        for track in tracks:
+            for group in track.optimizer.param_groups:
+                group["lr"] = lr
+            track.optimizer.zero_grad(set_to_none=True)
+        sums: Tensor | None = None
+        sparse_loss = None
         world = self.plan.ranks.world
-        total = getattr(self.plan.batches, "last_global", n * world)
-        if n:
-            (loss * (world * n / total)).backward()
-        else:  # an empty share (a last batch smaller than the world): zero gradients, but
-            (out.sum() * 0.0).backward()  # DDP still needs every rank's all-reduce
-        return int(total)
+        for xb, yb in micro:
+            for i, track in enumerate(tracks):
+                with track.precision.autocast():
+                    out = forward(track.model, xb)
+                    loss = self.task.loss(out, yb) if len(yb) else out.sum() * 0.0
+                if world > 1 and i == 0:
+                    loss = self.shard_loss(out, loss, len(yb))
+                track.precision.backward(loss / len(micro))
+                if i == 0:
+                    sparse_loss = loss.detach()
+                    with torch.no_grad():
+                        row = self.row(out.detach(), yb, loss.detach())
+                        sums = row if sums is None else sums + row
+        if world > 1 and sums is not None:
+            import torch.distributed as dist
 
-    def reduce_sums(self, out: Tensor, target: Tensor, loss: Tensor) -> None:
-        """The global batch's summed loss and score on every rank (one small all-reduce)."""
-        import torch.distributed as dist
+            dist.all_reduce(sums)  # the global batch's sums on every rank (one small message)
+        for track in tracks:
+            track.precision.step(track.optimizer, track.model.parameters(), self.t.grad_clip)
+        if self.sparsifier is not None and sparse_loss is not None:
+            self.step_sparsifier(state.step, sparse_loss)
+        state.step += 1
+        assert sums is not None
+        self._sums = sums if self._sums is None else self._sums + sums
+        self._lr = lr
 
-        n = self.task.examples(target)
-        local = torch.zeros(2, dtype=torch.float64, device=out.device)
+    def row(self, out: Tensor, target: Tensor, loss: Tensor) -> Tensor:
+        """[loss x count, *the task's statistics] of one (micro-)batch, on the device."""
+        stats = self.task.stats(out, target)
+        if not len(target):  # an empty share of a last, small global batch
+            return torch.zeros(1 + stats.numel(), dtype=torch.float64, device=stats.device)
+        return torch.cat([(loss.double() * stats[-1]).reshape(1), stats])
+
+    def shard_loss(self, out: Tensor, loss: Tensor, n: int) -> Tensor:
+        """This rank's loss, scaled so that DDP's average of the ranks' gradients is the
+        gradient of the global batch's mean loss, also when an epoch's last batch does not
+        split evenly: the same update as one process taking the whole batch. (For causal_lm
+        the ranks are weighted by examples, not tokens.)"""
+        world = self.plan.ranks.world
+        total = getattr(self.plan.batches, "last_global", n * world) or n * world
         if n:
-            local[0] = loss.detach().double() * n
-            local[1] = self.task.score(out, target).double()
-        dist.all_reduce(local)
-        self._loss += local[0].to(self._loss.dtype)
-        self._score += local[1].to(self._score.dtype)
+            return loss * (world * n / total)
+        return out.sum() * 0.0  # zero gradients, but DDP still needs every rank's all-reduce
+
+    def after_step(self, state: LoopState, epoch_end: bool) -> None:
+        t = self.t
+        now = time.perf_counter()
+        logged = state.step % self.log_every == 0
+        if logged or epoch_end or now - self._last_report > self.interval:
+            self.sync(state)
+            if logged:
+                state.records.append(self.record(state))
+                state.window_loss, state.window_stats = 0.0, []
+            self.lease.update(self.progress(state, None, *self.means(state.epoch_loss,
+                                                                     state.epoch_stats)))
+            self._last_report = now
+        self.lease.check()
+        if t.eval_every and state.step % t.eval_every == 0:
+            self.evaluate(state)
+        if epoch_end:
+            self.end_epoch(state)
+        elif state.step % t.checkpoint_every == 0:
+            self.save(state)
+
+    def means(self, loss: float, stats: list[float]) -> tuple[float | None, float | None]:
+        """(mean loss, the task's metric) of summed statistics."""
+        if not stats or not stats[-1]:
+            return None, None
+        return loss / stats[-1], self.task.value(stats)
 
     def step_sparsifier(self, step: int, loss: Tensor) -> None:
         assert self.sparsifier is not None
@@ -222,44 +263,66 @@ class Loop:
 
     def sync(self, state: LoopState) -> None:
         """Move the device-side sums into the state (one device sync)."""
-        loss, score = float(self._loss), float(self._score)
-        self._loss.zero_()
-        self._score.zero_()
+        if self._sums is None:
+            return
+        values = self._sums.tolist()
+        self._sums = None
+        loss, stats = values[0], values[1:]
         if not math.isfinite(loss):
             raise ValueError(f"training diverged by step {state.step} (the loss became "
                              f"{loss}); try a lower training.lr")
         state.epoch_loss += loss
         state.window_loss += loss
-        state.epoch_score += score
-        state.window_score += score
+        state.epoch_stats = _add(state.epoch_stats, stats)
+        state.window_stats = _add(state.window_stats, stats)
 
-    def record(self, state: LoopState, lr: float) -> dict[str, Any]:
+    def record(self, state: LoopState) -> dict[str, Any]:
         fraction, beta = self.schedule_now(state.step)
-        seen = max(state.window_seen, 1)
-        return {"kind": "step", "step": state.step, "epoch": state.epoch + 1,
-                "loss": state.window_loss / seen, "accuracy": state.window_score / seen,
-                "lr": lr, "budget_fraction": fraction, "beta": beta}
+        loss, value = self.means(state.window_loss, state.window_stats)
+        return {"kind": "step", "step": state.step, "epoch": state.epoch + 1, "loss": loss,
+                "accuracy": value, self.task.metric: value, "lr": self._lr,
+                "budget_fraction": fraction, "beta": beta}
+
+    def validate(self) -> dict[str, Any]:
+        """Validation metric and loss of the model (and of the dense twin); under several
+        ranks rank 0 evaluates for all, the others go on to the next step."""
+        metric = self.task.metric
+        if not self.plan.ranks.leader:
+            return {"val_loss": None, "val_accuracy": None, f"val_{metric}": None}
+        value, loss = evaluate(self.model, self.task, self.plan.batches.validation(),
+                               self.precision.autocast)
+        out: dict[str, Any] = {"val_loss": loss, "val_accuracy": value, f"val_{metric}": value}
+        if self.twin is not None:
+            dense, dense_loss = evaluate(self.twin.model, self.task,
+                                         self.plan.batches.validation(),
+                                         self.twin.precision.autocast)
+            out |= {f"dense_val_{metric}": dense, "dense_val_loss": dense_loss}
+        return out
+
+    def evaluate(self, state: LoopState) -> None:
+        """A validation pass between epochs (training.eval_every)."""
+        rec = {"kind": "eval", "step": state.step, "epoch": state.epoch + 1, **self.validate()}
+        state.records.append(rec)
+        state.last_eval = rec
+        log.info("step %d: val %s %s", state.step, self.task.metric,
+                 rec[f"val_{self.task.metric}"])
 
     def end_epoch(self, state: LoopState) -> None:
-        val_acc: float | None = None
-        val_loss: float | None = None
-        if self.plan.ranks.leader:  # rank 0 reports for all; the others go on to the next step
-            val_acc, val_loss = evaluate(self.model, self.task, self.plan.batches.validation())
+        self.sync(state)
         fraction, beta = self.schedule_now(state.step)
+        loss, value = self.means(state.epoch_loss, state.epoch_stats)
+        val = self.validate()
         rec: dict[str, Any] = {"kind": "epoch", "step": state.step, "epoch": state.epoch + 1,
-               "loss": state.epoch_loss / max(state.epoch_seen, 1),
-               "accuracy": state.epoch_score / max(state.epoch_seen, 1),
-               "val_loss": val_loss, "val_accuracy": val_acc, "budget_fraction": fraction,
-               "beta": beta}
-        if val_acc is not None:
-            log.info("epoch %d/%d: loss %.4f acc %.4f val_acc %.4f", rec["epoch"],
-                     self.t.epochs, rec["loss"], rec["accuracy"], val_acc)
+                               "loss": loss, "accuracy": value, self.task.metric: value, **val,
+                               "budget_fraction": fraction, "beta": beta}
+        log.info("epoch %d/%d: loss %s %s %s val %s", rec["epoch"], self.epochs, loss,
+                 self.task.metric, value, val["val_accuracy"])
         state.history.append(rec)
         state.records.append(rec)
+        state.last_eval = rec
         state.epoch += 1
-        state.epoch_loss, state.epoch_score, state.epoch_seen = 0.0, 0.0, 0
-        self.lease.update(self.progress(state, None, rec["loss"], rec["accuracy"]),
-                          metrics=self.metrics(state))
+        state.epoch_loss, state.epoch_stats = 0.0, []
+        self.lease.update(self.progress(state, None, loss, value), metrics=self.metrics(state))
         self.save(state)
 
     def save(self, state: LoopState) -> None:
