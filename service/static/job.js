@@ -12,6 +12,16 @@
   let lastJob = null;
   let reportDevice = null; // the device the job ran on, from its report
 
+  // The task's metric (training.task): accuracy, r2 or perplexity; accuracy is a percentage.
+  function metricOf(job) {
+    const p = (job && job.progress) || {};
+    if (p.metric) return p.metric;
+    const task = (((job && job.spec) || {}).training || {}).task;
+    return { regression: "r2", causal_lm: "perplexity" }[task] || "accuracy";
+  }
+  const metricTitle = (m) => ({ accuracy: "Accuracy", r2: "R²", perplexity: "Perplexity" }[m] || m);
+  const fmtMetric = (m, v) => (m === "accuracy" ? fmtPct(v) : fmtNum(v));
+
   function row(label, value) {
     return el("div", {}, el("dt", { text: label }), el("dd", {}, value ?? "—"));
   }
@@ -55,8 +65,11 @@
     if (p.epoch) parts.push(`epoch ${p.epoch}${p.epochs ? "/" + p.epochs : ""}`);
     if (p.phase) parts.push(p.phase);
     if (typeof p.loss === "number") parts.push(`loss ${fmtNum(p.loss)}`);
-    if (typeof p.accuracy === "number") parts.push(`accuracy ${fmtPct(p.accuracy)}`);
-    if (typeof p.val_accuracy === "number") parts.push(`val accuracy ${fmtPct(p.val_accuracy)}`);
+    const m = metricOf(job);
+    const now = p[m] ?? p.accuracy;
+    const val = p[`val_${m}`] ?? p.val_accuracy;
+    if (typeof now === "number") parts.push(`${m} ${fmtMetric(m, now)}`);
+    if (typeof val === "number") parts.push(`val ${m} ${fmtMetric(m, val)}`);
     if (typeof p.budget_fraction === "number") parts.push(`budget ${fmtPct(p.budget_fraction)}`);
     if (typeof p.beta === "number") parts.push(`beta ${fmtNum(p.beta)}`);
     if (typeof p.steps_per_s === "number") parts.push(`${fmtNum(p.steps_per_s)} steps/s`);
@@ -140,12 +153,17 @@
     const keys = [...new Set(metrics.flatMap((m) => Object.keys(m)))];
     const empty = ended ? "Nothing was logged." : "No data yet.";
     const lossKeys = keys.filter((k) => /loss/.test(k));
-    const accKeys = keys.filter((k) => /acc/.test(k));
+    // The task's own metric; records also repeat it under "accuracy" (the report's contract).
+    const m = metricOf(lastJob);
+    const accKeys = keys.filter((k) => (m === "accuracy" ? /acc/.test(k)
+      : k === m || k.endsWith(`val_${m}`)));
     Charts.line(document.getElementById("chart-loss"), series(lossKeys),
       { title: "Loss", yLabel: "loss", legend: true, empty });
     const acc = series(accKeys);
+    document.getElementById("h-acc").textContent = metricTitle(m);
     Charts.line(document.getElementById("chart-accuracy"), acc,
-      { title: "Accuracy", yLabel: "accuracy", legend: true, yDomain: unitDomain(acc), empty });
+      { title: metricTitle(m), yLabel: m, legend: true,
+        yDomain: m === "accuracy" ? unitDomain(acc) : undefined, empty });
     const budget = series(keys.filter((k) => k === "budget" || k === "budget_fraction"));
     Charts.line(document.getElementById("chart-budget"), budget,
       { title: "Budget fraction", yLabel: "fraction of cost kept", yDomain: unitDomain(budget),
@@ -177,10 +195,13 @@
     const unit = cost.unit ? ` ${cost.unit}` : "";
     const c = (v) => (typeof v === "number" ? `${fmtNum(v)}${unit}` : "—");
     const a = (v) => (typeof v === "number" ? fmtPct(v) : "—");
+    const m = acc.metric || "accuracy";
+    const mv = (v) => (typeof v === "number" ? fmtMetric(m, v) : "—");
     const within = cost.within_budget === undefined ? "" : cost.within_budget
       ? " (within)" : " (over)";
     const rows = [
-      ["Accuracy", a(acc.dense), a(acc.sparse ?? acc.final)],
+      [metricTitle(m) + (acc.higher_is_better === false ? " (lower is better)" : ""),
+        mv(acc.dense), mv(acc.sparse ?? acc.final)],
       ["Predicted cost", c(cost.dense), c(cost.predicted)],
       ["Budget", "—", typeof cost.budget === "number" ? c(cost.budget) + within : "—"],
       ["Kept weights (target / in saved model)", "100%",
@@ -195,7 +216,7 @@
       el("tr", {}, el("th", { scope: "row", text: q }), el("td", { class: "num", text: d }),
         el("td", { class: "num", text: s }))));
     document.getElementById("report-note").textContent = acc.dense_source
-      ? `Dense accuracy: ${acc.dense_source}.` : "";
+      ? `Dense ${m}: ${acc.dense_source}.` : "";
     // The latency promise in one sentence: kept, or by how much it was missed and why.
     const lat = report.latency || {};
     const note = document.getElementById("latency-note");

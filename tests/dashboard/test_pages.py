@@ -169,6 +169,44 @@ def test_job_page_draws_live_charts_report_and_artifacts(page: Any, served: Serv
     screenshot(page, "job-page-succeeded")
 
 
+def test_job_page_names_the_tasks_own_metric(page: Any, served: Served) -> None:
+    """A causal-LM job: perplexity (lower is better) in the live line, the chart and the
+    report, not a percentage called accuracy."""
+    spec = {"model": {"arch": "hf:org/gpt2-tiny"},
+            "data": {"dataset": "hf", "kwargs": {"path": "/data/t.parquet"}},
+            "training": {"task": "causal_lm", "epochs": 2}}
+    job_id = served.new_job(name="lm", **spec)
+    served.start(job_id, total_steps=4)
+    lines = [{"kind": "step", "step": s, "epoch": 1, "loss": 3.0 - s / 4, "accuracy": 20.0 - s,
+              "perplexity": 20.0 - s, "lr": 1e-3} for s in range(1, 5)]
+    lines.append({"kind": "epoch", "step": 4, "epoch": 1, "loss": 2.2, "accuracy": 17.0,
+                  "perplexity": 17.0, "val_loss": 2.4, "val_accuracy": 18.5,
+                  "val_perplexity": 18.5})
+    served.artifacts.write_bytes(job_id, "metrics.jsonl",
+                                 "".join(json.dumps(r) + "\n" for r in lines).encode())
+    served.progress(job_id, 4, total_steps=4, metric="perplexity", loss=2.2, accuracy=17.0,
+                    perplexity=17.0, val_perplexity=18.5, val_accuracy=18.5)
+    page.goto(f"/jobs/{job_id}")
+    expect(page.locator("#job-now")).to_contain_text("perplexity 17 · val perplexity 18.5")
+    expect(page.locator("#h-acc")).to_have_text("Perplexity")
+    expect(page.locator("#chart-accuracy .legend")).to_contain_text("val perplexity")
+    rep = {"sparsity": {"method": "spartan", "density": 0.5, "measured_density": 0.5,
+                        "layers": []},
+           "cost": {"kind": "params", "unit": "params", "budget": 10.0, "predicted": 9.0,
+                    "dense": 20.0, "within_budget": True},
+           "accuracy": {"dense": 25.5, "sparse": 18.5, "final": 18.5, "metric": "perplexity",
+                        "higher_is_better": False, "baseline": "evaluate",
+                        "dense_source": "the initial weights (pretrained, or model.weights) "
+                        "before sparsifying (baseline 'evaluate')"}}
+    served.artifacts.write_bytes(job_id, "report.json", json.dumps(rep).encode())
+    served.store.finish_job(job_id, "succeeded", progress={"step": 4, "total_steps": 4})
+    table = page.locator("#report-table")
+    expect(table).to_contain_text("Perplexity (lower is better)")
+    expect(table).to_contain_text("25.5")
+    expect(page.locator("#report-note")).to_contain_text("Dense perplexity: the initial weights")
+    screenshot(page, "job-page-perplexity")
+
+
 def test_failed_job_shows_its_error(page: Any, served: Served) -> None:
     job_id = served.new_job(name="broken")
     served.start(job_id)
