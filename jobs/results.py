@@ -42,14 +42,17 @@ def _ms(value: Any, unit: Any) -> float | None:
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
-    """{accuracy, dense_accuracy, measured_latency, dense_latency, predicted_latency,
-    latency_unit: "ms", density}; a figure the report lacks is None."""
+    """{accuracy, dense_accuracy, metric, measured_latency, dense_latency, predicted_latency,
+    latency_unit: "ms", density}; a figure the report lacks is None. `accuracy` holds the
+    task's metric, which `metric` names (accuracy, r2, perplexity)."""
     acc = _section(report, "accuracy")
     accuracy = _num(acc.get("sparse"))
     if accuracy is None:
         accuracy = _num(acc.get("final"))
+    metric = acc.get("metric")
     out: dict[str, Any] = {
         "accuracy": accuracy, "dense_accuracy": _num(acc.get("dense")),
+        "metric": metric if isinstance(metric, str) else "accuracy",
         "measured_latency": None, "dense_latency": None, "predicted_latency": None,
         "latency_unit": "ms", "density": _num(_section(report, "sparsity").get("density")),
     }

@@ -83,6 +83,8 @@ class JobResults(BaseModel):
 
     accuracy: float | None = Field(description="The sparse model's validation metric.")
     dense_accuracy: float | None
+    metric: str = Field(default="accuracy", description="What accuracy holds: the task's "
+                        "metric (accuracy, r2, perplexity).")
     measured_latency: float | None = Field(description="The exported model, on the worker.")
     dense_latency: float | None
     predicted_latency: float | None = Field(description="The cost model's, when it is one of "

@@ -85,7 +85,10 @@
       bar.update(j);
       cells.method.textContent = (spec.sparsity || {}).method || "—";
       cells.budget.textContent = Spartan.budgetText(spec);
-      cells.accuracy.textContent = Spartan.fmtPct(results(j).accuracy);
+      // The task's metric: accuracy as a percentage, r2 and perplexity as numbers, named.
+      const r = results(j);
+      cells.accuracy.textContent = !r.metric || r.metric === "accuracy" ? Spartan.fmtPct(r.accuracy)
+        : typeof r.accuracy === "number" ? `${r.metric} ${Spartan.fmtNum(r.accuracy)}` : "—";
       const ms = results(j).measured_latency;
       cells.latency.textContent = typeof ms === "number" ? `${Spartan.fmtNum(ms)} ms` : "—";
       cells.tags.replaceChildren(...(spec.tags || []).map((t) => (t.startsWith("sweep:")

@@ -108,7 +108,9 @@ def test_summarize_reads_the_latency_section_first() -> None:
     assert summarize(report) == {
         "accuracy": 0.95, "dense_accuracy": 0.97, "measured_latency": pytest.approx(0.12),
         "dense_latency": pytest.approx(0.3), "predicted_latency": pytest.approx(0.11),
-        "latency_unit": "ms", "density": 0.1}
+        "latency_unit": "ms", "density": 0.1, "metric": "accuracy"}
+    perplexity = summarize({"accuracy": {"sparse": 17.5, "dense": 16.0, "metric": "perplexity"}})
+    assert (perplexity["accuracy"], perplexity["metric"]) == (17.5, "perplexity")
 
 
 def test_summarize_falls_back_to_speedup_and_a_latency_cost() -> None:

@@ -85,3 +85,27 @@ def test_clipping_bounds_the_global_gradient_norm() -> None:
 def test_fp16_needs_a_gpu() -> None:
     with pytest.raises(ValueError, match="'fp16' needs a GPU"):
         Precision("fp16", CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a gradient scaler needs "
+                    "a CUDA device (none here)")
+def test_fp16_scaler_steps_and_masks_stay_exact_on_the_gpu() -> None:
+    device = torch.device("cuda")
+    model = small().to(device)
+    sparsifier = Sparsifier(model, SparsifierConfig(budget=0.3, warmup_frac=0.0,
+                                                    finetune_frac=0.0), total_steps=3)
+    precision = Precision("fp16", device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 6, device=device), torch.randint(0, 3, (32,), device=device)
+    for _ in range(3):
+        with precision.autocast():
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        precision.backward(loss)
+        precision.step(opt, model.parameters(), clip=1.0)
+        sparsifier.step()
+    assert precision.state_dict()["scaler"]["scale"] > 0
+    masks = sparsifier.masks()
+    sparsifier.finalize()
+    for name, mask in masks.items():
+        assert bool((dict(model.named_parameters())[name][~mask.bool()] == 0).all())

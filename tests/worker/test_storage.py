@@ -170,3 +170,14 @@ def test_npy_shards_read_as_one_array(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shard part-003.npy is float32 \\[5, 3\\]"):
         open_storage("npy", {"x": str(x_dir), "y": str(y_dir)}, "classification", 0.2, 0,
                      [tmp_path])
+
+
+def test_npy_token_ids_for_causal_lm(tmp_path: Path) -> None:
+    ids = np.random.default_rng(0).integers(0, 50, (40, 9), dtype=np.int32)
+    np.save(tmp_path / "ids.npy", ids)
+    data = open_storage("npy", {"x": str(tmp_path / "ids.npy")}, "causal_lm", 0.25, 0,
+                        [tmp_path])
+    assert data.outputs == 0 and data.input_shape == (9,)
+    x, target = next(iter(data.batches(8, 0, CPU).epoch(0)))
+    assert x.dtype == torch.int64 and torch.equal(x, target)  # the loss shifts them
+    assert {tuple(r) for r in x.tolist()} <= {tuple(r) for r in ids.tolist()}
