@@ -26,6 +26,7 @@ PARAM_COPIES = 8
 ACTIVATION_COPIES = 3
 FLOAT = 4
 # Examples in the built-in datasets that take no size argument.
+FASHION_TRAIN, FASHION_TEST = 60_000, 10_000
 DIGITS_EXAMPLES = 1797
 
 
@@ -115,6 +116,9 @@ def _dataset_size(dataset: str, kwargs: dict[str, Any],
     if known is None:
         return None
     kw = catalog.dataset_kwargs(dataset, kwargs)
+    if dataset == "fashion-mnist":  # held as bytes (uint8 pixels), the test set beside
+        examples = kw["limit"] or FASHION_TRAIN
+        return examples, (examples + (kw["val_limit"] or FASHION_TEST)) * math.prod(known[0])
     examples = DIGITS_EXAMPLES if dataset == "digits" else int(kw["num_samples"])
     return examples, examples * math.prod(known[0]) * FLOAT
 
@@ -131,7 +135,9 @@ def estimate(spec: Any, upload_tensors: dict[str, Any] | None = None) -> Estimat
     t = spec.training
     if size is not None:
         examples, out.dataset_bytes = size
-        out.steps = steps_for(examples, spec.data.val_fraction, t.batch_size, t.epochs)
+        val = 0.0 if spec.data.dataset == "fashion-mnist" else spec.data.val_fraction
+        steps = math.ceil(steps_for(examples, val, t.batch_size, 1) / t.grad_accum) * t.epochs
+        out.steps = steps if t.max_steps is None else min(steps, t.max_steps)
     arch = spec.model.arch
     if arch not in catalog.MODEL_KWARGS:
         return out
