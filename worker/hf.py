@@ -66,6 +66,9 @@ def model_dir(name: str, roots: list[Path]) -> Path:
 
 def load_tokenizer(folder: Path) -> Any:
     """The model's tokenizer, with a padding token (the end-of-text one if it has none)."""
+    # Batches are tokenised one at a time, often in DataLoader workers forked after the
+    # tokenizer was used here: its thread pool would be disabled there with a warning anyway.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     transformers = _transformers()
     if not any((folder / f).is_file() for f in datapaths.TOKENIZER_FILES):
         names = ", ".join(datapaths.TOKENIZER_FILES)
