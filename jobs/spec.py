@@ -331,6 +331,10 @@ class JobSpec(_Strict):
         if catalog.text_data(dataset) and not hf:
             raise ValueError(f"dataset 'hf' holds text, which needs a Hugging Face model with "
                              f"its tokenizer (model.arch 'hf:...'), not '{arch}'")
+        if self.baseline == "train" and self.resources.processes > 1:
+            raise ValueError("baseline 'train' runs in one process: its dense twin is not "
+                             "trained across ranks yet; use resources.processes 1, or "
+                             "baseline 'evaluate' or 'none'")
         if self.baseline == "evaluate" and not self.starts_pretrained():
             raise ValueError("baseline 'evaluate' needs pretrained weights (model.weights, or "
                              "an 'hf:' model with pretrained true); use 'train' or 'none'")

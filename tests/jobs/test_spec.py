@@ -123,6 +123,7 @@ def test_storage_datasets_tasks_and_recipes() -> None:
       "data": {"dataset": "npy", "kwargs": {"x": "x", "y": "y"}}}, "label_smoothing applies"),
     ({"baseline": "evaluate"}, "baseline 'evaluate' needs pretrained weights"),
     ({"baseline": "twin"}, "baseline"),
+    ({"baseline": "train", "resources": {"processes": 2}}, "baseline 'train' runs in one"),
     ({"model": {"arch": "hf:"}}, "unknown model source"),
     ({"model": {"arch": "hf:/m", "kwargs": {"pretrained": "yes"}}}, "'pretrained' must be true"),
 ])
