@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 # The tracking extras the tests exercise (MLflow against a real server: ~1 min to install).
 $(EXTRAS): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,mlflow,tensorboard]'
+	$(BIN)/pip install -q -e '.[dev,hf,mlflow,tensorboard]'
 	touch $(EXTRAS)
 
 setup: $(STAMP)
