@@ -146,7 +146,7 @@ def test_bad_data_fails_the_job_fast_naming_the_file(serve: Serve, storage: Path
     spec = {"model": {"arch": "mlp"},
             "data": {"dataset": "imagefolder", "kwargs": {"root": str(broken), "size": 8}},
             "training": {"epochs": 1}}
-    job = wait_for(serve.client, serve.client.submit(spec)["id"], timeout=60)
+    job = wait_for(serve.client, serve.client.submit(spec)["id"], timeout=150)
     assert job["status"] == "failed" and job["progress"]["step"] == 0
     assert "right/1.png: cannot read the image" in job["error"]
     # A task the model cannot do: the worker names the model and the task.
@@ -154,6 +154,6 @@ def test_bad_data_fails_the_job_fast_naming_the_file(serve: Serve, storage: Path
             "data": {"dataset": "imagefolder",
                      "kwargs": {"root": str(storage / "images"), "size": 8}},
             "training": {"epochs": 1}}
-    job = wait_for(serve.client, serve.client.submit(spec)["id"], timeout=60)
+    job = wait_for(serve.client, serve.client.submit(spec)["id"], timeout=150)
     assert job["status"] == "failed" and "a 'bert' model cannot do image classification" in \
         job["error"]
