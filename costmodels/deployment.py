@@ -11,7 +11,8 @@ Points are held out: the cost model never saw them. `evaluate` predicts each poi
 model (any version: the prediction is recomputed from the layers' nonzero blocks) and reports
 the error; above ERROR_THRESHOLD (15%, the same tolerance as a kept latency promise) it says
 the model needs a refit. `refit` folds the points in: each layer's line is scaled by the median
-ratio of its measured to predicted time in the deployed models, and the overhead (everything
+ratio of its measured to predicted time in the deployed models (its dense cap set, where the
+export kept the dense kernel), and the overhead (everything
 outside the layers) becomes the median of what the whole-model measurements leave after the
 layers, so that systematic errors of the isolated-layer profile (the kernel the export chose,
 activation layouts, caches, framework overhead) are taken from the deployed models themselves.
@@ -93,24 +94,36 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
     """(new cost model, its profile with the deployed samples appended, a summary with the
     error on `points` before and after). ValueError when no point fits this cost model.
 
-    Per layer, the line is scaled by the median ratio of measured to predicted time over the
-    deployed points (the deployed model's kernel, activation layout and caches, which the
-    isolated profile did not see); then the overhead becomes the median of what each
-    whole-model measurement leaves after the layers, or, when the layers already add up to
-    more than the whole model, every layer is scaled down to the whole-model times."""
+    Per layer, where the export ran a sparse kernel, the line is scaled by the median ratio of
+    measured to predicted time over the deployed points (the deployed model's activation
+    layout and caches, which the isolated profile did not see); where it ran the dense kernel,
+    the measured time becomes the layer's dense cap (the piecewise model's flat part); then
+    the overhead becomes the median of what each whole-model measurement leaves after the
+    layers, or, when the layers already add up to more than the whole model, every layer is
+    scaled down to the whole-model times."""
     usable = [p for p in points if evaluate(cost_model, [p])["points"]]
     if not usable:
         raise ValueError("no deployment points of this cost model's layers to fold in")
     new = json.loads(json.dumps(dict(cost_model)))
     ratios: dict[str, list[float]] = {}
+    dense_times: dict[str, list[float]] = {}
     for p in usable:
         _, per_layer = predict_point(cost_model, p["layers"])
         for lay in p["layers"]:
             name, measured = str(lay["name"]), lay.get("measured")
-            if measured and per_layer.get(name, 0) > 0:
+            if not measured or name not in per_layer:
+                continue
+            if lay.get("kernel", "dense") == "dense":
+                dense_times.setdefault(name, []).append(float(measured))
+            elif per_layer[name] > 0:
                 ratios.setdefault(name, []).append(float(measured) / per_layer[name])
-    for name, values in ratios.items():
+    for name, values in ratios.items():  # a sparse kernel ran: its line was off
         _scale(new["layers"][name], statistics.median(values))
+    for name, values in dense_times.items():
+        # The export ran it dense: that says what the dense cap costs, not how the sparse
+        # line slopes (a flat time divided into the line would flatten the slope, and the
+        # allocation would then spend everything on that layer).
+        new["layers"][name]["dense_latency"] = statistics.median(values)
     new["overhead"] = 0.0
     sums = [sum(predict_point(new, p["layers"])[1].values()) for p in usable]
     rest = [float(p["measured"]) - total for p, total in zip(usable, sums, strict=True)]
@@ -128,6 +141,7 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
     new_profile = _with_deployed_samples(profile, usable)
     before, after = evaluate(cost_model, usable), evaluate(new, usable)
     summary = {"points": len(usable), "layers_calibrated": sorted(ratios),
+               "dense_caps_measured": sorted(dense_times),
                "mape_before": before["mape"], "mape_after": after["mape"],
                "overhead_before": validate_cost_model(dict(cost_model)).overhead,
                "overhead_after": new["overhead"]}

@@ -172,6 +172,7 @@ class LatencySection(_Section):
 class DeploymentLayer(_Section):
     name: str
     nnz_blocks: int
+    kernel: str = Field(default="dense", description="The kernel the export chose for it.")
     measured: float | None = Field(description="Null for a weight not called on its own.")
     predicted: float
     error: float | None

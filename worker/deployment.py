@@ -83,8 +83,8 @@ def measure(runner: nn.Module, names: list[str], x: Tensor, device: torch.device
 
 def measure_deployment(runner: nn.Module, model: nn.Module, example: Tensor,
                        train_batch: int, device: torch.device, cost_model: CostModel,
-                       cost_batch: int | None, whole_ms: dict[int, float]
-                       ) -> dict[str, Any]:
+                       cost_batch: int | None, whole_ms: dict[int, float],
+                       kernels: dict[str, str] | None = None) -> dict[str, Any]:
     """The report's `deployment` section (without the cost model's summary): `runner` (the
     exported model) measured per layer at each batch, the whole model taken from `whole_ms`
     (batch -> ms, the speedup section's) or timed here, and at the cost model's batch beside
@@ -104,8 +104,10 @@ def measure_deployment(runner: nn.Module, model: nn.Module, example: Tensor,
                      "layers": per_layer})
     at = next(r for r in rows if r["batch"] == cost_batch)
     measured: dict[str, float] = at["layers"]
+    kernels = kernels or {}
     layers: list[dict[str, Any]] = [
-        {"name": name, "nnz_blocks": nnz[name], "measured": measured.get(name)}
+        {"name": name, "nnz_blocks": nnz[name], "measured": measured.get(name),
+         "kernel": kernels.get(f"{name}.weight", kernels.get(name, "dense"))}
         for name in names]
     predicted, per_layer_pred = predict_point(cost_model, layers)
     for lay in layers:
@@ -140,7 +142,8 @@ def close_loop(plan: Any, sparse_model: Any | None, speedup: Any
     try:
         section = measure_deployment(runner, plan.model, plan.example,
                                      plan.training.batch_size, plan.device, cost_model,
-                                     source.get("batch"), whole_ms)
+                                     source.get("batch"), whole_ms,
+                                     sparse_model.kernels if sparse_model is not None else None)
     except Exception as exc:  # noqa: BLE001 (reported in the section)
         log.exception("job %s: deployment measurement failed", plan.job.id)
         return r.DeploymentFailed(error=describe(exc)), None, []

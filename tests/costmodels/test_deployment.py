@@ -13,10 +13,11 @@ MODEL: dict[str, Any] = {"unit": "ms", "device": "cpu", "overhead": 0.1, "layers
     "fc2": {"intercept": 0.02, "slope": 2e-4, "block": [1, 1], "shape": [10, 64]}}}
 
 
-def point(measured: float, fc1: float | None, fc2: float | None) -> dict[str, Any]:
+def point(measured: float, fc1: float | None, fc2: float | None,
+          kernel: str = "csr") -> dict[str, Any]:
     return {"job_id": "j", "batch": 64, "measured": measured,
-            "layers": [{"name": "fc1", "nnz_blocks": 1000, "measured": fc1},
-                       {"name": "fc2", "nnz_blocks": 300, "measured": fc2}]}
+            "layers": [{"name": "fc1", "nnz_blocks": 1000, "measured": fc1, "kernel": kernel},
+                       {"name": "fc2", "nnz_blocks": 300, "measured": fc2, "kernel": kernel}]}
 
 
 def test_prediction_and_error() -> None:
@@ -36,6 +37,7 @@ def test_prediction_and_error() -> None:
 @pytest.mark.parametrize("points", [
     [point(0.6, 0.2, 0.2), point(0.62, 0.21, 0.19)],  # layers leave room for the overhead
     [point(0.2, 0.3, 0.3)],  # layers timed alone add up to more than the whole model
+    [point(0.6, 0.2, 0.2, kernel="dense")],  # the export ran them dense
 ])
 def test_refit_lowers_the_error_on_its_points(points: list[dict[str, Any]]) -> None:
     new, profile, summary = refit(MODEL, None, points)
@@ -48,3 +50,12 @@ def test_refit_lowers_the_error_on_its_points(points: list[dict[str, Any]]) -> N
 def test_refit_needs_points_of_its_layers() -> None:
     with pytest.raises(ValueError, match="no deployment points"):
         refit(MODEL, None, [])
+
+
+def test_a_layer_run_dense_sets_its_cap_not_its_slope() -> None:
+    model = {**MODEL, "layers": {k: {**v, "dense_latency": 0.5} for k, v in
+                                 MODEL["layers"].items()}}
+    new, _, summary = refit(model, None, [point(0.6, 0.05, 0.3, kernel="dense"),
+                                          point(0.6, 0.3, 0.25, kernel="csr")])
+    assert summary["dense_caps_measured"] == ["fc1", "fc2"]
+    assert new["layers"]["fc1"]["slope"] != 0
