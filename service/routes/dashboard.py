@@ -80,6 +80,11 @@ def compare_page() -> Response:
     return page("compare.html")
 
 
+@router.get("/profiles")
+def profiles_page() -> Response:
+    return page("profiles.html")
+
+
 @router.get("/cost-models/{model_id}")
 def cost_model_page(model_id: str) -> Response:
     return page("cost_model.html")

@@ -15,8 +15,11 @@
     document.getElementById("cm-title").textContent = title;
     document.title = `${title} · Spartan`;
     document.getElementById("cm-meta").textContent =
-      `Device ${data.device || "unknown"} · unit ${unit} · ${layers.length} layers · created ` +
-      Spartan.fmtTime(cm.created_at);
+      `Version ${cm.version} · ${cm.hardware_label || "device " + (data.device || "unknown")}` +
+      (cm.batch ? ` · batch ${cm.batch}` : "") + ` · unit ${unit} · ${layers.length} layers` +
+      ` · ${cm.source}` + (cm.fingerprint ? ` · fingerprint ${cm.fingerprint}` : "") +
+      ` · created ${Spartan.fmtTime(cm.created_at)}`;
+    renderDeployment(cm);
     document.getElementById("cm-no-profile").hidden = Boolean(cm.profile);
     // Poor fits, flagged when the model was fitted (costmodels.checks.fit_warnings).
     const warnings = Array.isArray(data.warnings) ? data.warnings.map(String) : [];
@@ -47,6 +50,39 @@
     }));
   }
 
+  // Its error on the trained models measured against it (held-out points), and the refit
+  // offered when that error is over the tolerance.
+  function renderDeployment(cm) {
+    const dep = cm.deployment || {};
+    const text = document.getElementById("cm-deployment");
+    if (dep.points) {
+      text.textContent = `Error on ${dep.points} deployed model${dep.points === 1 ? "" : "s"}: ` +
+        `${fmtPct(dep.mape)} on average (worst ${fmtPct(dep.max_error)}), per layer ` +
+        `${dep.layer_mape == null ? "—" : fmtPct(dep.layer_mape)}; tolerance ` +
+        `${fmtPct(dep.threshold)}.`;
+    }
+    if (cm.refit) {
+      text.textContent += ` Refitted from version ${cm.refit.from_version}: error on its ` +
+        `${cm.refit.points} points ${fmtPct(cm.refit.mape_before)} → ${fmtPct(cm.refit.mape_after)}.`;
+    }
+    const box = document.getElementById("cm-refit-box");
+    box.hidden = !dep.needs_refit;
+    document.getElementById("cm-refit-text").textContent = dep.message || "";
+  }
+
+  async function refit() {
+    const button = document.getElementById("cm-refit");
+    button.disabled = true;
+    try {
+      const resp = await Spartan.api(`/v1/cost-models/${modelId}/refit`, { method: "POST" });
+      const made = await resp.json();
+      location.assign(`/cost-models/${encodeURIComponent(made.id)}`);
+    } catch (err) {
+      button.disabled = false;
+      Spartan.notice(`Refit failed: ${err.message}`);
+    }
+  }
+
   async function load() {
     try {
       render(await Spartan.getJSON(`/v1/cost-models/${modelId}`));
@@ -58,5 +94,8 @@
     return false; // a stored cost model does not change
   }
 
-  document.addEventListener("DOMContentLoaded", () => Spartan.poll(load, 5000));
+  document.addEventListener("DOMContentLoaded", () => {
+    document.getElementById("cm-refit").addEventListener("click", refit);
+    Spartan.poll(load, 5000);
+  });
 })();
