@@ -31,9 +31,12 @@ from jobs import datapaths
 Inputs = Tensor | dict[str, Tensor]
 Batch = tuple[Any, Tensor]  # (inputs: a tensor or a dict of tensors, targets)
 EVAL_BATCH = 256
-# Bytes read from a mapping before its pages are dropped from this process (they stay in the
-# page cache): what keeps a worker's memory flat while it streams a file larger than memory.
+# Bytes mapped into this process before its pages of a file are dropped (they stay in the page
+# cache): what keeps a worker's memory flat while it streams a file larger than memory. A read
+# maps more than it reads: Linux maps the neighbours of a faulted page too ("fault-around",
+# 64 KiB by default), so a scattered row costs its bytes plus FAULT_AROUND.
 RELEASE_EVERY = 64 << 20
+FAULT_AROUND = 64 << 10
 
 
 class Source(Protocol):
@@ -78,7 +81,7 @@ class NpyArray:
     def take(self, index: np.ndarray) -> np.ndarray:
         """A copy of the rows at `index`."""
         rows = self.array()[index]
-        self._read += len(index) * self.row_bytes
+        self._read += len(index) * (self.row_bytes + FAULT_AROUND)
         if self._read >= RELEASE_EVERY and self._map is not None:
             self._read = 0
             if hasattr(mmap, "MADV_DONTNEED"):
