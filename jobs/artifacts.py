@@ -1,74 +1,60 @@
-"""The artifact store: one directory per job under the data dir (or a shared volume)."""
+"""A job's files on a `Storage` (jobs.storage): its public artifacts, which the API lists and
+serves, and its private checkpoint, which it never does."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+from jobs.storage import PRIVATE, PUBLIC, FileStorage, Storage, check_name, write_atomic
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of it, and after a crash (power
-    loss included) the new one or none: the data is on disk before the rename publishes it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def check_name(name: str) -> str:
-    if not _NAME.match(name) or ".." in name:
-        raise ValueError(f"invalid artifact name {name!r}")
-    return name
+__all__ = ["ArtifactStore", "check_name", "write_atomic"]
 
 
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, storage: Storage | Path) -> None:
+        self.storage = storage if isinstance(storage, Storage) else FileStorage(Path(storage))
 
-    def job_dir(self, job_id: str) -> Path:
-        return self.root / check_name(job_id)
-
-    def path(self, job_id: str, name: str) -> Path:
-        return self.job_dir(job_id) / check_name(name)
-
-    def write_bytes(self, job_id: str, name: str, data: bytes) -> Path:
-        target = self.path(job_id, name)
-        write_atomic(target, data)
-        return target
+    # -- public artifacts ---------------------------------------------------------------
+    def write_bytes(self, job_id: str, name: str, data: bytes) -> None:
+        self.storage.put(PUBLIC, job_id, name, data)
 
     def exists(self, job_id: str, name: str) -> bool:
-        return self.path(job_id, name).is_file()
+        return self.storage.exists(PUBLIC, job_id, name)
 
     def read_bytes(self, job_id: str, name: str) -> bytes:
-        return self.path(job_id, name).read_bytes()
+        """FileNotFoundError when the job has no such artifact."""
+        return self.storage.read(PUBLIC, job_id, name)
+
+    def open(self, job_id: str, name: str) -> BinaryIO:
+        return self.storage.open(PUBLIC, job_id, name)
+
+    def size(self, job_id: str, name: str) -> int:
+        return self.storage.size(PUBLIC, job_id, name)
 
     def list(self, job_id: str) -> list[dict[str, int | str]]:
-        folder = self.job_dir(job_id)
-        if not folder.is_dir():
-            return []
-        return [
-            {"name": p.name, "size": p.stat().st_size}
-            for p in sorted(folder.iterdir())
-            if p.is_file() and not p.name.startswith(".")
-        ]
+        return [{"name": e.name, "size": e.size} for e in self.storage.list(PUBLIC, job_id)]
 
     def iter_file(self, job_id: str, name: str, chunk: int = 1 << 20) -> Iterator[bytes]:
-        with self.path(job_id, name).open("rb") as f:
+        with self.open(job_id, name) as f:
             while block := f.read(chunk):
                 yield block
 
     def remove(self, job_id: str) -> None:
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        """Everything of the job, public and private."""
+        self.storage.delete(PUBLIC, job_id)
+        self.storage.delete(PRIVATE, job_id)
+
+    # -- the job's private state (checkpoints) ------------------------------------------
+    def write_private(self, job_id: str, name: str, data: bytes) -> None:
+        self.storage.put(PRIVATE, job_id, name, data)
+
+    def read_private(self, job_id: str, name: str) -> bytes | None:
+        try:
+            return self.storage.read(PRIVATE, job_id, name)
+        except FileNotFoundError:
+            return None
+
+    def delete_private(self, job_id: str, name: str) -> None:
+        self.storage.delete(PRIVATE, job_id, name)

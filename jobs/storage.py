@@ -97,12 +97,12 @@ class FileStorage(Storage):
     """A directory on a local disk or a shared volume (see the module doc for the layout)."""
 
     def __init__(self, root: Path) -> None:
-        self._root = Path(root)
+        self.root = Path(root)  # the backend's own: callers of Storage never see it
 
     def _folder(self, space: str, owner: str) -> Path:
         if space not in SPACES:
             raise ValueError(f"unknown storage space {space!r}")
-        base = self._root if space == PUBLIC else self._root / f".{space}"
+        base = self.root if space == PUBLIC else self.root / f".{space}"
         return base / check_name(owner)
 
     def _file(self, space: str, owner: str, name: str) -> Path:

@@ -214,6 +214,19 @@ def _load() -> ctypes.CDLL | None:
     return None
 
 
+def prebuild() -> Path:
+    """Build the portable library into the cache (what an image does once, so that its
+    containers need no compiler); returns its path. Raises RuntimeError when it cannot."""
+    folder = cache_dir()
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if folder is None or cc is None:
+        raise RuntimeError("a private cache folder and a C compiler are needed")
+    name, flags = _builds(SOURCE.read_bytes())[1]
+    if _open(folder, name, flags, cc) is None:
+        raise RuntimeError(f"could not build {SOURCE.name} into {folder}")
+    return folder / name
+
+
 def openmp_runtimes() -> set[str]:
     """Files of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
     try:

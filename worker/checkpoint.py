@@ -15,8 +15,7 @@ import logging
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import load, save
 from torch import Tensor
 
 from jobs import report
@@ -80,20 +79,33 @@ def dumps(state: dict[str, Any]) -> bytes:
 
 
 def save_checkpoint(artifacts: ArtifactStore, job_id: str, state: dict[str, Any]) -> None:
-    artifacts.write_bytes(job_id, NAME, dumps(state))
+    """Into the job's private space: never listed or served as an artifact."""
+    artifacts.write_private(job_id, NAME, dumps(state))
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The __metadata__ of a safetensors file (an 8-byte header length, then a JSON header)."""
+    if len(data) < 8:
+        raise ValueError(f"{NAME} is truncated")
+    size = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8:8 + size])
+    except ValueError:
+        raise ValueError(f"{NAME} has an unreadable header") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def load_checkpoint(artifacts: ArtifactStore, job_id: str,
                     device: torch.device | str = "cpu") -> dict[str, Any] | None:
     """The state of a job's checkpoint with its tensors on `device`, or None without one."""
-    if not artifacts.exists(job_id, NAME):
+    data = artifacts.read_private(job_id, NAME)
+    if data is None:
         return None
-    path = artifacts.path(job_id, NAME)
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{NAME} is not a checkpoint of this version: {meta.get('format')!r}")
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    meta = _metadata(data)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{NAME} is not a checkpoint of this version: {meta.get('format')!r}")
+    tensors = {k: v.to(device) for k, v in load(data).items()}
     return decode(json.loads(meta["state"]), tensors)
 
 
@@ -178,4 +190,4 @@ class Checkpointer:
 
 def discard_checkpoint(artifacts: ArtifactStore, job_id: str) -> None:
     """Remove a job's checkpoint once its result is recorded."""
-    artifacts.path(job_id, NAME).unlink(missing_ok=True)
+    artifacts.delete_private(job_id, NAME)

@@ -10,7 +10,10 @@ or reached says so in the job's log (a warning) and is dropped.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -47,21 +50,31 @@ class TensorBoard:
     def __init__(self, artifacts: ArtifactStore, job: Job) -> None:
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-        folder = artifacts.job_dir(job.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(log_dir=str(folder), flush_secs=5)
+        # The writer needs a local folder; its files are copied into the job's artifacts
+        # (any storage backend) after each batch of records and at the end.
+        self.artifacts, self.job_id = artifacts, job.id
+        self.scratch = Path(tempfile.mkdtemp(prefix="spartan-tensorboard-"))
+        self.writer = SummaryWriter(log_dir=str(self.scratch), flush_secs=5)
+
+    def _publish(self) -> None:
+        for path in self.scratch.iterdir():
+            if path.is_file():
+                self.artifacts.write_bytes(self.job_id, path.name, path.read_bytes())
 
     def records(self, records: list[dict[str, Any]]) -> None:
         for record in records:
             for tag, value in scalars(record).items():
                 self.writer.add_scalar(tag, value, int(record["step"]))
         self.writer.flush()
+        self._publish()
 
     def finish(self, status: str, summary: dict[str, float]) -> None:
         for key, value in summary.items():
             self.writer.add_scalar(f"final/{key}", value, 0)
         self.writer.add_text("status", status, 0)
         self.writer.close()
+        self._publish()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -125,10 +138,14 @@ class MLflow:
         if summary:
             self.client.log_batch(self.run_id, metrics=[
                 Metric(f"final_{k}", v, 0, 0) for k, v in summary.items()])
-        for name in (r.REPORT, r.SPARSE_MODEL, r.METRICS):
-            path = self.artifacts.path(self.job.id, name)
-            if path.is_file():
-                self.client.log_artifact(self.run_id, str(path))
+        with tempfile.TemporaryDirectory(prefix="spartan-mlflow-") as folder:
+            for name in (r.REPORT, r.SPARSE_MODEL, r.METRICS):
+                try:
+                    data = self.artifacts.read_bytes(self.job.id, name)
+                except FileNotFoundError:
+                    continue
+                (Path(folder) / name).write_bytes(data)
+                self.client.log_artifact(self.run_id, str(Path(folder) / name))
         self.client.set_terminated(self.run_id, {"succeeded": "FINISHED", "failed": "FAILED",
                                                  "cancelled": "KILLED"}.get(status, "FAILED"))
 

@@ -7,11 +7,13 @@ block the event loop.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+import os
+from collections.abc import Iterator
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from costmodels import checks
 from jobs import catalog, datapaths
@@ -283,23 +285,31 @@ def list_artifacts(
 
 @router.get(
     "/{job_id}/artifacts/{name}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={**responses(404), 200: {"content": {"application/octet-stream": {}},
                                        "description": "The file, streamed."}},
     summary="Download an artifact",
 )
 def download_artifact(
     job_id: str, name: str, store: StoreDep, artifacts: ArtifactsDep, tenant: CurrentTenant
-) -> FileResponse:
+) -> StreamingResponse:
     if store.get_job(job_id, tenant) is None:
         raise not_found("job")
     try:
-        path = artifacts.path(job_id, check_name(name))
-    except ValueError:
+        f = artifacts.open(job_id, check_name(name))  # a public artifact, never a checkpoint
+    except (ValueError, FileNotFoundError):
         raise not_found("artifact") from None
-    if not path.is_file():
-        raise not_found("artifact")
-    return FileResponse(path, filename=name, media_type=_media_type(name))
+    headers = {"content-disposition": f'attachment; filename="{name}"'}
+    if f.seekable():  # the size of this very version (metrics.jsonl is rewritten while running)
+        headers["content-length"] = str(f.seek(0, os.SEEK_END))
+        f.seek(0)
+    return StreamingResponse(_chunks(f), media_type=_media_type(name), headers=headers)
+
+
+def _chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    with f:
+        while block := f.read(size):
+            yield block
 
 
 def _media_type(name: str) -> str:

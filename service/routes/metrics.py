@@ -8,18 +8,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.report import METRICS as METRICS_FILE
 from service.deps import ArtifactsDep, CurrentTenant, StoreDep
 from service.errors import not_found, responses
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -67,14 +66,13 @@ def heartbeat_records(metrics: dict[str, Any] | None, progress: dict[str, Any] |
     return records
 
 
-def read_jsonl(path: Path) -> Iterator[Any]:
+def read_jsonl(lines: Iterable[bytes]) -> Iterator[Any]:
     """Parsed lines; a line that does not parse (one still being appended) is skipped."""
-    with path.open("rb") as f:
-        for line in f:
-            try:
-                yield json.loads(line)
-            except ValueError:
-                log.debug("skipping a partial or malformed line in %s", path)
+    for line in lines:
+        try:
+            yield json.loads(line)
+        except ValueError:
+            log.debug("skipping a partial or malformed metrics line")
 
 
 def first_page(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
@@ -108,9 +106,9 @@ def job_metrics(
     job = store.get_job(job_id, tenant)
     if job is None:
         raise not_found("job")
-    path = artifacts.path(job_id, METRICS_FILE)
     try:
-        records = select(read_jsonl(path), since)
+        with artifacts.open(job_id, METRICS_FILE) as f:
+            records = select(read_jsonl(f), since)
     except FileNotFoundError:
         records = select(heartbeat_records(job.metrics, job.progress), since)
     return MetricsPublic(data=first_page(records, limit), count=len(records))

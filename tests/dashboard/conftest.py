@@ -23,6 +23,7 @@ from jobs.artifacts import ArtifactStore
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from jobs.store import JobStore
+from tests.files import artifact_file
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -75,7 +76,7 @@ class Served:
             lines.append(json.dumps(metric_record(s, total)))
             if s % 50 == 0:
                 lines.append(json.dumps(metric_record(s, total, epoch=True)))
-        path = self.artifacts.path(job_id, "metrics.jsonl")
+        path = artifact_file(self.artifacts, job_id, "metrics.jsonl")
         old = path.read_text() if path.exists() else ""
         data = old + "\n".join(lines) + "\n"
         self.artifacts.write_bytes(job_id, "metrics.jsonl", data.encode())

@@ -27,6 +27,7 @@ from jobs.settings import Settings
 from jobs.spec import JobSpec
 from jobs.store import JobStore
 from tests.e2e.test_distributed import REDIS_URL, real_backends
+from tests.files import artifact_file
 from tests.worker.conftest import TINY
 from worker.runner import run_job
 from worker.tasks import reap
@@ -118,7 +119,7 @@ def test_lost_message_is_reenqueued_and_the_job_completes(
     job = store.get_job(job_id)
     assert job is not None
     assert job.status == "succeeded" and job.attempts == 1, job.error
-    assert (ArtifactStore(settings.artifacts_dir).path(job_id, "report.json")).is_file()
+    assert ArtifactStore(settings.artifacts_dir).exists(job_id, "report.json")
 
 
 def test_a_job_with_its_message_is_not_run_twice(
@@ -148,7 +149,7 @@ def test_a_job_with_its_message_is_not_run_twice(
     assert job is not None and finished is not None
     assert job.status == "succeeded" and job.attempts == 1 and job.worker == "w1"
     assert job.finished_at == finished.finished_at
-    assert not artifacts.path(job_id, "report.json").exists()  # w2, w3 trained nothing
+    assert not artifact_file(artifacts, job_id, "report.json").exists()  # w2, w3 trained nothing
 
 
 def test_reaper_leaves_queued_jobs_alone_when_the_broker_is_unreadable(

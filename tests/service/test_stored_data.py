@@ -108,7 +108,7 @@ def test_unserialisable_record_is_listed_with_its_problem_and_deletable(
     store.finish_job(bad.id, "failed", error="oops")
     artifacts_of(client).write_bytes(bad.id, "report.json", b"{}")
     assert client.delete(f"/v1/jobs/{bad.id}").status_code == 204
-    assert not artifacts_of(client).job_dir(bad.id).exists()
+    assert artifacts_of(client).list(bad.id) == []
     assert client.get(f"/v1/jobs/{bad.id}").status_code == 404
     assert client.delete(f"/v1/jobs/{bad.id}").status_code == 404
     assert client.get("/v1/jobs").json()["count"] == 1

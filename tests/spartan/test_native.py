@@ -82,3 +82,13 @@ def test_no_openmp_runtime_of_its_own(cache: Path) -> None:
     if os.path.exists("/proc/self/maps"):
         assert any("torch" in path for path in before)
         assert _native.openmp_runtimes() == before
+
+
+def test_a_prebuilt_portable_library_loads_without_a_compiler(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = _native.prebuild()  # what the image does at build time
+    monkeypatch.setenv("CC", str(cache / "no-such-compiler"))
+    monkeypatch.setenv("PATH", "/nonexistent")  # no cc or gcc either
+    _native.reset()
+    lib = _native.library()
+    assert lib is not None and Path(lib._name) == built

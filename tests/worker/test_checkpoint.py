@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from jobs.artifacts import ArtifactStore
+from tests.files import private_file
 from worker.checkpoint import NAME, load_checkpoint, save_checkpoint
 
 
@@ -37,7 +38,8 @@ def test_nested_state_round_trips(tmp_path: Path) -> None:
     assert misc["__tensor__"] == "looks like a tag" and misc["mask"].dtype == torch.bool
     fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
     fresh.load_state_dict(back["optimizer"])
-    with safe_open(str(store.path("job", NAME)), framework="pt") as f:
+    assert store.list("job") == []  # private: not an artifact
+    with safe_open(str(private_file(store, "job", NAME)), framework="pt") as f:
         tree = json.loads(f.metadata()["state"])  # plain JSON beside plain tensors
         assert tree["model"]["weight"] == {"__tensor__": "/model/weight"}
         assert torch.equal(f.get_tensor("/model/weight"), model.weight)
@@ -47,7 +49,7 @@ def test_foreign_files_and_objects_are_refused(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     from safetensors.torch import save
 
-    store.write_bytes("job", NAME, save({"x": torch.zeros(1)}, metadata={"format": "other"}))
+    store.write_private("job", NAME, save({"x": torch.zeros(1)}, metadata={"format": "other"}))
     with pytest.raises(ValueError, match="not a checkpoint of this version"):
         load_checkpoint(store, "job")
     with pytest.raises(ValueError, match="cannot checkpoint a object"):

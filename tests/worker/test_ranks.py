@@ -19,12 +19,13 @@ from safetensors.torch import load_file
 from jobs.artifacts import ArtifactStore
 from jobs.settings import Settings
 from jobs.store import JobStore
+from tests.files import artifact_file, private_file
 from tests.worker.conftest import TINY, Submit, merged
 from worker.runner import run_job
 
 
 def report(artifacts: ArtifactStore, job_id: str) -> dict[str, Any]:
-    return dict(json.loads(artifacts.path(job_id, "report.json").read_text()))
+    return dict(json.loads(artifact_file(artifacts, job_id, "report.json").read_text()))
 
 
 def test_two_ranks_train_the_model_one_process_trains(
@@ -42,13 +43,13 @@ def test_two_ranks_train_the_model_one_process_trains(
     # checkpoints at steps 5, 10, 15, 20 and the epoch's end (23): all compared across ranks
     assert r2["training"]["ranks_compared"] == 5
     assert r1["training"]["world_size"] == 1 and r1["training"]["ranks_compared"] == 0
-    m1 = load_file(str(artifacts.path(one, "model.safetensors")))
-    m2 = load_file(str(artifacts.path(two, "model.safetensors")))
+    m1 = load_file(str(artifact_file(artifacts, one, "model.safetensors")))
+    m2 = load_file(str(artifact_file(artifacts, two, "model.safetensors")))
     for name, w in m1.items():
         assert torch.equal(w != 0, m2[name] != 0), name
         torch.testing.assert_close(m2[name], w, rtol=1e-5, atol=1e-5)
     assert r2["accuracy"]["final"] == pytest.approx(r1["accuracy"]["final"], abs=0.01)
-    assert not artifacts.exists(two, "checkpoint.safetensors")
+    assert not private_file(artifacts, two, "checkpoint.safetensors").exists()
 
 
 def rank_pids() -> list[int]:
@@ -77,7 +78,7 @@ def test_a_killed_rank_ends_the_attempt_and_the_job_resumes(
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and runner.is_alive():
         job = store.get_job(job_id)
-        if artifacts.exists(job_id, "checkpoint.safetensors") and job is not None \
+        if private_file(artifacts, job_id, "checkpoint.safetensors").exists() and job is not None \
                 and job.progress.get("step", 0) >= 30:
             break
         time.sleep(0.2)
@@ -96,7 +97,7 @@ def test_a_killed_rank_ends_the_attempt_and_the_job_resumes(
     assert rep["training"]["world_size"] == 2 and rep["training"]["steps"] == 12 * 23
     # no duplicate records: every step logged once, in order, across both attempts
     steps = [json.loads(line)["step"] for line in
-             artifacts.path(job_id, "metrics.jsonl").read_text().splitlines()
+             artifact_file(artifacts, job_id, "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "step"]
     assert steps == sorted(set(steps))
     names = [str(a["name"]) for a in artifacts.list(job_id)]

@@ -20,6 +20,7 @@ from jobs.models import Job, utcnow
 from jobs.report import Report
 from jobs.settings import Settings
 from jobs.store import JobStore
+from tests.files import artifact_file
 from tests.worker.conftest import TINY, Submit
 from worker import checkpoint, models, objectives, training
 from worker.lease import Lease
@@ -36,8 +37,8 @@ def test_tiny_job_writes_exact_sparse_results(submit: Submit, store: JobStore,
     names = {a["name"] for a in artifacts.list(job_id)}
     assert names == {"model.safetensors", "model.sparse.safetensors", "masks.safetensors",
                      "report.json", "metrics.jsonl"}
-    weights = load_file(str(artifacts.path(job_id, "model.safetensors")))
-    masks = load_file(str(artifacts.path(job_id, "masks.safetensors")))
+    weights = load_file(str(artifact_file(artifacts, job_id, "model.safetensors")))
+    masks = load_file(str(artifact_file(artifacts, job_id, "masks.safetensors")))
     assert set(masks) == {"layers.0.weight", "head.weight"}
     kept = total = 0
     for name, mask in masks.items():
@@ -213,7 +214,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_weights(
     sections = {"training": {"epochs": 2, "checkpoint_every": 5}}
     reference = submit(**sections)
     run_job(reference, store, artifacts, settings)
-    expected = load_file(str(artifacts.path(reference, "model.safetensors")))
+    expected = load_file(str(artifact_file(artifacts, reference, "model.safetensors")))
 
     job_id = submit(**sections)
     save = checkpoint.save_checkpoint
@@ -242,7 +243,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_weights(
     assert job.resumed_from_step == 10
     report = json.loads(artifacts.read_bytes(job_id, "report.json"))
     assert report["training"]["resumed_from_step"] == 10 and len(report["curve"]) == 2
-    got = load_file(str(artifacts.path(job_id, "model.safetensors")))
+    got = load_file(str(artifact_file(artifacts, job_id, "model.safetensors")))
     assert got.keys() == expected.keys()
     for name in expected:
         assert torch.equal(got[name], expected[name]), name  # bit for bit

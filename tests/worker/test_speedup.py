@@ -11,6 +11,7 @@ from jobs.artifacts import ArtifactStore
 from jobs.settings import Settings
 from jobs.store import JobStore
 from spartan import load_sparse
+from tests.files import artifact_file
 from tests.worker.conftest import Submit
 from worker.models import build_model
 from worker.runner import run_job
@@ -34,13 +35,13 @@ def test_finished_job_has_speedup_section_and_sparse_model(
     assert sec["predicted"]["sparse"] == report["cost"]["predicted"]
     assert sec["summary"].startswith("The sparse model")
     assert ("not faster" in sec["summary"]) == (not sec["faster"])
-    path = artifacts.path(job_id, "model.sparse.safetensors")
+    path = artifact_file(artifacts, job_id, "model.sparse.safetensors")
     loaded = load_sparse(path, "cpu", build_model=build_model)
     assert loaded.kernels == sec["kernels"]
     dense = build_model("mlp", {"hidden": [32]}, (64,), 10)
     from safetensors.torch import load_file
 
-    dense.load_state_dict(load_file(str(artifacts.path(job_id, "model.safetensors"))))
+    dense.load_state_dict(load_file(str(artifact_file(artifacts, job_id, "model.safetensors"))))
     x = torch.randn(3, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), dense.eval()(x), rtol=1e-4, atol=1e-5)

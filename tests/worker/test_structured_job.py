@@ -17,6 +17,7 @@ from jobs.report import Report
 from jobs.settings import Settings
 from jobs.store import JobStore
 from spartan import load_sparse
+from tests.files import artifact_file
 from tests.worker.conftest import Submit
 from worker.data import load_dataset
 from worker.models import build_model
@@ -49,14 +50,14 @@ def test_structured_job_writes_a_smaller_model(submit: Submit, store: JobStore,
     sp = report["sparsity"]
     assert sp["kept_cost"] <= 0.4 * sp["cost"] * (1 + 1e-9)  # the parameter budget
     assert {row["name"] for row in sp["layers"]} == {"convs.0", "convs.1", "head"}
-    path = artifacts.path(job_id, "model.sparse.safetensors")
+    path = artifact_file(artifacts, job_id, "model.sparse.safetensors")
     with safe_open(str(path), framework="pt") as f:
         assert f.metadata()["format"] == "spartan-shrunk/1"
         small_numel = sum(torch.Size(f.get_slice(k).get_shape()).numel()
                           for k in f.keys())  # noqa: SIM118 (safe_open API)
     # the shrunk model rebuilt from the file gives the written (zeroed) model's outputs
     plain = build_model("cnn", {"channels": [16, 32]}, (1, 8, 8), 10)
-    plain.load_state_dict(load_file(str(artifacts.path(job_id, "model.safetensors"))))
+    plain.load_state_dict(load_file(str(artifact_file(artifacts, job_id, "model.safetensors"))))
     assert small_numel < 0.6 * sum(p.numel() for p in plain.parameters())
     small = load_sparse(path, build_model=build_model)
     x = load_dataset("digits", {}, 0.2, 0).x_val[:32]

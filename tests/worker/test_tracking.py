@@ -22,6 +22,7 @@ import pytest
 from jobs.artifacts import ArtifactStore
 from jobs.settings import Settings
 from jobs.store import JobStore
+from tests.files import artifact_file, artifacts_root
 from tests.worker.conftest import TINY, Submit, merged
 from worker.runner import run_job
 
@@ -48,7 +49,7 @@ def test_tensorboard_event_files_beside_metrics(submit: Submit, store: JobStore,
     assert job is not None and job.status == "succeeded", job.error if job else None
     names = [a["name"] for a in artifacts.list(job_id)]
     assert any(n.startswith("events.out.tfevents.") for n in names), names
-    events = EventAccumulator(str(artifacts.job_dir(job_id)))
+    events = EventAccumulator(str(artifact_file(artifacts, job_id)))
     events.Reload()
     steps = step_records(artifacts, job_id)
     loss = events.Scalars("step/loss")
@@ -149,7 +150,7 @@ def test_mlflow_run_read_back_from_the_server(mlflow_server: str, submit: Submit
     stored = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.json", "model.sparse.safetensors", "metrics.jsonl"} <= stored
     got = Path(client.download_artifacts(run.info.run_id, "report.json",
-                                         str(artifacts.root.parent / "dl")))
+                                         str(artifacts_root(artifacts).parent / "dl")))
     assert json.loads(got.read_text())["job_id"] == job_id
 
 
