@@ -20,6 +20,7 @@ from jobs.settings import Settings
 from jobs.spec import JobSpec
 from jobs.store import JobStore, utcnow
 from tests import workloads
+from tests.files import artifact_file
 from tests.worker.conftest import TINY, Submit
 from worker import checkpoint
 from worker.runner import run_job
@@ -49,7 +50,7 @@ def test_resumed_recipe_job_with_a_dense_twin_matches_the_uninterrupted_one(
 
     reference = spec()
     run_job(reference, store, artifacts, settings)
-    expected = load_file(str(artifacts.path(reference, "model.safetensors")))
+    expected = load_file(str(artifact_file(artifacts, reference, "model.safetensors")))
     ref_report = report_of(artifacts, reference)
     # 23 batches of digits an epoch, 2 a step: 12 steps an epoch.
     assert ref_report["training"]["steps"] == 24
@@ -79,7 +80,7 @@ def test_resumed_recipe_job_with_a_dense_twin_matches_the_uninterrupted_one(
     run_job(job_id, store, artifacts, settings)
     job = store.get_job(job_id)
     assert job is not None and job.status == "succeeded" and job.resumed_from_step == 10
-    got = load_file(str(artifacts.path(job_id, "model.safetensors")))
+    got = load_file(str(artifact_file(artifacts, job_id, "model.safetensors")))
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
     assert report_of(artifacts, job_id)["accuracy"] == ref_report["accuracy"]  # twin too
@@ -119,6 +120,6 @@ def test_two_ranks_stream_npy_as_one_process_does(
         job = store.get_job(ids[-1])
         assert job is not None and job.status == "succeeded", job and job.error
     assert report_of(artifacts, ids[1])["training"]["world_size"] == 2
-    one, two = (load_file(str(artifacts.path(i, "model.safetensors"))) for i in ids)
+    one, two = (load_file(str(artifact_file(artifacts, i, "model.safetensors"))) for i in ids)
     for name, w in one.items():
         torch.testing.assert_close(two[name], w, rtol=1e-5, atol=1e-5)
