@@ -177,3 +177,29 @@ def test_exclusive_holder_keeps_new_shared_holders_out(settings: Settings) -> No
     for t in threads:
         t.join(30)
     assert order == ["training 1 done", "profile", "training 2"]
+
+
+def test_a_lost_profile_worker_is_recovered_like_a_training_job(
+        store: JobStore, artifacts: ArtifactStore, settings: Settings) -> None:
+    """Profiles are jobs: the reaper requeues one whose worker stopped heartbeating, and the
+    next worker runs it to the end (the heartbeat, attempts and reaper are the jobs')."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from jobs.models import Job, utcnow
+    from tests.worker.test_tasks import FakeApp
+    from worker.tasks import reap
+
+    job_id = submit_profile(store)
+    assert store.claim_job(job_id, "lost-worker", settings.max_attempts) is not None
+    with store.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(
+            heartbeat_at=utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 5)))
+    app = FakeApp()
+    assert reap(store, settings, app=app) == [job_id]  # type: ignore[arg-type]
+    assert app.sent == [("spartan.run_job", [job_id], "cpu")]
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded" and job.attempts == 2
+    assert len(store.profile_job_cost_models(job_id)) == 1
