@@ -119,14 +119,9 @@ def queue_depths(app: Celery | None = None) -> dict[str, int]:
         if driver == "filesystem":
             folder = Path(channel.data_folder_in)
             return {q: sum(1 for _ in folder.glob(f"*.{q}.msg")) for q in QUEUES}
-        if driver == "redis":
-            with channel.client.pipeline() as pipe:
-                for queue in QUEUES:
-                    for pri in channel.priority_steps:
-                        pipe.llen(channel._q_for_pri(queue, pri))
-                lengths = iter(pipe.execute())
-            steps = len(channel.priority_steps)
-            return {q: sum(next(lengths) for _ in range(steps)) for q in QUEUES}
+        if driver == "redis":  # kombu's public count: a passive declare
+            return {q: int(channel.queue_declare(queue=q, passive=True).message_count)
+                    for q in QUEUES}
         raise NotImplementedError(f"cannot count the messages of a {driver} broker")
 
 
@@ -147,7 +142,8 @@ def _filesystem_messages(channel: Any) -> list[Any]:
 def _redis_messages(channel: Any) -> list[Any]:
     # A queue is one list per priority step; a delivered message waits in the unacked hash
     # as [message, exchange, routing_key] until acknowledged (after its task, acks_late).
-    keys = [channel._q_for_pri(queue, pri) for queue in QUEUES for pri in channel.priority_steps]
+    keys = [_priority_key(channel, queue, pri) for queue in QUEUES
+            for pri in channel.priority_steps]
     with channel.client.pipeline() as pipe:
         for key in keys:
             pipe.lrange(key, 0, -1)
@@ -158,6 +154,13 @@ def _redis_messages(channel: Any) -> list[Any]:
         entry = _loads(raw)
         out.append(entry[0] if isinstance(entry, list) and entry else None)
     return out
+
+
+def _priority_key(channel: Any, queue: str, pri: int) -> str:
+    """The Redis list of one priority step of a queue, as kombu's Redis transport names them
+    (its documented `sep` and `priority_steps` transport options): the queue's name for
+    priority 0, else name + sep + priority."""
+    return queue if pri == 0 else f"{queue}{channel.sep}{pri}"
 
 
 def _loads(raw: bytes | str) -> Any:

@@ -126,7 +126,7 @@ def note_outcome(run_dir: str, rank: int, **fields: Any) -> None:
 
 
 if __name__ == "__main__":
-    from worker.main import die_with_parent
+    from worker.process import die_with_parent
 
     die_with_parent()  # the worker's job process gone: so are the agent and its ranks
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "

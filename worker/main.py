@@ -30,9 +30,8 @@ from billiard.pool import Pool as BlockingPool
 from celery.concurrency import prefork
 from celery.concurrency.asynpool import AsynPool
 
-from jobs.process import parent_death_signal
 from jobs.queue import QUEUES
-from jobs.settings import Settings, get_settings
+from jobs.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +46,6 @@ def cuda_available() -> bool:
 
 def default_queues() -> list[str]:
     return ["gpu", "cpu"] if cuda_available() else ["cpu"]
-
-
-def torch_threads(settings: Settings, concurrency: int) -> int:
-    """settings.worker_threads, or the cores but one (left to the API) split across children."""
-    if settings.worker_threads:
-        return settings.worker_threads
-    return max(1, ((os.cpu_count() or 1) - 1) // max(concurrency, 1))
-
-
-def limit_threads(settings: Settings, concurrency: int) -> None:
-    import torch
-
-    n = torch_threads(settings, concurrency)
-    torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set, or parallel work already ran in this process
-        pass
-    log.info("torch uses %d threads in process %d", n, os.getpid())
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    parent_death_signal(signal.SIGKILL)()
 
 
 def preload() -> None:
@@ -195,7 +170,6 @@ def run_worker(queues: list[str] | None, concurrency: int, hostname: str | None 
     from jobs.store import JobStore
 
     JobStore(settings.db_url).close()  # create or migrate the schema once, before any child
-    os.environ["SPARTAN_WORKER_CONCURRENCY"] = str(concurrency)
     os.environ["SPARTAN_WORKER_QUEUES"] = ",".join(queues)
     preload()
     from worker.tasks import app
@@ -203,6 +177,7 @@ def run_worker(queues: list[str] | None, concurrency: int, hostname: str | None 
     # One fresh child per job: its memory (torch's caches) goes back to the system after
     # each job, and a job that crashes its process takes nothing else down.
     app.conf.worker_max_tasks_per_child = 1
+    app.conf.worker_concurrency = concurrency  # read by each job process (worker.tasks)
     app.conf.worker_pool = "worker.main:JobTaskPool"
     argv = ["worker", f"--queues={','.join(queues)}", f"--concurrency={concurrency}",
             "--loglevel=INFO", "--without-gossip", "--without-mingle"]

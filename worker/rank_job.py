@@ -46,7 +46,7 @@ class QuietLease:
 
 def main(job_id: str, settings: Settings, worker: str, run_dir: str, threads: int) -> Any:
     """Entry point of a rank (RANK, WORLD_SIZE and the rendezvous come from the launcher)."""
-    from worker.main import die_with_parent
+    from worker.process import die_with_parent
     from worker.runner import attempt
 
     die_with_parent()  # the launcher's agent gone, so is this rank

@@ -34,6 +34,7 @@ from jobs.settings import Settings, get_settings
 from jobs.status import JobStatus
 from jobs.store import JobStore, lost_reason
 from worker.devices import capacity, devices, queues_served
+from worker.process import die_with_parent, limit_threads
 from worker.runner import run_job, worker_name
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,5 @@ def _stop(**_: Any) -> None:
 
 @worker_process_init.connect
 def _init_child(**_: Any) -> None:
-    from worker.main import die_with_parent, limit_threads
-
     die_with_parent()
-    limit_threads(get_settings(), int(os.environ.get("SPARTAN_WORKER_CONCURRENCY", "1")))
+    limit_threads(get_settings(), int(app.conf.worker_concurrency or 1))

@@ -7,16 +7,16 @@ import os
 import pytest
 
 from jobs.settings import Settings
-from worker import main
+from worker import main, process
 
 
 def test_threads_leave_a_core_and_split_across_processes(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
     monkeypatch.setattr(main.os, "cpu_count", lambda: 9)
-    assert main.torch_threads(Settings(worker_threads=0), 1) == 8
-    assert main.torch_threads(Settings(worker_threads=0), 3) == 2
-    assert main.torch_threads(Settings(worker_threads=0), 16) == 1
-    assert main.torch_threads(Settings(worker_threads=5), 3) == 5
+    assert process.torch_threads(Settings(worker_threads=0), 1) == 8
+    assert process.torch_threads(Settings(worker_threads=0), 3) == 2
+    assert process.torch_threads(Settings(worker_threads=0), 16) == 1
+    assert process.torch_threads(Settings(worker_threads=5), 3) == 5
 
 
 def test_default_queues_follow_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
