@@ -4,7 +4,8 @@ the worker's memory while it streams a dataset larger than it may hold.
     python -m benchmarks.job_overhead [--size-mb 400] [--steps 80] [--threads 1] [--skip ...]
 
 1. Step time, dense and sparse (spartan, budget 0.1): the same MLP (784-512-256-10), data (an
-   .npy pair of 16384 examples under a data root, standardised per feature) and batch (256),
+   .npy pair under a data root, standardised per feature, of at least 16384 examples and enough
+   that one epoch holds every step) and batch (256),
    trained for --steps steps (a) by a real job, run_job in this process on a SQLite store, its
    step time taken from the report (`training.seconds / training.steps`: the job's own clock,
    which covers its loop, progress, metrics records and checkpoints but not its set-up), and
@@ -136,15 +137,19 @@ def plain_loop(x_path: Path, y_path: Path, method: str, steps: int, seed: int = 
 
 
 def step_overhead(root: Path, steps: int, repeats: int) -> dict[str, Any]:
-    x, y = write_pair(root / "steps", EXAMPLES, FEATURES)
+    # One epoch holds every step (2% held out): the job's steps are the plain loop's, with one
+    # validation pass and one checkpoint at the end, as a long job has per epoch.
+    examples = max(EXAMPLES, int((steps + 1) * BATCH / 0.98) + 1)
+    x, y = write_pair(root / "steps", examples, FEATURES)
     out: dict[str, Any] = {"steps": steps, "batch": BATCH, "model": f"mlp {HIDDEN}",
-                           "examples": EXAMPLES}
+                           "examples": examples}
     for method in ("dense", "spartan"):
         spec = job_spec(x, y, method, steps, HIDDEN, BATCH)
         plain, job = [], []
         for i in range(repeats + 1):  # run 0 warms both up and is not counted
             p = plain_loop(x, y, method, steps)
             report = run_job_here(root, spec)
+            assert report["training"]["steps"] == steps, report["training"]
             j = report["training"]["seconds"] / report["training"]["steps"]
             log.info("%s run %d: plain %.2f ms/step, job %.2f ms/step", method, i, p * 1e3,
                      j * 1e3)

@@ -35,7 +35,9 @@ EVAL_BATCH = 256
 # cache): what keeps a worker's memory flat while it streams a file larger than memory. A read
 # maps more than it reads: Linux maps the neighbours of a faulted page too ("fault-around",
 # 64 KiB by default), so a scattered row costs its bytes plus FAULT_AROUND.
-RELEASE_EVERY = 64 << 20
+# A file no larger than that is never released: its pages cannot outgrow it, and faulting them in
+# again would only slow every batch.
+RELEASE_EVERY = 128 << 20
 FAULT_AROUND = 64 << 10
 
 
@@ -60,6 +62,8 @@ class NpyArray:
             raise ValueError(f"{path.name} is stored in Fortran order; save it C-contiguous "
                              "(np.ascontiguousarray) so that rows can be read one by one")
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.nbytes = self.offset + self.row_bytes * self.shape[0]
+        self.release_small = False  # shards of a large array are released whatever their size
         self._map: mmap.mmap | None = None
         self._array: np.ndarray | None = None
         self._read = 0
@@ -82,7 +86,8 @@ class NpyArray:
         """A copy of the rows at `index`."""
         rows = self.array()[index]
         self._read += len(index) * (self.row_bytes + FAULT_AROUND)
-        if self._read >= RELEASE_EVERY and self._map is not None:
+        large = self.release_small or self.nbytes > RELEASE_EVERY
+        if self._read >= RELEASE_EVERY and large and self._map is not None:
             self._read = 0
             if hasattr(mmap, "MADV_DONTNEED"):
                 self._map.madvise(mmap.MADV_DONTNEED)
@@ -99,6 +104,8 @@ class NpyShards:
     def __init__(self, path: Path, files: list[Path]) -> None:
         self.path = path
         self.parts = [NpyArray(f) for f in files]
+        for part in self.parts:
+            part.release_small = True
         first = self.parts[0]
         for part in self.parts[1:]:
             if part.shape[1:] != first.shape[1:] or part.dtype != first.dtype:
