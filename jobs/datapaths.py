@@ -46,8 +46,11 @@ def resolve_under(value: str, roots: list[Path]) -> Path:
         raise ValueError("no data roots are configured (SPARTAN_DATA_ROOTS), so no path can be "
                          "read; use a built-in dataset or an upload, or ask the operator to "
                          "set SPARTAN_DATA_ROOTS")
-    raw = Path(value).expanduser()
-    path = (raw if raw.is_absolute() else roots[0] / raw).resolve()
+    try:
+        raw = Path(value).expanduser()
+        path = (raw if raw.is_absolute() else roots[0] / raw).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # ~nobody, a name too long, NUL
+        raise ValueError(f"'{value[:200]}' is not a usable path ({exc})") from None
     if not any(path == root or path.is_relative_to(root) for root in roots):
         raise ValueError(f"'{value}' is outside the data roots "
                          f"({':'.join(str(r) for r in roots)})")
@@ -90,6 +93,14 @@ def check_spec(spec: JobSpec, roots: list[Path], look: bool = True) -> None:
     paths = resolved_paths(spec, roots)
     if not look:
         return
+    try:
+        _look(spec, paths)
+    except OSError as exc:  # a name too long for the file system, an I/O error
+        field = next(iter(paths), "data.kwargs")
+        raise PathError(field.split("."), f"cannot read it: {exc}") from None
+
+
+def _look(spec: JobSpec, paths: dict[str, Path]) -> None:
     kw = catalog.dataset_kwargs(spec.data.dataset, spec.data.kwargs)
     task = spec.training.task
     if spec.data.dataset == "imagefolder":

@@ -171,3 +171,10 @@ def test_fashion_mnist_names_the_package_or_the_folder(tmp_path: Path,
     monkeypatch.setattr(catalog, "FASHION_MNIST_DIR", str(tmp_path / "not-installed"))
     loc, msg = problem(spec("fashion-mnist"), [])
     assert loc == ["data", "dataset"] and "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_unusable_paths_are_field_errors_not_crashes(tmp_path: Path) -> None:
+    for value in ("~nobody-here/x.npy", "a" * 5000 + ".npy", "/" + "b" * 300 + "/x.npy"):
+        with pytest.raises(datapaths.PathError) as info:
+            datapaths.check_spec(spec("npy", x=value, y=value), [tmp_path])
+        assert info.value.loc == ["data", "kwargs", "x"], value[:20]
