@@ -96,8 +96,8 @@ def check_spec(spec: JobSpec, roots: list[Path], look: bool = True) -> None:
     try:
         _look(spec, paths)
     except OSError as exc:  # a name too long for the file system, an I/O error
-        field = next(iter(paths), "data.kwargs")
-        raise PathError(field.split("."), f"cannot read it: {exc}") from None
+        loc: Loc = list(next(iter(paths), "data.kwargs").split("."))
+        raise PathError(loc, f"cannot read it: {exc}") from None
 
 
 def _look(spec: JobSpec, paths: dict[str, Path]) -> None:
