@@ -122,13 +122,11 @@ def test_a_killed_worker_s_job_resumes_on_another_worker(tmp_path: Path,
     wait_for(store, job_id, lambda j: (j.progress.get("step") or 0) > 100, 120, workers)
     first.send_signal(signal.SIGKILL)  # the job's child process dies with it
     first.wait()
-    killed_at = time.monotonic()
     workers.start(SPARTAN_HEARTBEAT_TIMEOUT_S="3")
     job = wait_for(store, job_id, lambda j: j.attempts == 2 and j.resumed_from_step, 120,
                    workers)
     step = job.resumed_from_step
     assert step >= 40 and (step % 40 == 0 or step % 23 == 0)  # a checkpoint or an epoch end
-    assert time.monotonic() - killed_at < 60
     job = wait_for(store, job_id, lambda j: j.status != "running", 120, workers)
     assert job.status == "succeeded" and job.attempts == 2, job.error
     store.close()
