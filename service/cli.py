@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.serve import serve
 
     return serve(get_settings(), args.host, args.port, args.workers, args.insecure,
-                 queues=args.queues)
+                 queues=args.queues, port_file=args.port_file)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "run the API with N embedded workers")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+    p.add_argument("--port-file", type=Path, default=None,
+                   help="write the port bound to this file once listening")
     p.add_argument("--workers", type=int, default=1,
                    help="embedded worker processes (0 when workers run elsewhere)")
     p.add_argument("--insecure", action="store_true",

@@ -12,11 +12,13 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from jobs.process import parent_death_signal
@@ -123,7 +125,9 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(settings: Settings, host: str, port: int, workers: int, insecure: bool,
-          queues: str = "cpu,gpu") -> int:
+          queues: str = "cpu,gpu", port_file: Path | None = None) -> int:
+    """Port 0 lets the system choose; the port bound is then printed and, with `port_file`,
+    written there (how tests find a server without reserving a port another could take)."""
     if not is_loopback(host) and not settings.tokens() and not insecure:
         print(f"refusing to listen on {host} without SPARTAN_API_TOKENS (anyone who can reach it "
               "could run jobs and read results); set tokens, or pass --insecure", file=sys.stderr)
@@ -141,12 +145,21 @@ def serve(settings: Settings, host: str, port: int, workers: int, insecure: bool
 
     # uvicorn re-raises the signal that stopped it; SIGTERM then ends here, cleaning up below.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))  # bound here, by the process that serves it
+    bound = int(sock.getsockname()[1])
+    print(f"spartan serve: listening on http://{host}:{bound}", flush=True)
+    if port_file is not None:
+        port_file.write_text(f"{bound}\n")
     pool = WorkerPool(workers, queues=queues)
     pool.start()
     try:
-        uvicorn.run("service.main:create_app", factory=True, host=host, port=port,
-                    log_level=os.environ.get("SPARTAN_LOG_LEVEL", "info").lower(),
-                    timeout_graceful_shutdown=5)
+        config = uvicorn.Config("service.main:create_app", factory=True, host=host, port=bound,
+                                log_level=os.environ.get("SPARTAN_LOG_LEVEL", "info").lower(),
+                                timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:

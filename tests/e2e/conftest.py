@@ -76,14 +76,20 @@ class Serve:
     def start(self, workers: int | None = None, timeout: float = 90.0) -> Client:
         self.workers = self.workers if workers is None else workers
         self.starts += 1
-        port = free_port()
         log = (self.log_dir / f"serve-{self.starts}.log").open("wb")
+        port_file = self.log_dir / f"serve-{self.starts}.port"
+        # Port 0: serve binds a free port itself and says which (no port reserved, then lost).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port),
-             "--workers", str(self.workers)],
+            [sys.executable, "-m", "service", "serve", "--port", "0", "--port-file",
+             str(port_file), "--workers", str(self.workers)],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.client = Client(f"http://127.0.0.1:{port}", token="")
         deadline = time.monotonic() + timeout
+        while not port_file.is_file() or not port_file.read_text().endswith("\n"):
+            assert self.proc.poll() is None, f"serve exited early; see {log.name}"
+            assert time.monotonic() < deadline, "serve did not bind in time"
+            time.sleep(0.1)
+        port = int(port_file.read_text())
+        self.client = Client(f"http://127.0.0.1:{port}", token="")
         while not self.client.ready():
             assert self.proc.poll() is None, f"serve exited early; see {log.name}"
             assert time.monotonic() < deadline, "serve was not ready in time"
