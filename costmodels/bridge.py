@@ -151,31 +151,37 @@ class CostSplit:
         """The Sparsifier's `budget` (fraction of the total maskable cost) for "at most `budget`
         of the dense cost" (unit="fraction") or "at most `budget` ms" (unit "ms", "us" or "s";
         or the cost model's own unit, e.g. "flops")."""
-        cm, fixed, dense = self.cost_model, self.fixed, self.dense
-        if unit == "fraction":
-            if not 0 < budget <= 1:
-                raise ValueError(f"a fractional budget must lie in (0, 1], got {budget}")
-            target = budget * dense
-        elif unit in TIME_UNITS:
-            if cm.unit not in TIME_UNITS:
-                raise ValueError(f"a budget in {unit} needs a latency cost model, this one is "
-                                 f"in {cm.unit}")
-            target = budget * TIME_UNITS[unit]
-        elif unit == cm.unit:
-            target = budget
-        else:
-            raise ValueError(f"unknown budget unit {unit!r}; use fraction, ms, us, s or "
-                             f"{cm.unit}")
-        shown = f"{target:.6g} {cm.unit}"
-        if target <= fixed:
-            raise ValueError(f"budget {shown} is not above the fixed cost {fixed:.6g} {cm.unit} "
-                             "(overhead, intercepts and layers left dense), which no sparsity "
-                             "removes")
-        if target > dense * (1 + 1e-9):
-            raise ValueError(f"budget {shown} is above the dense model's cost {dense:.6g} "
-                             f"{cm.unit}: nothing to prune for")
-        return min(1.0, (target - fixed) / self.variable)
+        return fraction_of_variable(self.cost_model.unit, self.fixed, self.variable, budget,
+                                    unit, "overhead, intercepts and layers left dense")
 
+
+def fraction_of_variable(cm_unit: str, fixed: float, variable: float, budget: float,
+                         unit: str, fixed_is: str) -> float:
+    """The fraction of the variable cost a budget leaves: `budget` of dense (unit "fraction")
+    or an absolute cost (ms, us, s, or the cost model's own unit). `fixed_is` says what the
+    fixed cost holds, for the error when the budget does not exceed it."""
+    dense = fixed + variable
+    if unit == "fraction":
+        if not 0 < budget <= 1:
+            raise ValueError(f"a fractional budget must lie in (0, 1], got {budget}")
+        target = budget * dense
+    elif unit in TIME_UNITS:
+        if cm_unit not in TIME_UNITS:
+            raise ValueError(f"a budget in {unit} needs a latency cost model, this one is "
+                             f"in {cm_unit}")
+        target = budget * TIME_UNITS[unit]
+    elif unit == cm_unit:
+        target = budget
+    else:
+        raise ValueError(f"unknown budget unit {unit!r}; use fraction, ms, us, s or {cm_unit}")
+    shown = f"{target:.6g} {cm_unit}"
+    if target <= fixed:
+        raise ValueError(f"budget {shown} is not above the fixed cost {fixed:.6g} {cm_unit} "
+                         f"({fixed_is}), which no sparsity removes")
+    if target > dense * (1 + 1e-9):
+        raise ValueError(f"budget {shown} is above the dense model's cost {dense:.6g} "
+                         f"{cm_unit}: nothing to prune for")
+    return min(1.0, (target - fixed) / variable)
 
 def split_costs(cost_model: Mapping[str, Any] | CostModel, model: nn.Module,
                 block: tuple[int, int] = (1, 1), prefixes: Iterable[str] | None = None

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from costmodels.bridge import fraction_of_variable
 from costmodels.schema import TIME_UNITS, CostModel, validate_cost_model
 
 
@@ -92,25 +93,5 @@ def channel_budget_fraction(cost_model: Mapping[str, Any] | CostModel, model: nn
     `budget` ms" (or us, s, or the cost model's own unit)."""
     cm = _cm(cost_model)
     fixed, variable = channel_cost_split(cm, model, example_inputs, graph=graph)
-    dense = fixed + variable
-    if unit == "fraction":
-        if not 0 < budget <= 1:
-            raise ValueError(f"a fractional budget must lie in (0, 1], got {budget}")
-        target = budget * dense
-    elif unit in TIME_UNITS:
-        if cm.unit not in TIME_UNITS:
-            raise ValueError(f"a budget in {unit} needs a latency cost model, this one is in "
-                             f"{cm.unit}")
-        target = budget * TIME_UNITS[unit]
-    elif unit == cm.unit:
-        target = budget
-    else:
-        raise ValueError(f"unknown budget unit {unit!r}; use fraction, ms, us, s or {cm.unit}")
-    if target <= fixed:
-        raise ValueError(f"budget {target:.6g} {cm.unit} is not above the fixed cost "
-                         f"{fixed:.6g} {cm.unit} (overhead and intercepts), which no pruning "
-                         "removes")
-    if target > dense * (1 + 1e-9):
-        raise ValueError(f"budget {target:.6g} {cm.unit} is above the dense model's cost "
-                         f"{dense:.6g} {cm.unit}: nothing to prune for")
-    return min(1.0, (target - fixed) / variable)
+    return fraction_of_variable(cm.unit, fixed, variable, budget, unit,
+                                "overhead and intercepts")
