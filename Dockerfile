@@ -22,6 +22,7 @@ COPY costmodels/ costmodels/
 COPY jobs/ jobs/
 COPY worker/ worker/
 COPY service/ service/
+COPY cli/ cli/
 RUN pip install .
 # The portable build of spartan/_native.c, made here once: containers load it without a
 # compiler (root-owned, 0755: spartan._native trusts it; see its docstring).

@@ -37,13 +37,13 @@ from typing import Any
 
 import torch
 
-from costmodels.deployment import evaluate, refit
-from jobs.artifacts import ArtifactStore
-from jobs.profile_spec import ProfileSpec
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore
-from worker.runner import run_job
+from spartan_service.costmodels.deployment import evaluate, refit
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.profile_spec import ProfileSpec
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.runner import run_job
 
 log = logging.getLogger("benchmarks.closed_loop")
 TARGET_MAPE = 0.10
@@ -74,8 +74,8 @@ def profile(store: JobStore, artifacts: ArtifactStore, settings: Settings, quick
 def budgets(cost_model: dict[str, Any]) -> list[float]:
     """Latency budgets (ms) at FRACTIONS of the way from the fixed cost (overhead and
     intercepts) to the dense model's predicted latency (each layer at most its dense time)."""
-    from costmodels.deployment import predict_point
-    from costmodels.schema import validate_cost_model
+    from spartan_service.costmodels.deployment import predict_point
+    from spartan_service.costmodels.schema import validate_cost_model
 
     cm = validate_cost_model(cost_model)
     full = [{"name": n, "nnz_blocks": (lay.shape or [0, 0])[0] * (lay.shape or [0, 0])[1]}

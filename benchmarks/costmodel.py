@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from costmodels.fit import fit_profile, predict_latency
-from costmodels.plot import plot_fit
-from costmodels.profiler import layer_name, profile_model
-from costmodels.timing import keep_freed_memory
 from spartan.kernels import apply_kernels
 from spartan.layout import block_grid, expand_blocks, maskable_weights
 from spartan.timing import time_round_robin
+from spartan_service.costmodels.fit import fit_profile, predict_latency
+from spartan_service.costmodels.plot import plot_fit
+from spartan_service.costmodels.profiler import layer_name, profile_model
+from spartan_service.costmodels.timing import keep_freed_memory
 
 log = logging.getLogger("benchmarks.costmodel")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -55,7 +55,7 @@ CONFIGS: list[tuple[str, str, dict[str, Any], tuple[int, ...], int, str]] = [
 
 
 def build(arch: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
-    from worker.models import build_model
+    from spartan_service.worker.models import build_model
 
     torch.manual_seed(0)
     return build_model(arch, kwargs, shape, 10).eval()

@@ -32,19 +32,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.models import Job
-from jobs.queue import enqueue_job, make_celery
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore
+from spartan_service.jobs.models import Job
+from spartan_service.jobs.queue import enqueue_job, make_celery
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
 
 log = logging.getLogger("benchmarks.job_latency")
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"model": {"arch": "mlp", "kwargs": {"hidden": [16]}}, "data": {"dataset": "digits"},
         "sparsity": {"method": "dense"}, "training": {"epochs": 1}}
 # The worker as it was: Celery's prefork pool, the 2 s transport wait, a full interpreter exit.
-STOCK = ("import sys; from celery.concurrency import prefork; import jobs.queue as q; "
-         "import worker.main as m; m.JobTaskPool = prefork.TaskPool; "
+STOCK = ("import sys; from celery.concurrency import prefork; "
+         "import spartan_service.jobs.queue as q; "
+         "import spartan_service.worker.main as m; m.JobTaskPool = prefork.TaskPool; "
          "q.EmbeddedTransport.max_wait_s = 2.0; m.exit_now = lambda code=0: None; "
          "m.main(sys.argv[1:])")
 TARGET_GAP_S, TARGET_SHUTDOWN_S = 0.5, 2.0
@@ -92,7 +93,7 @@ def measure_worker(root: Path, variant: str, n_jobs: int) -> dict[str, Any]:
     store = JobStore(settings.db_url)
     app = make_celery(settings)
     log_file = data / "worker.log"
-    entry = ["-c", STOCK] if variant == "stock_celery" else ["-m", "worker"]
+    entry = ["-c", STOCK] if variant == "stock_celery" else ["-m", "spartan_service.worker"]
     with log_file.open("wb") as out:
         proc = subprocess.Popen([sys.executable, *entry, "--queues", "cpu"], cwd=REPO,
                                 env=worker_env(data), stdout=out, stderr=subprocess.STDOUT)

@@ -77,11 +77,11 @@ def job_spec(x: Path, y: Path, method: str, steps: int, hidden: list[int], batch
 
 def run_job_here(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
     """One job through the worker's own code, in this process; its report."""
-    from jobs.artifacts import ArtifactStore
-    from jobs.settings import Settings
-    from jobs.spec import JobSpec
-    from jobs.store import JobStore
-    from worker.runner import run_job
+    from spartan_service.jobs.artifacts import ArtifactStore
+    from spartan_service.jobs.settings import Settings
+    from spartan_service.jobs.spec import JobSpec
+    from spartan_service.jobs.store import JobStore
+    from spartan_service.worker.runner import run_job
 
     data_dir = Path(tempfile.mkdtemp(prefix="job-", dir=root))
     settings = Settings(data_dir=data_dir, database_url=None, broker_url=None, api_tokens=None,
@@ -108,7 +108,7 @@ def plain_loop(x_path: Path, y_path: Path, method: str, steps: int, seed: int = 
     from torch.nn import functional as F
 
     from spartan import Sparsifier, SparsifierConfig
-    from worker.models import build_model
+    from spartan_service.worker.models import build_model
 
     x = np.load(x_path, mmap_mode="r")
     y = np.load(y_path, mmap_mode="r")
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("worker").setLevel(logging.WARNING)
     import torch
 
-    from costmodels.timing import machine_info
+    from spartan_service.costmodels.timing import machine_info
 
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {"benchmark": "job_overhead", "threads": args.threads,

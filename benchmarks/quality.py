@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     torch.set_num_threads(args.threads)
-    from costmodels.timing import keep_freed_memory, machine_info
+    from spartan_service.costmodels.timing import keep_freed_memory, machine_info
 
     keep_freed_memory()
     p = plan(args.quick)

@@ -2,7 +2,7 @@
 
 On this CPU: profile the model's layers (costmodels.profiler, kernel "auto": each layer gets
 the kernel that is fastest for it, CSR or dense) at the inference batch, fit the cost model
-(costmodels.fit), then train two sweeps of Spartan runs:
+(spartan_service.costmodels.fit), then train two sweeps of Spartan runs:
 - latency-aware: per-block costs from the cost model (costmodels.bridge.block_costs) and a
   budget in ms (bridge.budget_fraction);
 - parameter budget: one per weight, budget = density.
@@ -30,8 +30,8 @@ EQUAL_ACC_TOL = 0.5
 
 
 def profile_and_fit(quick: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
-    from costmodels.fit import fit_profile
-    from costmodels.profiler import profile_model
+    from spartan_service.costmodels.fit import fit_profile
+    from spartan_service.costmodels.profiler import profile_model
 
     data = dataset(PAYOFF_DATASET)
     model = build(PAYOFF_MODEL, PAYOFF_DATASET, 0)
@@ -47,7 +47,7 @@ def profile_and_fit(quick: bool) -> tuple[dict[str, Any], dict[str, Any], dict[s
 
 def uniform_latency(cm: dict[str, Any], prof: dict[str, Any], density: float) -> float:
     """Predicted ms with every layer kept at `density` (the sweeps' shared latency targets)."""
-    from costmodels.fit import predict_latency
+    from spartan_service.costmodels.fit import predict_latency
 
     nnz = {lay["name"]: max(1, round(density * _blocks(lay))) for lay in prof["layers"]}
     return predict_latency(cm, nnz)
@@ -78,7 +78,7 @@ def measure(runs: list[RunResult], kernels: dict[str, str], quick: bool) -> tupl
 def payoff(densities: list[float], seeds: list[int], epochs: int, quick: bool
            ) -> dict[str, Any]:
     """Both sweeps, measured; see the module doc. Accuracies are means over seeds."""
-    from costmodels.bridge import block_costs, budget_fraction
+    from spartan_service.costmodels.bridge import block_costs, budget_fraction
 
     prof, cm, kernels = profile_and_fit(quick)
     template = build(PAYOFF_MODEL, PAYOFF_DATASET, 0)

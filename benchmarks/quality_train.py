@@ -1,6 +1,6 @@
 """One training run of the quality benchmark: a dataset, a model, a method, a sparsity, a seed.
 
-Models and data come from the worker's registries (worker.models.build_model,
+Models and data come from the worker's registries (spartan_service.worker.models.build_model,
 worker.data.load_dataset); the split is fixed (seed 0, 20% held out as the test set), the seed
 sets the initialisation and the batch order. Training: SGD with momentum 0.9, lr 0.05, batch 64,
 cross-entropy; the Sparsifier steps after every optimiser step and is finalised at the end, so
@@ -86,7 +86,7 @@ class RunResult:
 @cache
 def dataset(name: str) -> Any:
     """The split, standardised dataset (cached: every run of a dataset shares it)."""
-    from worker.data import load_dataset
+    from spartan_service.worker.data import load_dataset
 
     if name in FASHION:
         return fashion(**FASHION[name])
@@ -99,8 +99,8 @@ def dataset(name: str) -> Any:
 def fashion(limit: int | None = None, val_limit: int | None = None) -> Any:
     """Fashion-MNIST through the worker's streaming source, gathered into tensors (60k x 784
     floats: 188 MB), standardised with the training set's pixel mean and std."""
-    from worker.data import Dataset
-    from worker.storage import open_storage
+    from spartan_service.worker.data import Dataset
+    from spartan_service.worker.storage import open_storage
 
     data = open_storage("fashion-mnist", {"limit": limit, "val_limit": val_limit},
                         "classification", TEST_FRACTION, SPLIT_SEED, [])
@@ -110,7 +110,7 @@ def fashion(limit: int | None = None, val_limit: int | None = None) -> Any:
 
 
 def build(model: str, dataset_name: str, seed: int) -> nn.Module:
-    from worker.models import build_model
+    from spartan_service.worker.models import build_model
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; use one of {', '.join(MODELS)}")

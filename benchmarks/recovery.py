@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.settings import Settings
+from spartan_service.jobs.settings import Settings
 from tests.reliability.cluster import LONG_SPEC, Cluster, Unavailable
 
 log = logging.getLogger("benchmarks.recovery")

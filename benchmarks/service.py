@@ -40,8 +40,8 @@ from typing import Any
 
 import httpx
 
-from service.client import Client
-from service.demo import free_port, stop, wait_ready
+from spartan_service.cli.client import Client
+from spartan_service.cli.demo import free_port, stop, wait_ready
 
 log = logging.getLogger("benchmarks.service")
 REDIS_URL = os.environ.get("SPARTAN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -310,7 +310,8 @@ def main() -> None:
         env["SPARTAN_DATABASE_URL"] = database_url
     port = free_port()
     log_path = data_dir / "serve.log"
-    server = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "spartan_service.cli",
+                               "serve", "--port", str(port),
                                "--workers", "1", "--queues", "cpu"], env=env,
                               stdout=log_path.open("wb"),
                               stderr=subprocess.STDOUT)

@@ -33,13 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from costmodels import channel_budget_fraction, channel_costs, fit_profile, profile_channels
-from costmodels.channel_bridge import channel_cost_split
-from costmodels.timing import keep_freed_memory
 from spartan import Sparsifier, SparsifierConfig, shrink
 from spartan.channel_costs import LayerCost, total_cost
 from spartan.timing import time_round_robin
-from worker.models import build_model
+from spartan_service.costmodels import (
+    channel_budget_fraction,
+    channel_costs,
+    fit_profile,
+    profile_channels,
+)
+from spartan_service.costmodels.channel_bridge import channel_cost_split
+from spartan_service.costmodels.timing import keep_freed_memory
+from spartan_service.worker.models import build_model
 
 log = logging.getLogger("benchmarks.structured")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -166,9 +171,9 @@ def pruned(dense: nn.Module, data: tuple[Tensor, ...], epochs: int, seed: int,
 
 def uniform_fraction(dense: nn.Module, x: Tensor, params: int) -> float:
     """The width fraction whose uniformly shrunk model has `params` parameters (bisection)."""
-    from costmodels.structured import _uniform_drop
     from spartan.channels import trace_channels
     from spartan.shrink import apply_plan, shrink_plan
+    from spartan_service.costmodels.structured import _uniform_drop
 
     graph = trace_channels(dense, x)
     lo, hi = 0.02, 1.0

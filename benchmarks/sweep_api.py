@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 import uvicorn
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.store import JobStore
-from service.main import create_app
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.service.main import create_app
 
 log = logging.getLogger("benchmarks.sweep_api")
 TARGET_P99_MS = 100.0

@@ -11,11 +11,16 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from costmodels.fit import LinearCostFitter, cross_val_mape, fit_profile, predict_latency
-from costmodels.fit_channels import BilinearCostFitter
-from costmodels.io import load_cost_model, load_profile, write_json_atomic
-from costmodels.plot import plot_fit
-from costmodels.schema import (
+from spartan_service.costmodels.fit import (
+    LinearCostFitter,
+    cross_val_mape,
+    fit_profile,
+    predict_latency,
+)
+from spartan_service.costmodels.fit_channels import BilinearCostFitter
+from spartan_service.costmodels.io import load_cost_model, load_profile, write_json_atomic
+from spartan_service.costmodels.plot import plot_fit
+from spartan_service.costmodels.schema import (
     CostModel,
     Profile,
     ProfileError,
@@ -24,18 +29,18 @@ from costmodels.schema import (
 )
 
 _LAZY = {
-    "profile_model": "costmodels.profiler",
-    "block_costs": "costmodels.bridge",
-    "budget_fraction": "costmodels.bridge",
-    "cost_split": "costmodels.bridge",
-    "predict_cost": "costmodels.bridge",
-    "params_cost_model": "costmodels.builtin",
-    "flops_cost_model": "costmodels.builtin",
-    "channel_cost_model": "costmodels.builtin",
-    "profile_channels": "costmodels.structured",
-    "channel_costs": "costmodels.channel_bridge",
-    "channel_cost_split": "costmodels.channel_bridge",
-    "channel_budget_fraction": "costmodels.channel_bridge",
+    "profile_model": "spartan_service.costmodels.profiler",
+    "block_costs": "spartan_service.costmodels.bridge",
+    "budget_fraction": "spartan_service.costmodels.bridge",
+    "cost_split": "spartan_service.costmodels.bridge",
+    "predict_cost": "spartan_service.costmodels.bridge",
+    "params_cost_model": "spartan_service.costmodels.builtin",
+    "flops_cost_model": "spartan_service.costmodels.builtin",
+    "channel_cost_model": "spartan_service.costmodels.builtin",
+    "profile_channels": "spartan_service.costmodels.structured",
+    "channel_costs": "spartan_service.costmodels.channel_bridge",
+    "channel_cost_split": "spartan_service.costmodels.channel_bridge",
+    "channel_budget_fraction": "spartan_service.costmodels.channel_bridge",
 }
 
 __all__ = [

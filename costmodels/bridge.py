@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from costmodels.fit import piecewise
-from costmodels.profiler import layer_name
-from costmodels.schema import TIME_UNITS, CostLayer, CostModel, validate_cost_model
+from spartan_service.costmodels.fit import piecewise
+from spartan_service.costmodels.profiler import layer_name
+from spartan_service.costmodels.schema import TIME_UNITS, CostLayer, CostModel, validate_cost_model
 
 ZERO_SLOPE_FLOOR = 1e-6
 
@@ -214,7 +214,7 @@ def predict_cost(cost_model: Mapping[str, Any] | CostModel, model: nn.Module) ->
     """Predicted cost of the model's current weights (masked ones while a Sparsifier is
     attached): overhead + for each cost-model layer intercept + slope x its nonzero blocks
     (blocks of the layer's cost-model block), at most the layer's dense latency where the
-    profile measured it (costmodels.fit.piecewise: the export runs dense there)."""
+    profile measured it (spartan_service.costmodels.fit.piecewise: the export runs dense there)."""
     from spartan.layout import block_values
 
     cm = _model(cost_model)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from costmodels.profiler import layer_name
+from spartan_service.costmodels.profiler import layer_name
 
 
 def _layers(model: nn.Module, block: tuple[int, int]) -> dict[str, tuple[str, Any, tuple[int,

@@ -4,7 +4,7 @@ A structured cost model (costmodels.fit_channels; or the built-in params / FLOPs
 spartan.channel_costs) has, per layer (module name), latency = intercept + slope x pairs +
 slope_out x kept_out + slope_in x kept_in. The Sparsifier takes those coefficients as its
 `costs` and keeps `budget` of the variable part (everything but the intercepts). So, as for
-weights (costmodels.bridge):
+weights (spartan_service.costmodels.bridge):
 
     fixed    = overhead + intercepts of the prunable layers + full cost of cost-model
                layers that cannot shrink,
@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import nn
 
-from costmodels.bridge import fraction_of_variable
-from costmodels.schema import TIME_UNITS, CostModel, validate_cost_model
+from spartan_service.costmodels.bridge import fraction_of_variable
+from spartan_service.costmodels.schema import TIME_UNITS, CostModel, validate_cost_model
 
 
 def _cm(cost_model: Mapping[str, Any] | CostModel) -> CostModel:
@@ -80,7 +80,7 @@ def channel_cost_split(cost_model: Mapping[str, Any] | CostModel, model: nn.Modu
             if full is None:
                 raise ValueError(f"cost-model layer {name!r} is not a prunable layer of the "
                                  "model and has no full widths")
-            from costmodels.fit_channels import layer_latency
+            from spartan_service.costmodels.fit_channels import layer_latency
 
             fixed += layer_latency(lay.model_dump(), float(full[0]), float(full[1]))
     return fixed, variable

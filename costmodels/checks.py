@@ -17,8 +17,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from costmodels.fit_channels import layer_latency
-from costmodels.schema import TIME_UNITS, CostModel, ProfileError, total_blocks, validate_cost_model
+from spartan_service.costmodels.fit_channels import layer_latency
+from spartan_service.costmodels.schema import (
+    TIME_UNITS,
+    CostModel,
+    ProfileError,
+    total_blocks,
+    validate_cost_model,
+)
 
 Loc = list[str | int]
 POOR_MAPE = 0.20  # a layer's held-out error above this is flagged

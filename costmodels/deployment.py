@@ -26,7 +26,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from costmodels.schema import CostModel, validate_cost_model
+from spartan_service.costmodels.schema import CostModel, validate_cost_model
 
 ERROR_THRESHOLD = 0.15
 
@@ -42,7 +42,9 @@ def predict_point(cost_model: Mapping[str, Any] | CostModel, layers: Sequence[Ma
     missing = sorted(set(cm.layers) - set(nnz))
     if missing:
         raise ValueError(f"the point lacks cost-model layers {', '.join(missing)}")
-    from costmodels.fit import piecewise  # the line, capped at the dense latency (as bridge)
+    from spartan_service.costmodels.fit import (
+        piecewise,  # the line, capped at the dense latency (as bridge)
+    )
 
     per_layer = {name: piecewise(lay, nnz[name]) for name, lay in cm.layers.items()}
     return (cm.overhead or 0.0) + sum(per_layer.values()), per_layer

@@ -23,7 +23,7 @@ from sklearn.linear_model import HuberRegressor, LinearRegression, RANSACRegress
 from sklearn.metrics import mean_absolute_percentage_error, r2_score
 from sklearn.model_selection import KFold
 
-from costmodels.schema import Profile, validate_cost_model, validate_profile
+from spartan_service.costmodels.schema import Profile, validate_cost_model, validate_profile
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
     """Cost-model file dict (DESIGN.md) from a profile: per layer intercept, slope (ms per
     nonzero block), block, r2 (all samples) and mape (KFold cross-validated). Raises
     ProfileError for a bad profile."""
-    from costmodels import fit_channels
+    from spartan_service.costmodels import fit_channels
 
     prof = validate_profile(profile)
     layers: dict[str, Any] = {}
@@ -168,7 +168,7 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
     if prof.machine is not None:
         out["machine"] = prof.machine
     hardware = (prof.model_extra or {}).get("hardware")
-    if hardware is not None:  # where it was measured (costmodels.hardware)
+    if hardware is not None:  # where it was measured (spartan_service.costmodels.hardware)
         out["hardware"] = hardware
     if prof.overhead is not None:
         out["overhead"] = prof.overhead
@@ -182,7 +182,7 @@ def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,
     excludes = (prof.model_extra or {}).get("overhead_excludes")
     if excludes:  # layers whose dense time the profiler took off the overhead
         out["overhead_excludes"] = list(excludes)
-    from costmodels.checks import fit_warnings
+    from spartan_service.costmodels.checks import fit_warnings
 
     warnings = fit_warnings(out)
     if warnings:

@@ -30,7 +30,7 @@ from sklearn.linear_model import LinearRegression, RANSACRegressor
 from sklearn.metrics import mean_absolute_percentage_error, r2_score
 from sklearn.model_selection import KFold
 
-from costmodels.schema import ProfileLayer
+from spartan_service.costmodels.schema import ProfileLayer
 
 FEATURES = ("pairs", "kept_out", "kept_in")
 _RANSAC_MIN = 8
@@ -60,7 +60,7 @@ class BilinearCostFitter(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         xs = x / scale
         est: Any = LinearRegression(positive=True)
         if self.robust and len(x) >= _RANSAC_MIN:
-            from costmodels.fit import _relative_error
+            from spartan_service.costmodels.fit import _relative_error
 
             try:
                 with warnings.catch_warnings():
@@ -108,7 +108,7 @@ def features(lay: ProfileLayer) -> tuple[NDArray[np.float64], NDArray[np.float64
     for s in lay.samples:
         extra = s.model_extra or {}
         if "kept_in" not in extra or "kept_out" not in extra:
-            from costmodels.schema import ProfileError
+            from spartan_service.costmodels.schema import ProfileError
 
             raise ProfileError("a structured sample needs kept_in and kept_out", lay.name,
                                "samples")

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from costmodels.schema import (
+from spartan_service.costmodels.schema import (
     CostModel,
     Profile,
     ProfileError,
     validate_cost_model,
     validate_profile,
 )
-from jobs.artifacts import write_atomic
+from spartan_service.jobs.artifacts import write_atomic
 
 
 def _read_json(path: str | Path) -> Any:

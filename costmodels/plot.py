@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from costmodels.schema import Profile, validate_cost_model, validate_profile
+from spartan_service.costmodels.schema import Profile, validate_cost_model, validate_profile
 
 
 def plot_fit(profile: dict[str, Any] | Profile, cost_model: dict[str, Any],

@@ -3,7 +3,7 @@
 For each maskable weight (spartan.layout.maskable_weights) the layer's own input, captured by
 one probe forward pass, runs through the inference kernel a deployment would use
 (spartan.kernels) with random block masks at each density; every (kernel, density) is
-timed round-robin (costmodels.timing) with warm-up, repeats, median and IQR.
+timed round-robin (spartan_service.costmodels.timing) with warm-up, repeats, median and IQR.
 
 kernel="auto" times every kernel that applies and records ONE kernel per layer, so that the
 layer's samples lie on one line: the sparse kernel (csr / bsr / semi) with the lowest total
@@ -44,10 +44,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from costmodels.schema import MIN_DENSITIES, validate_profile
-from costmodels.timing import device_label, keep_freed_memory, machine_info
 from spartan.kernels import KERNELS, candidate_kernels, layer_module, replace_module
 from spartan.timing import time_round_robin
+from spartan_service.costmodels.schema import MIN_DENSITIES, validate_profile
+from spartan_service.costmodels.timing import device_label, keep_freed_memory, machine_info
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def profile_model(
     machine = machine_info(dev) | {"kernel": kernel, "batch": int(x.shape[0]),
                                    "input_shape": list(x.shape), "keep_freed_memory": kept,
                                    **timing}
-    from costmodels.hardware import collect
+    from spartan_service.costmodels.hardware import collect
 
     profile = {"device": device_label(dev), "unit": "ms", "machine": machine,
                "hardware": collect(dev, (lay["kernel"] for lay in layers)),

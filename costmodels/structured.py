@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from costmodels.schema import validate_profile
-from costmodels.timing import device_label, keep_freed_memory, machine_info
 from spartan.timing import time_round_robin
+from spartan_service.costmodels.schema import validate_profile
+from spartan_service.costmodels.timing import device_label, keep_freed_memory, machine_info
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from costmodels.hardware import cpu_model
+from spartan_service.costmodels.hardware import cpu_model
 
 log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc malloc.h

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from jobs import catalog
+from spartan_service.jobs import catalog
 
 PARAM_COPIES = 8
 ACTIVATION_COPIES = 3

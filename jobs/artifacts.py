@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from jobs.storage import PRIVATE, PUBLIC, FileStorage, Storage, check_name, write_atomic
+from spartan_service.jobs.storage import (
+    PRIVATE,
+    PUBLIC,
+    FileStorage,
+    Storage,
+    check_name,
+    write_atomic,
+)
 
 __all__ = ["ArtifactStore", "check_name", "write_atomic"]
 

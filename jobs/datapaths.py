@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs import catalog
-from jobs.spec import JobSpec
+from spartan_service.jobs import catalog
+from spartan_service.jobs.spec import JobSpec
 
 Loc = list[str | int]
 Problem = tuple[Loc, str]

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from jobs.models import Job
+from spartan_service.jobs.models import Job
 
 _NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from jobs.status import JobStatus
+from spartan_service.jobs.status import JobStatus
 
 
 def utcnow() -> datetime:

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from jobs.fields import Name
-from jobs.spec import ALLOWED_BLOCKS, DataSpec, ModelSpec, _Strict
+from spartan_service.jobs.fields import Name
+from spartan_service.jobs.spec import ALLOWED_BLOCKS, DataSpec, ModelSpec, _Strict
 
 PROFILE_KERNELS = ("auto", "dense", "csr", "bsr", "semi")
 MIN_POINTS = 3  # distinct densities per layer: two fix a line, a third checks it

@@ -17,13 +17,13 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu.transport import filesystem
 
-from jobs.settings import Settings, get_settings
+from spartan_service.jobs.settings import Settings, get_settings
 
 RUN_JOB = "spartan.run_job"
 REAP = "spartan.reap"
 QUEUES = ("cpu", "gpu")
 # The embedded broker's transport, by import path (Celery's broker_transport setting).
-EMBEDDED_TRANSPORT = "jobs.queue:EmbeddedTransport"
+EMBEDDED_TRANSPORT = "spartan_service.jobs.queue:EmbeddedTransport"
 
 
 class EmbeddedTransport(filesystem.Transport):

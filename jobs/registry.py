@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from jobs.models import WorkerRecord, utcnow
+from spartan_service.jobs.models import WorkerRecord, utcnow
 
 # A worker refreshes its row every reaper round (at most 10 s apart): three missed rounds and
 # it no longer counts.

@@ -187,7 +187,7 @@ class DeploymentBatch(_Section):
 class DeploymentSection(_Section):
     """The exported model measured on the worker beside the fitted cost model's prediction at
     the cost model's batch size, stored with the cost model as a held-out point
-    (worker.deployment)."""
+    (spartan_service.worker.deployment)."""
 
     unit: str
     device: str

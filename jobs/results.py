@@ -16,8 +16,8 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
-from jobs.artifacts import ArtifactStore
-from jobs.report import REPORT
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.report import REPORT
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from jobs.admission import Limits
+    from spartan_service.jobs.admission import Limits
 
 
 class Settings(BaseSettings):
@@ -73,13 +73,13 @@ class Settings(BaseSettings):
                      "max_job_dataset_bytes")
     @classmethod
     def _check_limits(cls, value: str) -> str:
-        from jobs.admission import parse_queue_limits
+        from spartan_service.jobs.admission import parse_queue_limits
 
         parse_queue_limits(value)
         return value
 
     def job_limits(self, queue: str) -> Limits:
-        from jobs.admission import Limits, limit_for, parse_queue_limits
+        from spartan_service.jobs.admission import Limits, limit_for, parse_queue_limits
 
         def get(text: str) -> int:
             found = limit_for(parse_queue_limits(text), queue)

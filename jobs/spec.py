@@ -14,8 +14,8 @@ from pydantic import (
     model_validator,
 )
 
-from jobs import catalog
-from jobs.fields import INT_MAX, FiniteFloat, JsonDict, Name, Prefix, Ref, Tag, Text
+from spartan_service.jobs import catalog
+from spartan_service.jobs.fields import INT_MAX, FiniteFloat, JsonDict, Name, Prefix, Ref, Tag, Text
 
 ALLOWED_BLOCKS = {(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32)}
 

@@ -31,11 +31,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.fields import bounded_warnings
-from jobs.models import CostModel, DeploymentPoint, Job, JobLog, Upload, utcnow
-from jobs.registry import WorkerRegistry
-from jobs.status import TERMINAL, JobStatus
-from jobs.store_extra import SweepsAndLogs
+from spartan_service.jobs.fields import bounded_warnings
+from spartan_service.jobs.models import CostModel, DeploymentPoint, Job, JobLog, Upload, utcnow
+from spartan_service.jobs.registry import WorkerRegistry
+from spartan_service.jobs.status import TERMINAL, JobStatus
+from spartan_service.jobs.store_extra import SweepsAndLogs
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jobs.models import Job, JobLog, Sweep, utcnow
+from spartan_service.jobs.models import Job, JobLog, Sweep, utcnow
 
 # A job's log is bounded: this many records, then only errors (a failure's traceback comes
 # last) up to ERRORS_AFTER_LIMIT more; a record's message is cut to MESSAGE_CHARS.

@@ -2,7 +2,7 @@
 together, and the accuracy-latency frontier of the results.
 
 No torch, no FastAPI: the API expands a sweep into job specs here and reads each finished
-point's figures from its report (jobs.results).
+point's figures from its report (spartan_service.jobs.results).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.fields import FiniteFloat, Name, Tag
-from jobs.spec import JobSpec
+from spartan_service.jobs.fields import FiniteFloat, Name, Tag
+from spartan_service.jobs.spec import JobSpec
 
 MAX_POINTS = 200
 Method = Literal["spartan", "dual_averaging", "imp", "dense"]

@@ -11,7 +11,7 @@ reads it; every member must be an .npy file whose header (parsed by numpy, witho
 declares a numeric dtype and a shape whose byte count matches the member's size; members are
 decompressed in bounded chunks (never inflated whole) under a cap on the total unpacked size.
 A file holding both `x` and `y` is a dataset: refused here if a job could not train on it (the
-rules of worker.data), its values checked chunk by chunk.
+rules of spartan_service.worker.data), its values checked chunk by chunk.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from jobs.fields import check_text
+from spartan_service.jobs.fields import check_text
 
 SAFETENSORS_DTYPES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,

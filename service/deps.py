@@ -16,11 +16,11 @@ from celery import Celery
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from jobs.artifacts import ArtifactStore
-from jobs.results import ResultsCache
-from jobs.settings import Settings
-from jobs.store import JobStore
-from service.state import Resources
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.results import ResultsCache
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.service.state import Resources
 
 log = logging.getLogger(__name__)
 DEFAULT_TENANT = "default"

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.fields import sanitize
-from service.schemas import Error
+from spartan_service.jobs.fields import sanitize
+from spartan_service.service.schemas import Error
 
 log = logging.getLogger(__name__)
 # Pagination offsets past any real table, kept within a 64-bit database integer.

@@ -32,8 +32,8 @@ class FitRefused(ValueError):
 def fit_checked(profile: dict[str, Any]) -> tuple[str, Any]:
     """Runs in a pool process: ("ok", (validated profile, fitted model)) or ("refused",
     (message, layer, field)); exceptions with extra state do not survive pickling whole."""
-    from costmodels.fit import fit_profile
-    from costmodels.schema import validate_profile
+    from spartan_service.costmodels.fit import fit_profile
+    from spartan_service.costmodels.schema import validate_profile
 
     try:
         validated = validate_profile(profile).model_dump(mode="json", exclude_none=True)

@@ -1,6 +1,6 @@
 """The FastAPI app: settings, middleware, error handlers and routers, assembled; nothing else.
 
-Run with `spartan serve`, or `uvicorn --factory service.main:create_app`.
+Run with `spartan serve`, or `uvicorn --factory spartan_service.service.main:create_app`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
-from jobs.settings import Settings, get_settings
-from jobs.uploads import clean_partial
-from service import errors, openapi
-from service.limits import MULTIPART_SLACK, BodyLimitMiddleware
-from service.query import refuse_unknown_query
-from service.routes import (
+from spartan_service.jobs.settings import Settings, get_settings
+from spartan_service.jobs.uploads import clean_partial
+from spartan_service.service import errors, openapi
+from spartan_service.service.limits import MULTIPART_SLACK, BodyLimitMiddleware
+from spartan_service.service.query import refuse_unknown_query
+from spartan_service.service.routes import (
     cost_models,
     dashboard,
     docs,
@@ -30,9 +30,9 @@ from service.routes import (
     sweeps,
     uploads,
 )
-from service.security import SecurityHeadersMiddleware
-from service.state import Resources
-from service.telemetry import MetricsMiddleware, Telemetry
+from spartan_service.service.security import SecurityHeadersMiddleware
+from spartan_service.service.state import Resources
+from spartan_service.service.telemetry import MetricsMiddleware, Telemetry
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from service.errors import field_error
+from spartan_service.service.errors import field_error
 
 _KNOWN: dict[int, frozenset[str]] = {}
 

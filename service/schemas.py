@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.fields import JsonDict, Name
-from jobs.status import JobStatus
+from spartan_service.jobs.fields import JsonDict, Name
+from spartan_service.jobs.status import JobStatus
 
 _JOB_EXAMPLE: dict[str, Any] = {
     "id": "3f2c9a1e6b7d4c0e9a8b7c6d5e4f3a2b",
@@ -323,7 +323,8 @@ class LogRecordPublic(BaseModel):
 class LogsPublic(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": [
         {"id": 7, "attempt": 1, "created_at": "2025-01-01T12:00:03Z", "level": "WARNING",
-         "logger": "worker.data", "message": "val_fraction leaves 3 examples per class"},
+         "logger": "spartan_service.worker.data",
+         "message": "val_fraction leaves 3 examples per class"},
     ], "count": 1}]})
 
     data: list[LogRecordPublic]

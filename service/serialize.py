@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from jobs.fields import sanitize
+from spartan_service.jobs.fields import sanitize
 
 log = logging.getLogger(__name__)
 _FAILURES = (ValidationError, PydanticSerializationError, UnicodeError, ValueError, TypeError)

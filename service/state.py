@@ -11,13 +11,13 @@ from pathlib import Path
 
 from celery import Celery
 
-from jobs.artifacts import ArtifactStore
-from jobs.queue import make_celery
-from jobs.results import ResultsCache
-from jobs.settings import Settings
-from jobs.store import JobStore
-from jobs.uploads import upload_path
-from service.fitting import FitPool
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.queue import make_celery
+from spartan_service.jobs.results import ResultsCache
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.jobs.uploads import upload_path
+from spartan_service.service.fitting import FitPool
 
 
 class Resources:

@@ -18,9 +18,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobs.queue import QUEUES, queue_depths
-from jobs.status import JobStatus
-from service.state import Resources
+from spartan_service.jobs.queue import QUEUES, queue_depths
+from spartan_service.jobs.status import JobStatus
+from spartan_service.service.state import Resources
 
 log = logging.getLogger(__name__)
 

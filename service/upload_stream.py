@@ -20,7 +20,7 @@ from fastapi import HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import field_error
+from spartan_service.service.errors import field_error
 
 WRITE_CHUNK = 1 << 20
 PARTIAL_PREFIX = ".part-"

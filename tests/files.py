@@ -1,12 +1,12 @@
 """Where the filesystem storage backend keeps a job's files: tests look at them directly (the
-service's code never does; it goes through jobs.storage)."""
+service's code never does; it goes through spartan_service.jobs.storage)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from jobs.artifacts import ArtifactStore
-from jobs.storage import PRIVATE, FileStorage
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.storage import PRIVATE, FileStorage
 
 
 def artifacts_root(artifacts: ArtifactStore) -> Path:

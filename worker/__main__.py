@@ -1,4 +1,4 @@
-"""`python -m worker`: start a Celery worker (see worker.main).
+"""`python -m spartan_service.worker`: start a Celery worker (see spartan_service.worker.main).
 
 `-m` puts the current directory first on the import path: a `profile.py` or `jobs.py` there
 would be imported instead of the library's (a worker started from a user's folder then
@@ -12,6 +12,6 @@ from pathlib import Path
 if sys.path and Path(sys.path[0] or ".").resolve() != Path(__file__).resolve().parents[1]:
     del sys.path[0]
 
-from worker.main import main  # noqa: E402
+from spartan_service.worker.main import main  # noqa: E402
 
 main()

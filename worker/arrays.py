@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.loaders import Batch, NpyArray, NpyShards
+from spartan_service.worker.loaders import Batch, NpyArray, NpyShards
 
 Array = NpyArray | NpyShards
 

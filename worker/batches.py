@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from worker.data import Dataset
+from spartan_service.worker.data import Dataset
 
 Batch = tuple[Tensor, Tensor]  # (inputs, targets), on the training device
 EVAL_BATCH = 1024

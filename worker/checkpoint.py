@@ -18,11 +18,16 @@ import torch
 from safetensors.torch import load, save
 from torch import Tensor
 
-from jobs import report
-from jobs.artifacts import ArtifactStore
-from worker.plan import JobPlan
-from worker.ranks import broadcast_json, broadcast_module, broadcast_optimizer, compare_ranks
-from worker.training import LoopState
+from spartan_service.jobs import report
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.worker.plan import JobPlan
+from spartan_service.worker.ranks import (
+    broadcast_json,
+    broadcast_module,
+    broadcast_optimizer,
+    compare_ranks,
+)
+from spartan_service.worker.training import LoopState
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +148,7 @@ class Checkpointer:
     def restore(self) -> LoopState | None:
         """The loop state of the last checkpoint, with model, optimiser, Sparsifier and RNG
         put back; None on a first attempt or without a checkpoint. Under several ranks, rank 0
-        reads the checkpoint and broadcasts what it restored (worker.ranks)."""
+        reads the checkpoint and broadcasts what it restored (spartan_service.worker.ranks)."""
         p = self.plan
         if p.ranks.world == 1:
             return self._restore()

@@ -6,7 +6,7 @@
   sparsity.budget is the kept fraction of the masked layers' FLOPs.
 - fitted: a stored latency model (per layer, latency = intercept + slope x nonzero blocks).
   sparsity.budget means "at most this fraction of the dense model's latency", or
-  cost_model.budget_ms an absolute latency; costmodels.bridge turns either into the
+  cost_model.budget_ms an absolute latency; spartan_service.costmodels.bridge turns either into the
   Sparsifier's fraction, counting intercepts, overhead and unmasked layers as fixed cost.
   The stored model is named by id (that version) or by name: then the newest version whose
   hardware fingerprint is this worker's (costmodels.hardware), at the job's batch size if one
@@ -25,10 +25,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from costmodels.schema import CostModel
-from jobs.models import CostModel as StoredCostModel
-from jobs.spec import CostSpec, JobSpec
-from jobs.store import JobStore
+from spartan_service.costmodels.schema import CostModel
+from spartan_service.jobs.models import CostModel as StoredCostModel
+from spartan_service.jobs.spec import CostSpec, JobSpec
+from spartan_service.jobs.store import JobStore
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class CostPlan:
         cost of the kept widths)."""
         if self.model is None or self.structure == "channels":
             return self.fixed + kept_cost
-        from costmodels import bridge
+        from spartan_service.costmodels import bridge
 
         return float(bridge.predict_cost(self.model, model))
 
@@ -79,7 +79,7 @@ def stored_model(cost: CostSpec, store: JobStore, tenant: str | None, device: An
                  batch: int) -> tuple[StoredCostModel, dict[str, Any], list[str]]:
     """The stored cost model a job uses, its provenance for the report, and warnings. Raises
     ValueError when it is missing, or measured elsewhere while strict_hardware is set."""
-    from costmodels import hardware
+    from spartan_service.costmodels import hardware
 
     here = hardware.collect(device)
     fingerprint = hardware.fingerprint(here)
@@ -125,7 +125,7 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
         return _channel_costs(spec, model, example_input, store, tenant)
     if kind == "params":
         return CostPlan(kind, "params", 1.0 if dense else s.budget)
-    from costmodels import bridge, builtin
+    from spartan_service.costmodels import bridge, builtin
 
     block = (s.block[0], s.block[1])
     prefixes = list(s.prefixes) if s.prefixes else None
@@ -163,9 +163,9 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
 
 def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobStore,
                    tenant: str | None) -> CostPlan:
-    from costmodels import builtin, channel_bridge
-    from costmodels.schema import validate_cost_model
     from spartan.channels import trace_channels
+    from spartan_service.costmodels import builtin, channel_bridge
+    from spartan_service.costmodels.schema import validate_cost_model
 
     kind, s = spec.cost_model.kind, spec.sparsity
     dense = s.method == "dense"

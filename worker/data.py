@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jobs import catalog
+from spartan_service.jobs import catalog
 
 Shape = tuple[int, ...]
 

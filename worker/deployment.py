@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from costmodels.schema import CostModel
+from spartan_service.costmodels.schema import CostModel
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ REPEATS, WARMUP = 15, 2
 
 def nonzero_blocks(model: nn.Module, cost_model: CostModel) -> dict[str, int]:
     """Nonzero blocks of each cost-model layer's weight, in the layer's cost-model block."""
-    from costmodels.bridge import _find_weight
     from spartan.layout import block_values
+    from spartan_service.costmodels.bridge import _find_weight
 
     out = {}
     with torch.no_grad():
@@ -89,7 +89,7 @@ def measure_deployment(runner: nn.Module, model: nn.Module, example: Tensor,
     exported model) measured per layer at each batch, the whole model taken from `whole_ms`
     (batch -> ms, the speedup section's) or timed here, and at the cost model's batch beside
     the prediction."""
-    from costmodels.deployment import ERROR_THRESHOLD, predict_point
+    from spartan_service.costmodels.deployment import ERROR_THRESHOLD, predict_point
 
     runner = runner.eval()
     nnz = nonzero_blocks(model, cost_model)
@@ -130,9 +130,9 @@ def close_loop(plan: Any, sparse_model: Any | None, speedup: Any
     """(the report's deployment section, the point to store with the cost model, warnings)
     for a job trained against a fitted latency cost model (worker.plan.JobPlan). A failure is
     reported, not fatal: the trained model is already good."""
-    from costmodels.deployment import evaluate
-    from jobs import report as r
-    from worker.lease import describe, finite
+    from spartan_service.costmodels.deployment import evaluate
+    from spartan_service.jobs import report as r
+    from spartan_service.worker.lease import describe, finite
 
     costs = plan.costs
     source, cost_model = costs.source, costs.model

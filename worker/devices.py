@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from jobs.settings import Settings
+from spartan_service.jobs.settings import Settings
 
 
 def devices() -> dict[str, Any]:
@@ -35,6 +35,6 @@ def capacity(settings: Settings, queues: list[str], found: dict[str, Any] | None
 
 
 def queues_served() -> list[str]:
-    """The queues this worker consumes (worker.main sets them for its processes)."""
+    """The queues this worker consumes (spartan_service.worker.main sets them for its processes)."""
     raw = os.environ.get("SPARTAN_WORKER_QUEUES", "cpu")
     return [q for q in raw.split(",") if q]

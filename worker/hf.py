@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jobs import datapaths
+from spartan_service.jobs import datapaths
 
 log = logging.getLogger(__name__)
 Shape = tuple[int, ...]

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from jobs import datapaths
-from worker.loaders import Batch
+from spartan_service.jobs import datapaths
+from spartan_service.worker.loaders import Batch
 
 STATS_SAMPLE = 256
 

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from jobs.models import utcnow
-from jobs.store import JobStore
+from spartan_service.jobs.models import utcnow
+from spartan_service.jobs.store import JobStore
 
-OWN_LOGGERS = ("worker", "spartan", "costmodels", "jobs")
+OWN_LOGGERS = ("spartan", "spartan_service")
 FLUSH_EVERY_S = 1.0
 FLUSH_EVERY_RECORDS = 50
 

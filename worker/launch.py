@@ -29,8 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from jobs.settings import Settings
-from worker.lease import StopRequested
+from spartan_service.jobs.settings import Settings
+from spartan_service.worker.lease import StopRequested
 
 log = logging.getLogger(__name__)
 RESULT, SETTINGS = "result.json", "settings.json"
@@ -51,7 +51,7 @@ def launch(job_id: str, processes: int, settings: Settings, worker: str, threads
     run_dir = Path(tempfile.mkdtemp(prefix=f"spartan-{job_id[:8]}-"))
     try:
         (run_dir / SETTINGS).write_text(settings.model_dump_json())
-        cmd = [sys.executable, "-m", "worker.launch", str(run_dir), job_id, worker,
+        cmd = [sys.executable, "-m", "spartan_service.worker.launch", str(run_dir), job_id, worker,
                str(processes), str(threads)]
         done = subprocess.run(cmd, check=False)
         path = run_dir / RESULT
@@ -80,8 +80,8 @@ def agent(run_dir: Path, job_id: str, worker: str, processes: int, threads: int)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from worker import rank_job
-    from worker.lease import finite
+    from spartan_service.worker import rank_job
+    from spartan_service.worker.lease import finite
 
     settings = Settings.model_validate_json((run_dir / SETTINGS).read_text())
     config = LaunchConfig(
@@ -126,7 +126,7 @@ def note_outcome(run_dir: str, rank: int, **fields: Any) -> None:
 
 
 if __name__ == "__main__":
-    from worker.process import die_with_parent
+    from spartan_service.worker.process import die_with_parent
 
     die_with_parent()  # the worker's job process gone: so are the agent and its ranks
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.store import JobStore
+from spartan_service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from jobs import datapaths
+from spartan_service.jobs import datapaths
 
 Inputs = Tensor | dict[str, Tensor]
 Batch = tuple[Any, Tensor]  # (inputs: a tensor or a dict of tensors, targets)

@@ -1,5 +1,5 @@
 """Starting a worker: `run_worker(...)` (what `spartan worker` and `spartan serve` call) and
-`python -m worker`.
+`python -m spartan_service.worker`.
 
 The worker uses Celery's prefork pool with one fresh child process per job: a job that crashes
 or is killed (out of memory) takes only its child down, the main process keeps consuming and
@@ -30,8 +30,8 @@ from billiard.pool import Pool as BlockingPool
 from celery.concurrency import prefork
 from celery.concurrency.asynpool import AsynPool
 
-from jobs.queue import QUEUES
-from jobs.settings import get_settings
+from spartan_service.jobs.queue import QUEUES
+from spartan_service.jobs.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def preload() -> None:
     import torch._dynamo  # noqa: F401  (imported by torch.optim on first use)
 
     import spartan  # noqa: F401
-    import worker.runner  # noqa: F401
+    import spartan_service.worker.runner  # noqa: F401
 
 
 class ReapingSupervisor(Supervisor):
@@ -87,7 +87,7 @@ def note_lost_child(pid: int, exitcode: int | None) -> None:
     except ValueError:
         name = f"signal {-exitcode}"
     try:
-        from jobs.store import JobStore
+        from spartan_service.jobs.store import JobStore
 
         store = JobStore(get_settings().db_url, create=False)
         try:
@@ -167,18 +167,18 @@ def run_worker(queues: list[str] | None, concurrency: int, hostname: str | None 
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    from jobs.store import JobStore
+    from spartan_service.jobs.store import JobStore
 
     JobStore(settings.db_url).close()  # create or migrate the schema once, before any child
     os.environ["SPARTAN_WORKER_QUEUES"] = ",".join(queues)
     preload()
-    from worker.tasks import app
+    from spartan_service.worker.tasks import app
 
     # One fresh child per job: its memory (torch's caches) goes back to the system after
     # each job, and a job that crashes its process takes nothing else down.
     app.conf.worker_max_tasks_per_child = 1
     app.conf.worker_concurrency = concurrency  # read by each job process (worker.tasks)
-    app.conf.worker_pool = "worker.main:JobTaskPool"
+    app.conf.worker_pool = "spartan_service.worker.main:JobTaskPool"
     argv = ["worker", f"--queues={','.join(queues)}", f"--concurrency={concurrency}",
             "--loglevel=INFO", "--without-gossip", "--without-mingle"]
     if not get_settings().celery_events:
@@ -190,7 +190,8 @@ def run_worker(queues: list[str] | None, concurrency: int, hostname: str | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker", description=run_worker.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m spartan_service.worker",
+                                     description=run_worker.__doc__)
     parser.add_argument("--queues", "-Q", default=None,
                         help="comma-separated queues (cpu, gpu); default: gpu,cpu with CUDA")
     parser.add_argument("--concurrency", "-c", type=int, default=1,

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from jobs import catalog
+from spartan_service.jobs import catalog
 
 log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
@@ -213,8 +213,8 @@ def build_model(arch: str, kwargs: dict[str, Any], input_shape: Shape | None,
     """
     catalog.check_model(arch)
     if catalog.is_hf(arch):
-        from jobs.settings import get_settings
-        from worker import hf
+        from spartan_service.jobs.settings import get_settings
+        from spartan_service.worker import hf
 
         folder = hf.model_dir(arch[3:], get_settings().roots() if roots is None else roots)
         pretrained = catalog.model_kwargs(arch, kwargs)["pretrained"]

@@ -17,22 +17,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from jobs import catalog, datapaths
-from jobs.models import Job
-from jobs.settings import Settings
-from jobs.spec import JobSpec, TrainingSpec
-from jobs.store import JobStore
-from jobs.uploads import upload_path
 from spartan import Sparsifier, SparsifierConfig
-from worker import hf
-from worker.batches import Batches, ShardedBatches, TensorBatches
-from worker.costs import CostPlan, plan_costs
-from worker.data import load_dataset
-from worker.models import build_model, load_weights
-from worker.objectives import Task, make_task
-from worker.ranks import SINGLE, Ranks, device_of
-from worker.recipes import Precision, make_optimizer
-from worker.storage import open_storage
+from spartan_service.jobs import catalog, datapaths
+from spartan_service.jobs.models import Job
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec, TrainingSpec
+from spartan_service.jobs.store import JobStore
+from spartan_service.jobs.uploads import upload_path
+from spartan_service.worker import hf
+from spartan_service.worker.batches import Batches, ShardedBatches, TensorBatches
+from spartan_service.worker.costs import CostPlan, plan_costs
+from spartan_service.worker.data import load_dataset
+from spartan_service.worker.models import build_model, load_weights
+from spartan_service.worker.objectives import Task, make_task
+from spartan_service.worker.ranks import SINGLE, Ranks, device_of
+from spartan_service.worker.recipes import Precision, make_optimizer
+from spartan_service.worker.storage import open_storage
 
 
 @dataclass

@@ -10,8 +10,8 @@ import logging
 import os
 import signal
 
-from jobs.process import parent_death_signal
-from jobs.settings import Settings
+from spartan_service.jobs.process import parent_death_signal
+from spartan_service.jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 

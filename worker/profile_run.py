@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import CostModel, Job
-from jobs.profile_spec import ProfileSpec
-from jobs.settings import Settings
-from jobs.store import JobStore
-from worker.lease import Lease, finite
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.models import CostModel, Job
+from spartan_service.jobs.profile_spec import ProfileSpec
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.lease import Lease, finite
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ class ProfileRun:
         self.lease = lease
 
     def upload(self, upload_id: str | None, kind: str | None) -> Path | None:
-        from worker.plan import resolve_upload
+        from spartan_service.worker.plan import resolve_upload
 
         return resolve_upload(self.store, self.settings.uploads_dir, self.job, upload_id, kind)
 
     def run(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        from worker.data import load_dataset
-        from worker.models import build_model, load_weights
-        from worker.plan import pick_device
+        from spartan_service.worker.data import load_dataset
+        from spartan_service.worker.models import build_model, load_weights
+        from spartan_service.worker.plan import pick_device
 
         spec = ProfileSpec.model_validate(self.job.spec)
         device = pick_device(spec.device)
@@ -78,10 +78,10 @@ class ProfileRun:
 
     def profile_batch(self, spec: ProfileSpec, model: torch.nn.Module, x: torch.Tensor,
                       batch: int, device: torch.device, index: int) -> CostModel:
-        from costmodels import hardware
-        from costmodels.fit import fit_profile
-        from costmodels.profiler import profile_model
-        from costmodels.schema import validate_profile
+        from spartan_service.costmodels import hardware
+        from spartan_service.costmodels.fit import fit_profile
+        from spartan_service.costmodels.profiler import profile_model
+        from spartan_service.costmodels.schema import validate_profile
 
         total = len(spec.batch_sizes)
 
@@ -93,7 +93,7 @@ class ProfileRun:
 
         on_layer(0, 0, "")
         if spec.structure == "channels":
-            from costmodels.structured import profile_channels
+            from spartan_service.costmodels.structured import profile_channels
 
             # Widths in and out of each layer, timed on the dense kernel of the shrunk layer.
             profile = profile_channels(model, x[:batch], device=device, batch=batch,

@@ -20,15 +20,15 @@ import torch
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from jobs import report as r
-from jobs.artifacts import ArtifactStore
 from spartan.layout import maskable_weights
 from spartan.report import LayerReport, SparsityReport
-from worker.costs import CostPlan
-from worker.lease import describe, finite
-from worker.objectives import evaluate
-from worker.plan import JobPlan
-from worker.training import LoopState
+from spartan_service.jobs import report as r
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.worker.costs import CostPlan
+from spartan_service.worker.lease import describe, finite
+from spartan_service.worker.objectives import evaluate
+from spartan_service.worker.plan import JobPlan
+from spartan_service.worker.training import LoopState
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def export(plan: JobPlan, cost: r.CostSection) -> tuple[Any | None, r.SpeedupSec
                                                         r.SpeedupFailed]:
     """The sparse model (spartan.SparseModel) and its timing against dense; a failure here is
     reported, not fatal: the trained model is already good."""
-    from worker.speedup import speedup_report
+    from spartan_service.worker.speedup import speedup_report
 
     spec, data = plan.spec, plan.data
     arch = {"arch": spec.model.arch, "kwargs": spec.model.kwargs,
@@ -164,7 +164,7 @@ def shrunk_export(plan: JobPlan, cost: r.CostSection, arch: dict[str, Any]
     """Structured jobs: the physically smaller model (spartan.shrink), saved with its plan,
     timed against the finalized one."""
     from spartan import SparseModel, shrink
-    from worker.speedup import shrunk_report
+    from spartan_service.worker.speedup import shrunk_report
 
     model = plan.model.eval()
     small = shrink(model, plan.example[:2]).eval()
@@ -200,7 +200,7 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
     learned: list[str] = []
     if plan.costs.source is not None and plan.costs.unit == "ms" \
             and plan.costs.structure == "weights":
-        from worker.deployment import close_loop
+        from spartan_service.worker.deployment import close_loop
 
         deployment, point, learned = close_loop(plan, sparse_model, speedup)
     warnings = list(dict.fromkeys([*(job.warnings or []), *plan.costs.warnings, *missed,

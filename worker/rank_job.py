@@ -1,4 +1,4 @@
-"""One rank of a multi-process job (what worker.launch starts N of).
+"""One rank of a multi-process job (what spartan_service.worker.launch starts N of).
 
 Every rank plans the job the same way (reading the job's spec, uploads and cost model from the
 store; only reading), joins the process group and trains its shard of each global batch under
@@ -17,14 +17,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore
-from worker.launch import note_outcome
-from worker.lease import Lease, StopRequested, describe
-from worker.plan import pick_device
-from worker.ranks import init_ranks
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.launch import note_outcome
+from spartan_service.worker.lease import Lease, StopRequested, describe
+from spartan_service.worker.plan import pick_device
+from spartan_service.worker.ranks import init_ranks
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class QuietLease:
 
 def main(job_id: str, settings: Settings, worker: str, run_dir: str, threads: int) -> Any:
     """Entry point of a rank (RANK, WORLD_SIZE and the rendezvous come from the launcher)."""
-    from worker.process import die_with_parent
-    from worker.runner import attempt
+    from spartan_service.worker.process import die_with_parent
+    from spartan_service.worker.runner import attempt
 
     die_with_parent()  # the launcher's agent gone, so is this rank
     torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jobs.spec import TrainingSpec
+from spartan_service.jobs.spec import TrainingSpec
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

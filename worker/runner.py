@@ -18,26 +18,26 @@ from typing import Any
 
 import torch
 
-from jobs.admission import check_built
-from jobs.artifacts import ArtifactStore
-from jobs.models import Job
-from jobs.queue import enqueue_job
-from jobs.report import REPORT
-from jobs.results import summarize
-from jobs.settings import Settings
-from jobs.status import JobStatus
-from jobs.store import JobStore
-from worker import joblog
-from worker.checkpoint import Checkpointer, discard_checkpoint
-from worker.device_lock import hold_device
-from worker.launch import RanksLost, launch
-from worker.lease import Lease, StopRequested, describe, finite
-from worker.objectives import evaluate
-from worker.plan import JobPlan, make_plan, pick_device
-from worker.publish import Outcome, publish
-from worker.ranks import SINGLE, Ranks
-from worker.tracking import TrackedCheckpoints, Trackers
-from worker.training import Loop, LoopState
+from spartan_service.jobs.admission import check_built
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.models import Job
+from spartan_service.jobs.queue import enqueue_job
+from spartan_service.jobs.report import REPORT
+from spartan_service.jobs.results import summarize
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.status import JobStatus
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker import joblog
+from spartan_service.worker.checkpoint import Checkpointer, discard_checkpoint
+from spartan_service.worker.device_lock import hold_device
+from spartan_service.worker.launch import RanksLost, launch
+from spartan_service.worker.lease import Lease, StopRequested, describe, finite
+from spartan_service.worker.objectives import evaluate
+from spartan_service.worker.plan import JobPlan, make_plan, pick_device
+from spartan_service.worker.publish import Outcome, publish
+from spartan_service.worker.ranks import SINGLE, Ranks
+from spartan_service.worker.tracking import TrackedCheckpoints, Trackers
+from spartan_service.worker.training import Loop, LoopState
 
 log = logging.getLogger(__name__)
 __all__ = ["describe", "run_job", "worker_name"]
@@ -127,7 +127,7 @@ def run_attempt(job: Job, artifacts: ArtifactStore, store: JobStore, settings: S
     with hold_device(settings.locks_dir, device.type, exclusive=profile, check=lease.check,
                      on_wait=waiting):
         if profile:
-            from worker.profile_run import ProfileRun
+            from spartan_service.worker.profile_run import ProfileRun
 
             metrics, progress = ProfileRun(job, store, artifacts, settings, lease).run()
             return Outcome(finite(metrics), finite(progress))

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs import catalog, datapaths
-from worker.arrays import NpySource, fashion_mnist, feature_stats
-from worker.data import split
-from worker.images import ImageSource, list_images
-from worker.loaders import LoaderBatches, NpyArray, NpyShards, Source, open_array
-from worker.text import TextSource, label_classes, open_table, target_stats
+from spartan_service.jobs import catalog, datapaths
+from spartan_service.worker.arrays import NpySource, fashion_mnist, feature_stats
+from spartan_service.worker.data import split
+from spartan_service.worker.images import ImageSource, list_images
+from spartan_service.worker.loaders import LoaderBatches, NpyArray, NpyShards, Source, open_array
+from spartan_service.worker.text import TextSource, label_classes, open_table, target_stats
 
 Shape = tuple[int, ...]
 Array = NpyArray | NpyShards

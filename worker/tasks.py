@@ -25,17 +25,17 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-from jobs.artifacts import ArtifactStore
-from jobs.fairness import tenant_ahead
-from jobs.models import utcnow
-from jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery, waiting_job_ids
-from jobs.registry import UNSERVED, unserved_warning
-from jobs.settings import Settings, get_settings
-from jobs.status import JobStatus
-from jobs.store import JobStore, lost_reason
-from worker.devices import capacity, devices, queues_served
-from worker.process import die_with_parent, limit_threads
-from worker.runner import run_job, worker_name
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.fairness import tenant_ahead
+from spartan_service.jobs.models import utcnow
+from spartan_service.jobs.queue import REAP, RUN_JOB, enqueue_job, get_celery, waiting_job_ids
+from spartan_service.jobs.registry import UNSERVED, unserved_warning
+from spartan_service.jobs.settings import Settings, get_settings
+from spartan_service.jobs.status import JobStatus
+from spartan_service.jobs.store import JobStore, lost_reason
+from spartan_service.worker.devices import capacity, devices, queues_served
+from spartan_service.worker.process import die_with_parent, limit_threads
+from spartan_service.worker.runner import run_job, worker_name
 
 log = logging.getLogger(__name__)
 app = get_celery()

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs import datapaths
-from worker.loaders import Batch
+from spartan_service.jobs import datapaths
+from spartan_service.worker.loaders import Batch
 
 IGNORE = -100  # target of padding tokens (cross_entropy's ignore_index)
 

@@ -18,12 +18,12 @@ from typing import Any, Protocol
 
 import httpx
 
-from jobs import report as r  # artifact names
-from jobs.artifacts import ArtifactStore
-from jobs.models import Job
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from worker.training import LoopState
+from spartan_service.jobs import report as r  # artifact names
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.models import Job
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.worker.training import LoopState
 
 log = logging.getLogger(__name__)
 SKIPPED = ("kind", "step", "epoch")
@@ -197,7 +197,7 @@ class Trackers:
     def finish(self, status: str, state: LoopState | None,
                results: dict[str, Any] | None = None) -> None:
         """Send what is left and close each tracker; `results` are the report's headline
-        figures (jobs.results.summarize) of a succeeded job."""
+        figures (spartan_service.jobs.results.summarize) of a succeeded job."""
         if state is not None:
             self.update(state)
         summary = {key: float(value) for key, value in (results or {}).items()

@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from worker.lease import Lease, finite
-from worker.objectives import evaluate, forward
-from worker.plan import JobPlan, Track
-from worker.recipes import lr_at
+from spartan_service.worker.lease import Lease, finite
+from spartan_service.worker.objectives import evaluate, forward
+from spartan_service.worker.plan import JobPlan, Track
+from spartan_service.worker.recipes import lr_at
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from jobs.models import CostModel
-from jobs.store import JobStore
-from service import serialize
-from service.deps import CurrentTenant, ResourcesDep, StoreDep
-from service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
-from service.fitting import FitRefused
-from service.schemas import CostModelCreate, CostModelDetail, CostModelPublic, CostModelsPublic
+from spartan_service.jobs.models import CostModel
+from spartan_service.jobs.store import JobStore
+from spartan_service.service import serialize
+from spartan_service.service.deps import CurrentTenant, ResourcesDep, StoreDep
+from spartan_service.service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
+from spartan_service.service.fitting import FitRefused
+from spartan_service.service.schemas import (
+    CostModelCreate,
+    CostModelDetail,
+    CostModelPublic,
+    CostModelsPublic,
+)
 
 router = APIRouter(prefix="/v1/cost-models", tags=["cost models"], responses=responses(401))
 
@@ -39,7 +44,7 @@ def _profile_error(exc: ValueError, where: str = "profile") -> HTTPException:
 
 
 def _hardware_fields(source: dict[str, Any]) -> dict[str, Any]:
-    from costmodels import hardware
+    from spartan_service.costmodels import hardware
 
     hw = hardware.from_machine(source)
     if hw is None:
@@ -71,7 +76,7 @@ def points_of(store: JobStore, rows: list[CostModel]) -> list[dict[str, Any]]:
 
 
 def detail(store: JobStore, row: CostModel, tenant: str) -> CostModelDetail:
-    from costmodels.deployment import evaluate
+    from spartan_service.costmodels.deployment import evaluate
 
     rows = lineage(store, row, tenant)
     points = points_of(store, rows)
@@ -129,7 +134,7 @@ async def create_cost_model(
 
 
 def _validated_model(data: Any) -> dict[str, Any]:
-    from costmodels.schema import validate_cost_model
+    from spartan_service.costmodels.schema import validate_cost_model
 
     return validate_cost_model(data).model_dump(mode="json", exclude_none=True)
 
@@ -173,7 +178,7 @@ def get_cost_model(model_id: str, store: StoreDep, tenant: CurrentTenant) -> Res
     "points before and after. 409 when no deployed model was measured against it yet.",
 )
 def refit_cost_model(model_id: str, store: StoreDep, tenant: CurrentTenant) -> CostModelDetail:
-    from costmodels.deployment import refit
+    from spartan_service.costmodels.deployment import refit
 
     row = store.get_cost_model(model_id, tenant)
     if row is None:

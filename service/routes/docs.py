@@ -11,8 +11,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from swagger_ui_bundle import swagger_ui_path
 
-from service.errors import not_found
-from service.routes.dashboard import HEADERS, STATIC_DIR
+from spartan_service.service.errors import not_found
+from spartan_service.service.routes.dashboard import HEADERS, STATIC_DIR
 
 ASSETS = {
     "swagger-ui-bundle.js": (Path(swagger_ui_path) / "swagger-ui-bundle.js",

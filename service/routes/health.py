@@ -6,10 +6,10 @@ import logging
 
 from fastapi import APIRouter, HTTPException, status
 
-from jobs.queue import ping_broker
-from service.deps import AppResourcesDep
-from service.errors import responses
-from service.schemas import Health
+from spartan_service.jobs.queue import ping_broker
+from spartan_service.service.deps import AppResourcesDep
+from spartan_service.service.errors import responses
+from spartan_service.service.schemas import Health
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])

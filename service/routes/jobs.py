@@ -15,20 +15,20 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from costmodels import checks
-from jobs import catalog, datapaths
-from jobs.admission import estimate, problems
-from jobs.artifacts import check_name
-from jobs.models import Job
-from jobs.queue import enqueue_job
-from jobs.registry import admission_error, unserved_warning
-from jobs.results import ResultsCache
-from jobs.settings import Settings
-from jobs.spec import DataSpec, JobSpec, ModelSpec
-from jobs.status import TERMINAL
-from jobs.store import JobStore
-from service import serialize
-from service.deps import (
+from spartan_service.costmodels import checks
+from spartan_service.jobs import catalog, datapaths
+from spartan_service.jobs.admission import estimate, problems
+from spartan_service.jobs.artifacts import check_name
+from spartan_service.jobs.models import Job
+from spartan_service.jobs.queue import enqueue_job
+from spartan_service.jobs.registry import admission_error, unserved_warning
+from spartan_service.jobs.results import ResultsCache
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import DataSpec, JobSpec, ModelSpec
+from spartan_service.jobs.status import TERMINAL
+from spartan_service.jobs.store import JobStore
+from spartan_service.service import serialize
+from spartan_service.service.deps import (
     ArtifactsDep,
     CeleryDep,
     CurrentTenant,
@@ -36,8 +36,8 @@ from service.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
-from service.schemas import (
+from spartan_service.service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
+from spartan_service.service.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
     JobPublic,
@@ -53,7 +53,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401))
 def check_resources(spec: JobSpec, upload_tensors: dict[str, Any] | None,
                     settings: Settings) -> None:
     """The job's estimated parameters, steps, data and memory within its queue's limits
-    (jobs.admission); 422 naming each limit it goes over."""
+    (spartan_service.jobs.admission); 422 naming each limit it goes over."""
     over = problems(estimate(spec, upload_tensors), settings.job_limits(spec.resolved_queue()))
     if over:
         raise HTTPException(

@@ -1,5 +1,5 @@
 """`GET /v1/jobs/{id}/logs`: what the worker logged while running the job (warnings, errors
-with their traceback), stored with the job within a bound (jobs.store_extra)."""
+with their traceback), stored with the job within a bound (spartan_service.jobs.store_extra)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.deps import CurrentTenant, StoreDep
-from service.errors import MAX_OFFSET, not_found, responses
-from service.schemas import LogRecordPublic, LogsPublic
+from spartan_service.service.deps import CurrentTenant, StoreDep
+from spartan_service.service.errors import MAX_OFFSET, not_found, responses
+from spartan_service.service.schemas import LogRecordPublic, LogsPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.report import METRICS as METRICS_FILE
-from service.deps import ArtifactsDep, CurrentTenant, StoreDep
-from service.errors import not_found, responses
+from spartan_service.jobs.report import METRICS as METRICS_FILE
+from spartan_service.service.deps import ArtifactsDep, CurrentTenant, StoreDep
+from spartan_service.service.errors import not_found, responses
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from jobs.models import Job
-from jobs.profile_spec import ProfileSpec
-from jobs.queue import enqueue_job
-from jobs.store import JobStore
-from service.deps import CeleryDep, CurrentTenant, StoreDep
-from service.errors import MAX_OFFSET, check_text, not_found, responses
-from service.routes.jobs import check_uploads
-from service.schemas import JobStatus, ProfileDetail, ProfilePublic, ProfilesPublic
+from spartan_service.jobs.models import Job
+from spartan_service.jobs.profile_spec import ProfileSpec
+from spartan_service.jobs.queue import enqueue_job
+from spartan_service.jobs.store import JobStore
+from spartan_service.service.deps import CeleryDep, CurrentTenant, StoreDep
+from spartan_service.service.errors import MAX_OFFSET, check_text, not_found, responses
+from spartan_service.service.routes.jobs import check_uploads
+from spartan_service.service.schemas import JobStatus, ProfileDetail, ProfilePublic, ProfilesPublic
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"], responses=responses(401))

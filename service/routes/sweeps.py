@@ -12,19 +12,26 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from jobs.models import Sweep
-from jobs.queue import enqueue_job
-from jobs.results import ResultsCache
-from jobs.spec import JobSpec
-from jobs.status import JobStatus
-from jobs.store import new_id
-from jobs.store_extra import JobState
-from jobs.sweeps import PointError, SweepCreate, budget_kind, dense_reference, expand, pareto
-from jobs.sweeps import sweep_status as overall_status
-from service.deps import CeleryDep, CurrentTenant, ResultsDep, SettingsDep, StoreDep
-from service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
-from service.routes.jobs import check_references, check_resources
-from service.schemas import SweepPoint, SweepPublic, SweepsPublic, SweepSummary
+from spartan_service.jobs.models import Sweep
+from spartan_service.jobs.queue import enqueue_job
+from spartan_service.jobs.results import ResultsCache
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.status import JobStatus
+from spartan_service.jobs.store import new_id
+from spartan_service.jobs.store_extra import JobState
+from spartan_service.jobs.sweeps import (
+    PointError,
+    SweepCreate,
+    budget_kind,
+    dense_reference,
+    expand,
+    pareto,
+)
+from spartan_service.jobs.sweeps import sweep_status as overall_status
+from spartan_service.service.deps import CeleryDep, CurrentTenant, ResultsDep, SettingsDep, StoreDep
+from spartan_service.service.errors import MAX_OFFSET, check_text, field_error, not_found, responses
+from spartan_service.service.routes.jobs import check_references, check_resources
+from spartan_service.service.schemas import SweepPoint, SweepPublic, SweepsPublic, SweepSummary
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=responses(401))

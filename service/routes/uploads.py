@@ -15,13 +15,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from jobs.store import new_id
-from jobs.uploads import Limits, UploadError, inspect_path, kind_of
-from service.deps import CurrentTenant, ResourcesDep, StoreDep
-from service.errors import MAX_OFFSET, field_error, not_found, responses
-from service.schemas import UploadDetail, UploadPublic, UploadsPublic
-from service.state import Resources
-from service.upload_stream import FIELD, receive_file, too_large
+from spartan_service.jobs.store import new_id
+from spartan_service.jobs.uploads import Limits, UploadError, inspect_path, kind_of
+from spartan_service.service.deps import CurrentTenant, ResourcesDep, StoreDep
+from spartan_service.service.errors import MAX_OFFSET, field_error, not_found, responses
+from spartan_service.service.schemas import UploadDetail, UploadPublic, UploadsPublic
+from spartan_service.service.state import Resources
+from spartan_service.service.upload_stream import FIELD, receive_file, too_large
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=responses(401))
 

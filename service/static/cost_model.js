@@ -21,7 +21,7 @@
       ` · created ${Spartan.fmtTime(cm.created_at)}`;
     renderDeployment(cm);
     document.getElementById("cm-no-profile").hidden = Boolean(cm.profile);
-    // Poor fits, flagged when the model was fitted (costmodels.checks.fit_warnings).
+    // Poor fits, flagged when the model was fitted (spartan_service.costmodels.checks.fit_warnings).
     const warnings = Array.isArray(data.warnings) ? data.warnings.map(String) : [];
     const box = document.getElementById("cm-warnings");
     box.hidden = warnings.length === 0;

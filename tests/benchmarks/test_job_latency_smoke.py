@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from benchmarks.job_latency import gaps
-from jobs.models import Job
+from spartan_service.jobs.models import Job
 
 
 def _job(start: float, end: float) -> Job:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from costmodels import validate_cost_model
-from costmodels.bridge import block_costs, budget_fraction, cost_split, predict_cost
-from costmodels.builtin import flops_cost_model, params_cost_model
+from spartan_service.costmodels import validate_cost_model
+from spartan_service.costmodels.bridge import block_costs, budget_fraction, cost_split, predict_cost
+from spartan_service.costmodels.builtin import flops_cost_model, params_cost_model
 
 
 def _mlp() -> nn.Module:
@@ -158,6 +158,7 @@ def test_sparsifier_meets_a_latency_budget(block: tuple[int, int]) -> None:
 
 
 def test_package_imports_without_torch() -> None:
-    code = ("import sys, costmodels, costmodels.fit, costmodels.schema, costmodels.io; "
+    code = ("import sys, spartan_service.costmodels, spartan_service.costmodels.fit, "
+            "spartan_service.costmodels.schema, spartan_service.costmodels.io; "
             "assert 'torch' not in sys.modules, 'torch loaded'")
     subprocess.run([sys.executable, "-c", code], check=True)

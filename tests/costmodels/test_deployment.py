@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from costmodels.deployment import ERROR_THRESHOLD, evaluate, predict_point, refit
+from spartan_service.costmodels.deployment import ERROR_THRESHOLD, evaluate, predict_point, refit
 
 MODEL: dict[str, Any] = {"unit": "ms", "device": "cpu", "overhead": 0.1, "layers": {
     "fc1": {"intercept": 0.01, "slope": 1e-4, "block": [1, 1], "shape": [64, 32]},

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from costmodels import (
+from spartan_service.costmodels import (
     LinearCostFitter,
     fit_profile,
     plot_fit,

@@ -10,9 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from costmodels import fit_profile, load_profile, validate_profile, write_json_atomic
-from costmodels.profiler import profile_model
 from spartan.kernels import SparseConv2d, SparseLinear, apply_kernels
+from spartan_service.costmodels import (
+    fit_profile,
+    load_profile,
+    validate_profile,
+    write_json_atomic,
+)
+from spartan_service.costmodels.profiler import profile_model
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,13 @@ from typing import Any
 
 import pytest
 
-from costmodels import ProfileError, load_profile, validate_cost_model, validate_profile
-from costmodels.io import write_json_atomic
+from spartan_service.costmodels import (
+    ProfileError,
+    load_profile,
+    validate_cost_model,
+    validate_profile,
+)
+from spartan_service.costmodels.io import write_json_atomic
 
 Edit = Callable[[dict[str, Any]], None]
 

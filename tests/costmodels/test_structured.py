@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from costmodels import (
+from spartan import Sparsifier, SparsifierConfig
+from spartan_service.costmodels import (
     BilinearCostFitter,
     ProfileError,
     channel_budget_fraction,
@@ -21,8 +22,7 @@ from costmodels import (
     validate_cost_model,
     validate_profile,
 )
-from spartan import Sparsifier, SparsifierConfig
-from worker.models import build_model
+from spartan_service.worker.models import build_model
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-import costmodels.profiler as profiler
-from costmodels import fit_profile, predict_latency
-from costmodels.profiler import profile_model
+import spartan_service.costmodels.profiler as profiler
 from spartan.kernels import apply_kernels
+from spartan_service.costmodels import fit_profile, predict_latency
+from spartan_service.costmodels.profiler import profile_model
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,7 @@ def test_attention_projections_counted_once(monkeypatch: pytest.MonkeyPatch) -> 
     cm = fit_profile(prof)
     assert cm["overhead_excludes"] == list(projections)
     full = {lay["name"]: lay["samples"][-1]["nnz_blocks"] for lay in prof["layers"]}
-    # the line, but never above the layer's dense latency (costmodels.fit.piecewise)
+    # the line, but never above the layer's dense latency (spartan_service.costmodels.fit.piecewise)
     each = {k: min(v["intercept"] + v["slope"] * full[k], v.get("dense_latency", float("inf")))
             for k, v in cm["layers"].items()}
     assert predict_latency(cm, full) == pytest.approx(cm["overhead"] + sum(each.values()))

@@ -19,10 +19,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
 from tests.files import artifact_file
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,7 +33,7 @@ TOKENS = "alice:token-alice,bob:token-bob"
 
 
 def build_app(settings: Settings) -> FastAPI:
-    from service.main import create_app
+    from spartan_service.service.main import create_app
 
     return create_app(settings)
 

@@ -232,8 +232,10 @@ def test_job_page_shows_the_log(page: Any, served: Served) -> None:
     job_id = served.new_job(name="logged")
     served.start(job_id)
     served.store.append_logs(job_id, 1, [
-        {"level": "INFO", "logger": "worker.runner", "message": "job started: attempt 1"},
-        {"level": "WARNING", "logger": "worker.data", "message": "few examples per class"}])
+        {"level": "INFO", "logger": "spartan_service.worker.runner",
+                         "message": "job started: attempt 1"},
+        {"level": "WARNING", "logger": "spartan_service.worker.data",
+                         "message": "few examples per class"}])
     page.goto(f"/jobs/{job_id}")
     log = page.get_by_label("Job log")
     expect(log).to_contain_text("job started: attempt 1")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.store import JobStore
-from service.routes.dashboard import PAGES_DIR, STATIC_DIR
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.service.routes.dashboard import PAGES_DIR, STATIC_DIR
 from tests.dashboard.conftest import TOKENS, build_app
 
 SPEC = {"model": {"arch": "mlp"}, "data": {"dataset": "digits"},

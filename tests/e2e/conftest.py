@@ -1,5 +1,5 @@
 """Real processes for the end-to-end tests: `spartan serve` (API + embedded workers) and
-`python -m worker`, on free loopback ports, with their data in tmp directories."""
+`python -m spartan_service.worker`, on free loopback ports, with their data in tmp directories."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.client import Client
+from spartan_service.cli.client import Client
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -65,7 +65,7 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 40.0) -> int:
 
 
 class Serve:
-    """`python -m service serve` (the `spartan serve` command) as a child process."""
+    """`python -m spartan_service.cli serve` (the `spartan serve` command) as a child process."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, workers: int) -> None:
         self.env, self.log_dir, self.workers = env, log_dir, workers
@@ -80,7 +80,7 @@ class Serve:
         port_file = self.log_dir / f"serve-{self.starts}.port"
         # Port 0: serve binds a free port itself and says which (no port reserved, then lost).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", "0", "--port-file",
+            [sys.executable, "-m", "spartan_service.cli", "serve", "--port", "0", "--port-file",
              str(port_file), "--workers", str(self.workers)],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

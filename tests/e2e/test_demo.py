@@ -12,7 +12,7 @@ from tests.e2e.conftest import REPO, base_env, free_port
 def test_demo_trains_and_prints_where_results_are(tmp_path: Path) -> None:
     port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "service", "demo", "--exit", "--port", str(port)],
+        [sys.executable, "-m", "spartan_service.cli", "demo", "--exit", "--port", str(port)],
         cwd=REPO, env=base_env(tmp_path / "data"), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

@@ -72,7 +72,7 @@ def backends() -> Iterator[tuple[str, str]]:
 
 def start_worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "worker", "--queues", "cpu", "--concurrency", "1",
+        [sys.executable, "-m", "spartan_service.worker", "--queues", "cpu", "--concurrency", "1",
          "--hostname", f"{name}@%h"],
         cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 

@@ -46,7 +46,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
 
 def cli(serve: Serve, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     assert serve.client is not None
-    return subprocess.run([sys.executable, "-m", "service", *args, "--url", serve.client.url],
+    return subprocess.run([sys.executable, "-m", "spartan_service.cli",
+                           *args, "--url", serve.client.url],
                           cwd=REPO, env=serve.env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -135,7 +136,7 @@ def test_store_survives_an_api_restart(serve: Serve) -> None:
 def test_sweep_end_to_end_through_the_cli(serve: Serve, tmp_path: Path) -> None:
     """A sweep over two budgets plus a dense point, trained by the real worker: every point
     gets its accuracy and measured latency, and the frontier is the one those figures give."""
-    from jobs.sweeps import pareto
+    from spartan_service.jobs.sweeps import pareto
 
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps({**SPEC, "name": "e2e sweep"}))

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from service.client import Client
+from spartan_service.cli.client import Client
 from tests.e2e.conftest import Serve, base_env, stop_process, wait_for
 from tests.e2e.test_distributed import real_backends, start_worker, wait_ready
 

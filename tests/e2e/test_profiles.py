@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from costmodels import hardware
-from service.client import Client
+from spartan_service.cli.client import Client
+from spartan_service.costmodels import hardware
 from tests.e2e.conftest import REPO, Serve, base_env, stop_process, wait_for
 from tests.e2e.test_distributed import real_backends, start_worker, wait_ready
 
@@ -35,7 +35,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
 
 def cli(serve: Serve, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     assert serve.client is not None
-    return subprocess.run([sys.executable, "-m", "service", *args, "--url", serve.client.url],
+    return subprocess.run([sys.executable, "-m", "spartan_service.cli",
+                           *args, "--url", serve.client.url],
                           cwd=REPO, env=serve.env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -71,7 +72,8 @@ def test_profile_job_through_the_cli_and_the_loop_closed(serve: Serve, tmp_path:
     assert model_id in listed.stdout and "e2e-cpu v1" in listed.stdout
     # `spartan fit` output registers as it is: the next version of the name.
     fitted = tmp_path / "fitted.json"
-    fit = subprocess.run([sys.executable, "-m", "service", "fit", str(out), "-o", str(fitted)],
+    fit = subprocess.run([sys.executable, "-m", "spartan_service.cli",
+                          "fit", str(out), "-o", str(fitted)],
                          cwd=REPO, env=serve.env, capture_output=True, text=True, timeout=120)
     assert fit.returncode == 0, fit.stderr
     registered = cli(serve, "cost-models", "register", str(fitted), "--name", "e2e-cpu")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.settings import Settings
-from service.main import create_app
+from spartan_service.jobs.settings import Settings
+from spartan_service.service.main import create_app
 from tests.e2e.test_distributed import real_backends
 from tests.service.factories import CONTRACT_SPEC, locs
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.store import JobStore
+from spartan_service.jobs.store import JobStore
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ gradient accumulation and max_steps, and data on storage left to the worker."""
 
 from __future__ import annotations
 
-from jobs.admission import estimate
-from jobs.spec import JobSpec
+from spartan_service.jobs.admission import estimate
+from spartan_service.jobs.spec import JobSpec
 
 
 def test_estimates_follow_accumulation_max_steps_and_known_sizes() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.artifacts import ArtifactStore
+from spartan_service.jobs.artifacts import ArtifactStore
 from tests.files import artifact_file
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import catalog
+from spartan_service.jobs import catalog
 
 
 def test_kwargs_get_defaults_and_unknown_ones_are_named() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from jobs import catalog, datapaths
-from jobs.spec import JobSpec
+from spartan_service.jobs import catalog, datapaths
+from spartan_service.jobs.spec import JobSpec
 
 
 def spec(dataset: str, arch: str = "mlp", task: str = "classification",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from kombu.transport import filesystem
 
-from jobs.queue import EmbeddedTransport, enqueue_job, make_celery, waiting_job_ids
-from jobs.settings import Settings
+from spartan_service.jobs.queue import EmbeddedTransport, enqueue_job, make_celery, waiting_job_ids
+from spartan_service.jobs.settings import Settings
 
 
 def test_embedded_broker_waits_at_most_max_wait_s(tmp_path: Path,
@@ -47,8 +47,8 @@ def test_redis_broker_keeps_kombu_s_transport() -> None:
 
 
 def test_celery_events_only_when_asked(tmp_path: Path) -> None:
-    from jobs.queue import make_celery
-    from jobs.settings import Settings
+    from spartan_service.jobs.queue import make_celery
+    from spartan_service.jobs.settings import Settings
 
     quiet = make_celery(Settings(data_dir=tmp_path, broker_url=None))
     assert quiet.conf.worker_send_task_events is False and quiet.conf.task_send_sent_event is False

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from jobs.spec import JobSpec
+from spartan_service.jobs.spec import JobSpec
 
 CONTRACT: dict[str, dict[str, Any]] = {
     "model": {"arch": "mlp"}, "data": {"dataset": "digits"},

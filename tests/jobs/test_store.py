@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from jobs.models import Job, utcnow
-from jobs.store import JobStore
+from spartan_service.jobs.models import Job, utcnow
+from spartan_service.jobs.store import JobStore
 
 SPEC = {"model": {"arch": "mlp"}}
 
@@ -161,7 +161,7 @@ def test_cost_models_and_uploads_are_per_tenant(store: JobStore) -> None:
 
 
 def test_a_killed_job_process_is_named_in_the_record_and_the_final_error(tmp_path: Path) -> None:
-    from jobs.store import lost_reason
+    from spartan_service.jobs.store import lost_reason
 
     store = JobStore(f"sqlite:///{tmp_path / 'k.db'}")
     job = store.create_job("t", {}, "cpu", None)

@@ -8,8 +8,15 @@ from typing import Any
 
 import pytest
 
-from jobs.results import summarize
-from jobs.sweeps import PointError, SweepCreate, dense_reference, expand, pareto, sweep_status
+from spartan_service.jobs.results import summarize
+from spartan_service.jobs.sweeps import (
+    PointError,
+    SweepCreate,
+    dense_reference,
+    expand,
+    pareto,
+    sweep_status,
+)
 
 BASE: dict[str, Any] = {"model": {"arch": "mlp"}, "data": {"dataset": "digits"},
                         "training": {"epochs": 1}}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from jobs.uploads import Limits, UploadError, inspect, kind_of, upload_path
+from spartan_service.jobs.uploads import Limits, UploadError, inspect, kind_of, upload_path
 
 
 def st_bytes(header: dict[str, Any], body: bytes) -> bytes:
@@ -221,7 +221,7 @@ def test_partial_and_orphaned_files_are_cleaned(tmp_path: Path) -> None:
     import os
     import time
 
-    from jobs.uploads import clean_partial
+    from spartan_service.jobs.uploads import clean_partial
 
     old = time.time() - 3600
     for name in (".part-abc", ".tmp-def", "orphan.npz", "kept.npz"):

@@ -1,7 +1,7 @@
 """The distributed setup as real processes, for the crash-recovery tests and
 `benchmarks.recovery`: a redis-server of its own on a free port (so it can be killed and
 restarted), a PostgreSQL database created for the run, `spartan serve --workers 0`, and
-`python -m worker` processes that can be SIGKILLed and replaced.
+`python -m spartan_service.worker` processes that can be SIGKILLed and replaced.
 
 PostgreSQL is the one on 127.0.0.1 (SPARTAN_TEST_POSTGRES_URL). When redis-server or PostgreSQL
 is missing, `Cluster.start` raises Unavailable.
@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from service.client import Client
+from spartan_service.cli.client import Client
 from tests.e2e.conftest import Serve, base_env, free_port
 from tests.e2e.test_distributed import POSTGRES_URL, start_worker
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
+from spartan_service.service.main import create_app
 from tests.service.conftest import make_settings
 from tests.service.factories import MakesDir, locs, npz_bytes, safetensors_bytes
 

@@ -20,17 +20,17 @@ import torch
 from celery import Celery
 from sqlalchemy import update
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import Job, utcnow
-from jobs.queue import enqueue_job, make_celery, waiting_job_ids
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.models import Job, utcnow
+from spartan_service.jobs.queue import enqueue_job, make_celery, waiting_job_ids
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.runner import run_job
+from spartan_service.worker.tasks import reap
 from tests.e2e.test_distributed import REDIS_URL, real_backends
 from tests.files import artifact_file
 from tests.worker.conftest import TINY
-from worker.runner import run_job
-from worker.tasks import reap
 
 AFTER_S = 60.0  # requeue_queued_after_s in these tests
 

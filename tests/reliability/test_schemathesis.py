@@ -26,8 +26,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from jobs.settings import Settings
-from service.main import create_app
+from spartan_service.jobs.settings import Settings
+from spartan_service.service.main import create_app
 
 TOKEN = "s3cret-token-for-tests"
 EXAMPLES = 10  # per operation and generation mode

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.settings import Settings
-from service.main import create_app
+from spartan_service.jobs.settings import Settings
+from spartan_service.service.main import create_app
 
 MakeClient = Callable[..., TestClient]
 

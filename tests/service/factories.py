@@ -93,8 +93,8 @@ def model_profile(arch: str = "mlp", dataset: str = "digits", structure: str = "
                   intercept: float = 0.01, overhead: float = 0.02) -> dict[str, Any]:
     """A well-formed profile of a built-in model's layers (shapes from jobs' catalog), linear
     in nonzero blocks, or with structure "channels" in kept widths (no torch)."""
-    from costmodels.checks import channel_layer_shapes
-    from jobs import catalog
+    from spartan_service.costmodels.checks import channel_layer_shapes
+    from spartan_service.jobs import catalog
 
     known = catalog.dataset_shape(dataset, {})
     assert known is not None

@@ -28,7 +28,7 @@ def served(data_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[b
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SPARTAN_")}
     environ.update(SPARTAN_DATA_DIR=str(data_dir), **env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
+        [sys.executable, "-m", "uvicorn", "--factory", "spartan_service.service.main:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=environ)
     url = f"http://127.0.0.1:{port}"
     try:

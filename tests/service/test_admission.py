@@ -1,4 +1,4 @@
-"""Admission of multi-process jobs against the worker registry (jobs.registry)."""
+"""Admission of multi-process jobs against the worker registry (spartan_service.jobs.registry)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from jobs.models import WorkerRecord, utcnow
+from spartan_service.jobs.models import WorkerRecord, utcnow
 from tests.service.conftest import MakeClient
 from tests.service.factories import locs, npz_bytes, spec, store_of
 
@@ -50,7 +50,7 @@ def test_stale_and_departed_workers_do_not_count(client: TestClient) -> None:
 
 
 def test_a_job_whose_queue_no_live_worker_serves_says_so(client: TestClient) -> None:
-    from worker.tasks import note_unserved
+    from spartan_service.worker.tasks import note_unserved
 
     store = store_of(client)
     early = client.post("/v1/jobs", json={**spec(), "queue": "gpu"}).json()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.deps import tenant_for
+from spartan_service.service.deps import tenant_for
 from tests.service.conftest import MakeClient
 from tests.service.factories import CONTRACT_SPEC, artifacts_of, safetensors_bytes
 

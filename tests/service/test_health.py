@@ -7,8 +7,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from jobs.store import JobStore
-from service.deps import get_store
+from spartan_service.jobs.store import JobStore
+from spartan_service.service.deps import get_store
 from tests.service.conftest import MakeClient
 
 

@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent("""
     import json, sys
     from fastapi.testclient import TestClient
-    from jobs.settings import Settings
-    from service.main import create_app
+    from spartan_service.jobs.settings import Settings
+    from spartan_service.service.main import create_app
     from tests.service.factories import CONTRACT_SPEC, dataset_npz, profile
 
     after_import = "torch" in sys.modules

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from costmodels import hardware
-from costmodels.fit import fit_profile
+from spartan_service.costmodels import hardware
+from spartan_service.costmodels.fit import fit_profile
 from tests.service.conftest import MakeClient
 from tests.service.factories import locs, profile, spec, store_of
 

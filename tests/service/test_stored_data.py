@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.models import Job
+from spartan_service.jobs.models import Job
 from tests.service.conftest import MakeClient
 from tests.service.factories import CONTRACT_SPEC, artifacts_of, locs, profile, spec, store_of
 

@@ -12,13 +12,13 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from jobs import catalog
 from spartan import Sparsifier, SparsifierConfig, load_sparse, save_shrunk, shrink
 from spartan.export import SparseModel
 from spartan.sparse_io import save_sparse
+from spartan_service.jobs import catalog
+from spartan_service.worker import models
+from spartan_service.worker.models import build_model
 from tests.spartan.channel_models import ConcatNet, GroupedNet, TinyDecoder
-from worker import models
-from worker.models import build_model
 
 SPECS = {
     "mlp": {"arch": "mlp", "kwargs": {"hidden": [32, 24]}, "input_shape": [12],

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
 
 Submit = Callable[..., str]
 

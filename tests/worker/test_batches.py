@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from worker.batches import TensorBatches
-from worker.data import load_dataset
+from spartan_service.worker.batches import TensorBatches
+from spartan_service.worker.data import load_dataset
 
 
 def test_an_epoch_resumed_mid_way_gives_the_same_batches() -> None:

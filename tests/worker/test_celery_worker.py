@@ -1,4 +1,4 @@
-"""Real worker processes (`python -m worker`) on the embedded filesystem broker."""
+"""Real worker processes (`python -m spartan_service.worker`) on the embedded filesystem broker."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from jobs.queue import enqueue_job, make_celery
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore
+from spartan_service.jobs.queue import enqueue_job, make_celery
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
 from tests.worker.conftest import TINY, merged
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,8 @@ class Workers:
         environ.update(SPARTAN_DATA_DIR=str(self.data_dir), SPARTAN_WORKER_THREADS="1",
                        SPARTAN_PROGRESS_INTERVAL_S="0.2", **env)
         log = (self.data_dir / f"worker{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "worker", "--queues", queues], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "spartan_service.worker",
+                                 "--queues", queues], cwd=ROOT,
                                 env=environ, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from jobs.artifacts import ArtifactStore
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.worker.checkpoint import NAME, load_checkpoint, save_checkpoint
 from tests.files import private_file
-from worker.checkpoint import NAME, load_checkpoint, save_checkpoint
 
 
 def test_nested_state_round_trips(tmp_path: Path) -> None:

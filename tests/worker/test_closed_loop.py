@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from costmodels import hardware
-from costmodels.deployment import evaluate, refit
-from jobs.artifacts import ArtifactStore
-from jobs.models import CostModel
-from jobs.settings import Settings
-from jobs.store import JobStore
+from spartan_service.costmodels import hardware
+from spartan_service.costmodels.deployment import evaluate, refit
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.models import CostModel
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.runner import run_job
 from tests.worker.conftest import Submit
 from tests.worker.test_profile_run import submit_profile
-from worker.runner import run_job
 
 MLP = {"arch": "mlp", "kwargs": {"hidden": [256]}}
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.store import JobStore
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.runner import run_job
 from tests.worker.conftest import Submit
-from worker.runner import run_job
 
 # For the TINY MLP (64 -> 32 -> 10): dense latency 0.01 + 0.015 + 2048e-4 + 320 * 2e-4 ms.
 LATENCY = {"unit": "ms", "device": "cpu", "overhead": 0.01, "layers": {
@@ -72,7 +72,7 @@ def test_another_tenant_s_cost_model_is_not_found(submit: Submit, store: JobStor
 def test_a_job_validates_its_cost_model_and_computes_block_costs_once(
         submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from costmodels import bridge
+    from spartan_service.costmodels import bridge
 
     calls = {"validate": 0, "block_costs": 0}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from worker.data import load_dataset, split
+from spartan_service.worker.data import load_dataset, split
 
 
 def test_builtins_have_the_catalog_shapes() -> None:

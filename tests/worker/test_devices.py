@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs.settings import Settings
-from worker.devices import capacity, devices
+from spartan_service.jobs.settings import Settings
+from spartan_service.worker.devices import capacity, devices
 
 CPU_BOX = {"host": "a", "cpus": 16, "gpus": []}
 GPU_BOX = {"host": "b", "cpus": 32, "gpus": ["H100"] * 4}

@@ -9,10 +9,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from jobs.queue import enqueue_job, make_celery
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore
+from spartan_service.jobs.queue import enqueue_job, make_celery
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
 from tests.worker.conftest import TINY, merged
 from tests.worker.test_celery_worker import Workers, wait_for, workers  # noqa: F401
 

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from spartan.layout import maskable_weights
+from spartan_service.worker import hf
+from spartan_service.worker.models import build_model
+from spartan_service.worker.storage import open_storage
 from tests import workloads
-from worker import hf
-from worker.models import build_model
-from worker.storage import open_storage
 
 CPU = torch.device("cpu")
 

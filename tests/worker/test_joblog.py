@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from jobs import store_extra
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.store import JobStore
+from spartan_service.jobs import store_extra
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker import joblog, models
+from spartan_service.worker.runner import run_job
 from tests.worker.conftest import Submit
-from worker import joblog, models
-from worker.runner import run_job
 
 
 def lines(store: JobStore, job_id: str) -> list[tuple[str, str, str]]:
@@ -40,12 +40,12 @@ def test_a_failing_job_logs_its_warnings_and_traceback(
     job = store.get_job(job_id)
     assert job is not None and job.status == "failed"
     got = lines(store, job_id)
-    assert got[0][:2] == ("INFO", "worker.runner") and "attempt 1" in got[0][2]
+    assert got[0][:2] == ("INFO", "spartan_service.worker.runner") and "attempt 1" in got[0][2]
     assert ("WARNING", "somelib", "a library is unhappy") in got
     assert any(level == "WARNING" and "odd input shape" in msg for level, _, msg in got)
     assert not any("chatter" in msg for *_, msg in got)
     level, logger, text = got[-1]
-    assert (level, logger) == ("ERROR", "worker.runner")
+    assert (level, logger) == ("ERROR", "spartan_service.worker.runner")
     assert text.startswith(f"job {job_id} failed\nTraceback (most recent call last):")
     assert text.endswith("RuntimeError: factory exploded")
     # A second job of the same process has a log of its own.
@@ -56,9 +56,10 @@ def test_a_failing_job_logs_its_warnings_and_traceback(
 
 def test_records_of_other_threads_stay_out(store: JobStore, submit: Submit) -> None:
     job_id = submit()
-    outside = threading.Thread(target=lambda: logging.getLogger("worker.x").error("not mine"))
+    log = logging.getLogger("spartan_service.worker.x")
+    outside = threading.Thread(target=lambda: log.error("not mine"))
     with joblog.capture(store, job_id, 1):
-        logging.getLogger("worker.x").error("mine")
+        log.error("mine")
         outside.start()
         outside.join()
     assert [m for *_, m in lines(store, job_id)] == ["mine"]

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from jobs.settings import Settings
-from worker import main, process
+from spartan_service.jobs.settings import Settings
+from spartan_service.worker import main, process
 
 
 def test_threads_leave_a_core_and_split_across_processes(monkeypatch: pytest.MonkeyPatch
@@ -52,4 +52,5 @@ def test_job_pool_gives_each_task_a_fresh_process_and_joins_clean() -> None:
 def test_worker_runs_the_job_pool() -> None:
     from celery.concurrency import get_implementation
 
-    assert get_implementation("worker.main:JobTaskPool").BlockingPool is main.JobProcessPool
+    pool = get_implementation("spartan_service.worker.main:JobTaskPool")
+    assert pool.BlockingPool is main.JobProcessPool

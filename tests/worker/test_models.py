@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from jobs import catalog
 from spartan.layout import maskable_weights
-from worker import models
-from worker.models import build_model, load_weights
+from spartan_service.jobs import catalog
+from spartan_service.worker import models
+from spartan_service.worker.models import build_model, load_weights
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("mlp", {}), ("mlp", {"hidden": [7, 5, 3]}),

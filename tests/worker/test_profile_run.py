@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from costmodels import hardware
-from jobs.artifacts import ArtifactStore
-from jobs.profile_spec import ProfileSpec
-from jobs.settings import Settings
-from jobs.store import JobStore
-from worker.device_lock import hold_device
-from worker.runner import run_job
+from spartan_service.costmodels import hardware
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.profile_spec import ProfileSpec
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.device_lock import hold_device
+from spartan_service.worker.runner import run_job
 
 PROFILE: dict[str, Any] = {"name": "tiny-cpu", "model": {"arch": "mlp", "kwargs": {"hidden": [32]}},
                            "data": {"dataset": "digits"}, "quick": True, "batch_sizes": [16],
@@ -81,7 +81,7 @@ def test_a_retry_keeps_the_batch_sizes_already_profiled(
     # As if the worker had been lost after storing the cost model: run it again.
     from sqlalchemy import update
 
-    from jobs.models import Job
+    from spartan_service.jobs.models import Job
 
     with store.session() as s:
         s.execute(update(Job).where(Job.id == job_id).values(status="queued"))
@@ -187,9 +187,9 @@ def test_a_lost_profile_worker_is_recovered_like_a_training_job(
 
     from sqlalchemy import update
 
-    from jobs.models import Job, utcnow
+    from spartan_service.jobs.models import Job, utcnow
+    from spartan_service.worker.tasks import reap
     from tests.worker.test_tasks import FakeApp
-    from worker.tasks import reap
 
     job_id = submit_profile(store)
     assert store.claim_job(job_id, "lost-worker", settings.max_attempts) is not None

@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.store import JobStore
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.runner import run_job
 from tests.files import artifact_file, private_file
 from tests.worker.conftest import TINY, Submit, merged
-from worker.runner import run_job
 
 
 def report(artifacts: ArtifactStore, job_id: str) -> dict[str, Any]:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.spec import TrainingSpec
 from spartan import Sparsifier, SparsifierConfig
-from worker.recipes import Precision, lr_at, make_optimizer, param_groups
+from spartan_service.jobs.spec import TrainingSpec
+from spartan_service.worker.recipes import Precision, lr_at, make_optimizer, param_groups
 
 CPU = torch.device("cpu")
 

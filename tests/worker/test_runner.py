@@ -15,16 +15,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from sqlalchemy import update
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import Job, utcnow
-from jobs.report import Report
-from jobs.settings import Settings
-from jobs.store import JobStore
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.models import Job, utcnow
+from spartan_service.jobs.report import Report
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker import checkpoint, models, objectives, training
+from spartan_service.worker.lease import Lease
+from spartan_service.worker.runner import run_job
 from tests.files import artifact_file
 from tests.worker.conftest import TINY, Submit
-from worker import checkpoint, models, objectives, training
-from worker.lease import Lease
-from worker.runner import run_job
 
 
 def test_tiny_job_writes_exact_sparse_results(submit: Submit, store: JobStore,

@@ -7,15 +7,15 @@ import json
 import torch
 from torch import nn
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.store import JobStore
 from spartan import load_sparse
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.models import build_model
+from spartan_service.worker.runner import run_job
+from spartan_service.worker.speedup import sentence, speedup_report
 from tests.files import artifact_file
 from tests.worker.conftest import Submit
-from worker.models import build_model
-from worker.runner import run_job
-from worker.speedup import sentence, speedup_report
 
 
 def test_finished_job_has_speedup_section_and_sparse_model(

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from spartan_service.worker import loaders
+from spartan_service.worker.arrays import feature_stats
+from spartan_service.worker.loaders import NpyArray
+from spartan_service.worker.storage import open_storage
 from tests import workloads
-from worker import loaders
-from worker.arrays import feature_stats
-from worker.loaders import NpyArray
-from worker.storage import open_storage
 
 CPU = torch.device("cpu")
 

@@ -11,17 +11,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from costmodels import fit_profile, profile_channels
-from jobs.artifacts import ArtifactStore
-from jobs.report import Report
-from jobs.settings import Settings
-from jobs.store import JobStore
 from spartan import load_sparse
+from spartan_service.costmodels import fit_profile, profile_channels
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.report import Report
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.data import load_dataset
+from spartan_service.worker.models import build_model
+from spartan_service.worker.runner import run_job
 from tests.files import artifact_file
 from tests.worker.conftest import Submit
-from worker.data import load_dataset
-from worker.models import build_model
-from worker.runner import run_job
 
 SPEC: dict[str, Any] = {
     "model": {"arch": "cnn", "kwargs": {"channels": [16, 32]}},

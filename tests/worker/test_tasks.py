@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-from jobs.models import Job, utcnow
-from jobs.settings import Settings
-from jobs.store import JobStore
-from worker.tasks import fits_here, reap
+from spartan_service.jobs.models import Job, utcnow
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.tasks import fits_here, reap
 
 SPEC = {"model": {"arch": "mlp"}}
 

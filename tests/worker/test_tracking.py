@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.artifacts import ArtifactStore
-from jobs.settings import Settings
-from jobs.store import JobStore
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.runner import run_job
 from tests.files import artifact_file, artifacts_root
 from tests.worker.conftest import TINY, Submit, merged
-from worker.runner import run_job
 
 
 def need(module: str, extra: str) -> None:

@@ -14,16 +14,16 @@ import torch
 from safetensors.torch import load_file
 from sqlalchemy import update
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import Job
-from jobs.settings import Settings
-from jobs.spec import JobSpec
-from jobs.store import JobStore, utcnow
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.models import Job
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore, utcnow
+from spartan_service.worker import checkpoint
+from spartan_service.worker.runner import run_job
 from tests import workloads
 from tests.files import artifact_file
 from tests.worker.conftest import TINY, Submit
-from worker import checkpoint
-from worker.runner import run_job
 
 RECIPE = {"training": {"epochs": 2, "checkpoint_every": 5, "grad_accum": 2, "precision": "bf16",
                        "label_smoothing": 0.1, "lr_warmup_frac": 0.2, "grad_clip": 1.0,

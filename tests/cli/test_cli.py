@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser, main
-from service.serve import WorkerPool, is_loopback
+from spartan_service.cli.main import build_parser, main
+from spartan_service.cli.serve import WorkerPool, is_loopback
 from tests.service.factories import profile
 
 
@@ -21,7 +21,7 @@ def test_serve_refuses_a_public_address_without_tokens(
 ) -> None:
     monkeypatch.setenv("SPARTAN_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("SPARTAN_API_TOKENS", raising=False)
-    from jobs.settings import get_settings
+    from spartan_service.jobs.settings import get_settings
 
     get_settings.cache_clear()
     try:
@@ -172,7 +172,7 @@ def test_serve_refuses_a_short_token_on_a_public_address(
 ) -> None:
     monkeypatch.setenv("SPARTAN_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("SPARTAN_API_TOKENS", "team:x,other:0123456789abcdef")
-    from jobs.settings import get_settings
+    from spartan_service.jobs.settings import get_settings
 
     get_settings.cache_clear()
     try:
@@ -190,16 +190,18 @@ def test_embedded_workers_do_not_import_from_the_current_directory(tmp_path: Pat
     (tmp_path / "worker.py").write_text("raise SystemExit('imported from the cwd')\n")
     command = WorkerPool(1).command(0)
     check = [*command[:2], command[2].replace(
-        "from worker.main import main; main(sys.argv[1:])",
-        "import worker.main, cProfile; print(worker.main.__file__)")]
+        "from spartan_service.worker.main import main; main(sys.argv[1:])",
+        "import spartan_service.worker.main as m, cProfile; print(m.__file__)")]
     done = subprocess.run(check, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert str(tmp_path) not in done.stdout
 
 
 def test_python_m_worker_ignores_modules_in_the_current_directory(tmp_path: Path) -> None:
-    (tmp_path / "jobs.py").write_text("raise SystemExit('shadowed by the cwd')\n")
-    done = subprocess.run([sys.executable, "-m", "worker", "--queues", "bogus"], cwd=tmp_path,
+    for name in ("jobs.py", "profile.py"):  # cProfile imports `profile`
+        (tmp_path / name).write_text("raise SystemExit('shadowed by the cwd')\n")
+    done = subprocess.run([sys.executable, "-m", "spartan_service.worker",
+                           "--queues", "bogus"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert "shadowed" not in done.stderr + done.stdout
     assert done.returncode == 2 and "unknown queues bogus" in done.stderr

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from jobs.process import parent_death_signal
-from jobs.settings import Settings
-from jobs.store import JobStore
+from spartan_service.jobs.process import parent_death_signal
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ WORKER_NICE = 10
 
 # Tokens guard a public address; shorter ones can be guessed.
 MIN_PUBLIC_TOKEN = 16
-WORKER_MAIN = "import sys; sys.path.pop(0); from worker.main import main; main(sys.argv[1:])"
+WORKER_MAIN = ("import sys; sys.path.pop(0); "
+               "from spartan_service.worker.main import main; main(sys.argv[1:])")
 
 
 def is_loopback(host: str) -> bool:
@@ -156,7 +157,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, insecure: bool
     pool = WorkerPool(workers, queues=queues)
     pool.start()
     try:
-        config = uvicorn.Config("service.main:create_app", factory=True, host=host, port=bound,
+        config = uvicorn.Config("spartan_service.service.main:create_app", factory=True,
+                                host=host, port=bound,
                                 log_level=os.environ.get("SPARTAN_LOG_LEVEL", "info").lower(),
                                 timeout_graceful_shutdown=5)
         uvicorn.Server(config).run(sockets=[sock])

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from jobs.status import TERMINAL
+from spartan_service.jobs.status import TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from service.cli import main
-from service.progress import JobBar
+from spartan_service.cli.main import main
+from spartan_service.cli.progress import JobBar
 from tests.dashboard.conftest import Served, serve
 
 
@@ -60,8 +60,8 @@ def test_logs_prints_records_in_order(served: Served, capsys: pytest.CaptureFixt
                                       ) -> None:
     job = served.new_job(name="cli-logs")
     served.store.append_logs(job, 1, [
-        {"level": "INFO", "logger": "worker.runner", "message": "attempt 1"},
-        {"level": "ERROR", "logger": "worker.runner",
+        {"level": "INFO", "logger": "spartan_service.worker.runner", "message": "attempt 1"},
+        {"level": "ERROR", "logger": "spartan_service.worker.runner",
          "message": "job failed\nTraceback (most recent call last):\nValueError: boom"}])
     code, out, _ = run(served, capsys, "logs", job)
     assert code == 0
@@ -98,8 +98,8 @@ def test_sweep_wait_prints_the_points(served: Served, capsys: pytest.CaptureFixt
                                                "budgets": [0.1, 0.3]}).json()
     for p, (acc, ms) in zip(sweep["points"], [(0.9, 1.0), (0.95, 2.0)], strict=True):
         finish(served, p["job_id"], acc, ms)
-    from service.client import Client
-    from service.commands import sweep_table
+    from spartan_service.cli.client import Client
+    from spartan_service.cli.commands import sweep_table
 
     with Client(served.url) as client:
         done = client.wait_sweep(sweep["id"], poll_s=0.05, timeout_s=10)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.client import Client, ClientError
+from spartan_service.cli.client import Client, ClientError
 
 
 def profile_body(args: argparse.Namespace) -> dict[str, Any]:

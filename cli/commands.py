@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.status import JobStatus
-from service.client import TERMINAL, Client, ClientError
+from spartan_service.cli.client import TERMINAL, Client, ClientError
+from spartan_service.jobs.status import JobStatus
 
 
 def _num(value: Any, pct: bool = False) -> str:
@@ -151,7 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def add_parsers(add: Any, url_option: Any, floats: Any) -> None:
-    """Registers the commands on the `spartan` parser (service.cli)."""
+    """Registers the commands on the `spartan` parser (spartan_service.cli.main)."""
     p = add("list", cmd_list, "list jobs, newest first")
     p.add_argument("--status", choices=[s.value for s in JobStatus])
     p.add_argument("--limit", type=int, default=20)

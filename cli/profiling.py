@@ -10,15 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jobs import catalog
+from spartan_service.jobs import catalog
 
 
 def run_profile(args: argparse.Namespace) -> int:
     import torch
 
-    from costmodels.io import write_json_atomic
-    from costmodels.profiler import profile_model
-    from worker.models import build_model
+    from spartan_service.costmodels.io import write_json_atomic
+    from spartan_service.costmodels.profiler import profile_model
+    from spartan_service.worker.models import build_model
 
     catalog.check_model(args.model)
     catalog.check_dataset(args.dataset)
@@ -32,7 +32,7 @@ def run_profile(args: argparse.Namespace) -> int:
     # Random inputs of the dataset's shape: a kernel's time does not depend on the values.
     example = torch.randn(args.batch, *input_shape)
     if getattr(args, "structure", "weights") == "channels":
-        from costmodels.structured import profile_channels
+        from spartan_service.costmodels.structured import profile_channels
 
         profile = profile_channels(model, example, device=args.device, batch=args.batch,
                                    quick=args.quick, progress=True)
@@ -46,10 +46,10 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from costmodels.fit import fit_profile
-    from costmodels.io import write_json_atomic
-    from costmodels.plot import plot_fit
-    from costmodels.schema import validate_profile
+    from spartan_service.costmodels.fit import fit_profile
+    from spartan_service.costmodels.io import write_json_atomic
+    from spartan_service.costmodels.plot import plot_fit
+    from spartan_service.costmodels.schema import validate_profile
 
     profile: Any = json.loads(Path(args.profile).read_text(encoding="utf-8"))
     validate_profile(profile)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jobs.settings import get_settings
-from service import commands, registry_cli
-from service.client import Client, ClientError
-from service.progress import JobBar
+from spartan_service.cli import commands, cost_models
+from spartan_service.cli.client import Client, ClientError
+from spartan_service.cli.progress import JobBar
+from spartan_service.jobs.settings import get_settings
 
 
 def _queues(text: str | None) -> list[str] | None:
@@ -26,14 +26,14 @@ def _queues(text: str | None) -> list[str] | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.serve import serve
+    from spartan_service.cli.serve import serve
 
     return serve(get_settings(), args.host, args.port, args.workers, args.insecure,
                  queues=args.queues, port_file=args.port_file)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.main import exit_now, run_worker
+    from spartan_service.worker.main import exit_now, run_worker
 
     run_worker(_queues(args.queues), args.concurrency, args.hostname)
     exit_now()  # skips the interpreter's ~1.5 s teardown of torch
@@ -41,7 +41,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from service.demo import demo
+    from spartan_service.cli.demo import demo
 
     return demo(get_settings(), args.port, args.exit)
 
@@ -129,18 +129,18 @@ def _floats(text: str) -> list[float]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     if args.submit:  # a profile job on a worker of the queue, on its own hardware
-        from service.registry_cli import submit_profile
+        from spartan_service.cli.cost_models import submit_profile
 
         return submit_profile(args)
     if not args.output:
         raise ValueError("-o/--output is needed (or --submit, to profile on a worker)")
-    from service.profiling import run_profile
+    from spartan_service.cli.profiling import run_profile
 
     return run_profile(args)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from service.profiling import run_fit
+    from spartan_service.cli.profiling import run_fit
 
     return run_fit(args)
 
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="with --submit: until it ends")
     url_option(p)
 
-    registry_cli.add_parsers(add, url_option)
+    cost_models.add_parsers(add, url_option)
 
     p = add("fit", cmd_fit, "fit a cost model from a profile")
     p.add_argument("profile")

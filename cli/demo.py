@@ -10,9 +10,9 @@ import sys
 import time
 from typing import Any
 
-from jobs.settings import Settings
-from service.client import Client, ClientError
-from service.progress import JobBar
+from spartan_service.cli.client import Client, ClientError
+from spartan_service.cli.progress import JobBar
+from spartan_service.jobs.settings import Settings
 
 DEMO_SPEC: dict[str, Any] = {
     "name": "demo: mlp on digits, 90% sparse",
@@ -90,7 +90,8 @@ def demo(settings: Settings, port: int | None, exit_after: bool) -> int:
     host = "127.0.0.1"
     port = port or (8000 if port_free(host, 8000) else free_port(host))
     env = dict(os.environ, SPARTAN_LOG_LEVEL=os.environ.get("SPARTAN_LOG_LEVEL", "warning"))
-    command = [sys.executable, "-m", "service", "serve", "--host", host, "--port", str(port),
+    command = [sys.executable, "-m", "spartan_service.cli",
+               "serve", "--host", host, "--port", str(port),
                "--workers", "1"]
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
