@@ -23,6 +23,7 @@ COPY jobs/ jobs/
 COPY worker/ worker/
 COPY service/ service/
 COPY cli/ cli/
+COPY zoo/ zoo/
 RUN pip install .
 # The portable build of spartan/_native.c, made here once: containers load it without a
 # compiler (root-owned, 0755: spartan._native trusts it; see its docstring).

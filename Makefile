@@ -32,7 +32,7 @@ demo: setup
 	$(BIN)/spartan demo
 
 # The folders installed as spartan_service.<folder> (pyproject.toml's package-dir).
-SERVICE_PACKAGES := jobs worker service costmodels cli
+SERVICE_PACKAGES := jobs worker service costmodels cli zoo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -55,7 +55,7 @@ CONFIGS: list[tuple[str, str, dict[str, Any], tuple[int, ...], int, str]] = [
 
 
 def build(arch: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
-    from spartan_service.worker.models import build_model
+    from spartan_service.zoo import build_model
 
     torch.manual_seed(0)
     return build_model(arch, kwargs, shape, 10).eval()

@@ -108,7 +108,7 @@ def plain_loop(x_path: Path, y_path: Path, method: str, steps: int, seed: int = 
     from torch.nn import functional as F
 
     from spartan import Sparsifier, SparsifierConfig
-    from spartan_service.worker.models import build_model
+    from spartan_service.zoo import build_model
 
     x = np.load(x_path, mmap_mode="r")
     y = np.load(y_path, mmap_mode="r")

@@ -1,6 +1,6 @@
 """One training run of the quality benchmark: a dataset, a model, a method, a sparsity, a seed.
 
-Models and data come from the worker's registries (spartan_service.worker.models.build_model,
+Models and data come from the worker's registries (spartan_service.zoo.build_model,
 worker.data.load_dataset); the split is fixed (seed 0, 20% held out as the test set), the seed
 sets the initialisation and the batch order. Training: SGD with momentum 0.9, lr 0.05, batch 64,
 cross-entropy; the Sparsifier steps after every optimiser step and is finalised at the end, so
@@ -110,7 +110,7 @@ def fashion(limit: int | None = None, val_limit: int | None = None) -> Any:
 
 
 def build(model: str, dataset_name: str, seed: int) -> nn.Module:
-    from spartan_service.worker.models import build_model
+    from spartan_service.zoo import build_model
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; use one of {', '.join(MODELS)}")

@@ -23,7 +23,7 @@ from torch import nn
 
 from benchmarks._measure import median_time
 from spartan import Sparsifier, SparsifierConfig, to_sparse
-from spartan_service.worker.models import build_model
+from spartan_service.zoo import build_model
 
 log = logging.getLogger("benchmarks.speedup")
 

@@ -44,7 +44,7 @@ from spartan_service.costmodels import (
 )
 from spartan_service.costmodels.channel_bridge import channel_cost_split
 from spartan_service.costmodels.timing import keep_freed_memory
-from spartan_service.worker.models import build_model
+from spartan_service.zoo import build_model
 
 log = logging.getLogger("benchmarks.structured")
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -18,7 +18,7 @@ def run_profile(args: argparse.Namespace) -> int:
 
     from spartan_service.costmodels.io import write_json_atomic
     from spartan_service.costmodels.profiler import profile_model
-    from spartan_service.worker.models import build_model
+    from spartan_service.zoo import build_model
 
     catalog.check_model(args.model)
     catalog.check_dataset(args.dataset)

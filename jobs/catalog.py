@@ -1,10 +1,10 @@
 """Names, arguments and weight shapes of the built-in models and datasets, without torch.
 
-The worker builds them (worker/models.py, worker/data.py) from the defaults defined here; the
+The model zoo (spartan_service.zoo) and worker/data.py build them from the defaults here; the
 API validates names and kwargs here so that a typo is refused at submit time with the valid
 choices, and warns about layers a block does not divide before any training.
-`weight_shapes` is the one owner of the built-ins' layer widths: the worker's torch modules
-are sized from it (tests/worker/test_models.py checks the built modules against it).
+`weight_shapes` is the one owner of the built-ins' layer widths: the zoo's torch modules
+are sized from it (tests/zoo/test_models.py checks the built modules against it).
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def vit_patch(hw: tuple[int, int], patch: int | None) -> tuple[int, int]:
 def weight_shapes(arch: str, kwargs: dict[str, Any], input_shape: Shape, num_classes: int
                   ) -> dict[str, Shape]:
     """Shapes of the default-maskable weights of a built-in model (Linear, Conv2d and attention
-    projection weights), by parameter name, as worker/models.py builds them."""
+    projection weights), by parameter name, as spartan_service.zoo builds them."""
     kw = model_kwargs(arch, kwargs)
     shapes: dict[str, Shape] = {}
     if arch == "mlp":

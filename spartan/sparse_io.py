@@ -132,7 +132,7 @@ def load_sparse(path: str | Path, device: str | torch.device | None = None,
 
     The architecture comes from `model` (an instance to fill) or from `build_model(arch, kwargs,
     input_shape, num_classes)` applied to the spec stored in the file (the service's is
-    spartan_service.worker.models.build_model). The stored per-layer kernels are used as they are.
+    spartan_service.zoo.build_model). The stored per-layer kernels are used as they are.
     """
     from safetensors import safe_open
 
@@ -144,7 +144,7 @@ def load_sparse(path: str | Path, device: str | torch.device | None = None,
     if model is None:
         if build_model is None or spec is None:
             raise ValueError("load_sparse needs model= or build_model= (and a file with a model "
-                             "spec), e.g. build_model=spartan_service.worker.models.build_model")
+                             "spec), e.g. build_model=spartan_service.zoo.build_model")
         model = build_model(spec["arch"], spec.get("kwargs", {}), tuple(spec["input_shape"]),
                             int(spec["num_classes"]))
     model.load_state_dict(state, strict=True)
@@ -167,7 +167,7 @@ def _load_shrunk(path: str | Path, device: str | torch.device | None,
     if model is None:
         if build_model is None or spec is None:
             raise ValueError("load_sparse needs model= or build_model= (and a file with a model "
-                             "spec), e.g. build_model=spartan_service.worker.models.build_model")
+                             "spec), e.g. build_model=spartan_service.zoo.build_model")
         model = build_model(spec["arch"], spec.get("kwargs", {}), tuple(spec["input_shape"]),
                             int(spec["num_classes"]))
     apply_plan(model, plan)

@@ -1,4 +1,4 @@
-"""The worker side: Celery tasks, the job runner, and the model and dataset registries.
+"""The worker side: Celery tasks, the job runner, and the dataset registry.
 
-Only this side loads torch models (see DESIGN.md).
+Only this side (with the tooling) loads torch models, built by spartan_service.zoo.
 """

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from spartan_service.worker.hf import logits
+from spartan_service.zoo.hf import logits
 
 IGNORE = -100
 

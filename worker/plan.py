@@ -24,15 +24,14 @@ from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.spec import JobSpec, TrainingSpec
 from spartan_service.jobs.store import JobStore
 from spartan_service.jobs.uploads import upload_path
-from spartan_service.worker import hf
 from spartan_service.worker.batches import Batches, ShardedBatches, TensorBatches
 from spartan_service.worker.costs import CostPlan, plan_costs
 from spartan_service.worker.data import load_dataset
-from spartan_service.worker.models import build_model, load_weights
 from spartan_service.worker.objectives import Task, make_task
 from spartan_service.worker.ranks import SINGLE, Ranks, device_of
 from spartan_service.worker.recipes import Precision, make_optimizer
 from spartan_service.worker.storage import open_storage
+from spartan_service.zoo import build_model, hf, load_weights
 
 
 @dataclass

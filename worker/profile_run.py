@@ -43,8 +43,8 @@ class ProfileRun:
 
     def run(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from spartan_service.worker.data import load_dataset
-        from spartan_service.worker.models import build_model, load_weights
         from spartan_service.worker.plan import pick_device
+        from spartan_service.zoo import build_model, load_weights
 
         spec = ProfileSpec.model_validate(self.job.spec)
         device = pick_device(spec.device)

@@ -22,7 +22,7 @@ from spartan_service.costmodels import (
     validate_cost_model,
     validate_profile,
 )
-from spartan_service.worker.models import build_model
+from spartan_service.zoo import build_model
 
 
 @pytest.fixture(autouse=True)

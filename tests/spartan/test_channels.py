@@ -14,7 +14,7 @@ from spartan import Sparsifier, SparsifierConfig
 from spartan.channel_costs import builtin_costs, item_costs, total_cost
 from spartan.channel_sparsifier import ChannelSparsifier
 from spartan.channels import trace_channels
-from spartan_service.worker.models import build_model
+from spartan_service.zoo import build_model
 from tests.spartan.channel_models import ConcatNet, GroupedNet, TinyDecoder, Untraceable
 
 

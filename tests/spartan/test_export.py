@@ -12,7 +12,7 @@ from torch import nn
 
 from spartan import Sparsifier, SparsifierConfig, load_sparse, to_sparse
 from spartan.sparse_io import read_sparse
-from spartan_service.worker.models import build_model
+from spartan_service.zoo import build_model
 
 MLP = {"arch": "mlp", "kwargs": {"hidden": [64, 64]}, "input_shape": [64], "num_classes": 16}
 CNN = {"arch": "cnn", "kwargs": {"channels": [16, 32], "kernel": 3}, "input_shape": [1, 8, 8],

@@ -16,8 +16,8 @@ from spartan import Sparsifier, SparsifierConfig, load_sparse, save_shrunk, shri
 from spartan.export import SparseModel
 from spartan.sparse_io import save_sparse
 from spartan_service.jobs import catalog
-from spartan_service.worker import models
-from spartan_service.worker.models import build_model
+from spartan_service.zoo import build as models
+from spartan_service.zoo import build_model
 from tests.spartan.channel_models import ConcatNet, GroupedNet, TinyDecoder
 
 SPECS = {

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from spartan.layout import maskable_weights
-from spartan_service.worker import hf
-from spartan_service.worker.models import build_model
 from spartan_service.worker.storage import open_storage
+from spartan_service.zoo import build_model, hf
 from tests import workloads
 
 CPU = torch.device("cpu")

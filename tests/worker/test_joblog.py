@@ -13,8 +13,9 @@ from spartan_service.jobs import store_extra
 from spartan_service.jobs.artifacts import ArtifactStore
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
-from spartan_service.worker import joblog, models
+from spartan_service.worker import joblog
 from spartan_service.worker.runner import run_job
+from spartan_service.zoo import builtins
 from tests.worker.conftest import Submit
 
 
@@ -34,7 +35,7 @@ def test_a_failing_job_logs_its_warnings_and_traceback(
         warnings.warn("odd input shape", UserWarning, stacklevel=1)
         raise RuntimeError("factory exploded")
 
-    monkeypatch.setitem(models._BUILTINS, "mlp", explode)  # type: ignore[arg-type]
+    monkeypatch.setitem(builtins.BUILTINS, "mlp", explode)  # type: ignore[arg-type]
     job_id = submit()
     run_job(job_id, store, artifacts, settings)
     job = store.get_job(job_id)

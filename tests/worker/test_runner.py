@@ -20,9 +20,10 @@ from spartan_service.jobs.models import Job, utcnow
 from spartan_service.jobs.report import Report
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
-from spartan_service.worker import checkpoint, models, objectives, training
+from spartan_service.worker import checkpoint, objectives, training
 from spartan_service.worker.lease import Lease
 from spartan_service.worker.runner import run_job
+from spartan_service.zoo import build_model, builtins
 from tests.files import artifact_file
 from tests.worker.conftest import TINY, Submit
 
@@ -133,7 +134,7 @@ def test_a_raising_model_factory_fails_the_job(submit: Submit, store: JobStore,
     def explode(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("factory exploded\nwith details")
 
-    monkeypatch.setitem(models._BUILTINS, "mlp", explode)  # type: ignore[arg-type]
+    monkeypatch.setitem(builtins.BUILTINS, "mlp", explode)  # type: ignore[arg-type]
     job_id = submit()
     run_job(job_id, store, artifacts, settings)
     job = store.get_job(job_id)
@@ -258,7 +259,7 @@ def test_uploaded_data_and_initial_weights(submit: Submit, store: JobStore,
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     np.savez(settings.uploads_dir / "data1.npz", x=x, y=y)
     store.create_upload("t1", "d.npz", "npz", 1, "0" * 64, {}, upload_id="data1")
-    model = models.build_model("mlp", {"hidden": [8]}, (6,), 2)
+    model = build_model("mlp", {"hidden": [8]}, (6,), 2)
     save_file(model.state_dict(), str(settings.uploads_dir / "w1.safetensors"))
     store.create_upload("t1", "w.safetensors", "safetensors", 1, "0" * 64, {}, upload_id="w1")
     spec = {**TINY, "model": {"arch": "mlp", "kwargs": {"hidden": [8]}, "weights": "w1"},

@@ -11,9 +11,9 @@ from spartan import load_sparse
 from spartan_service.jobs.artifacts import ArtifactStore
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
-from spartan_service.worker.models import build_model
 from spartan_service.worker.runner import run_job
 from spartan_service.worker.speedup import sentence, speedup_report
+from spartan_service.zoo import build_model
 from tests.files import artifact_file
 from tests.worker.conftest import Submit
 

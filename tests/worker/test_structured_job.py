@@ -18,8 +18,8 @@ from spartan_service.jobs.report import Report
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
 from spartan_service.worker.data import load_dataset
-from spartan_service.worker.models import build_model
 from spartan_service.worker.runner import run_job
+from spartan_service.zoo import build_model
 from tests.files import artifact_file
 from tests.worker.conftest import Submit
 

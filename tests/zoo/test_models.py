@@ -13,8 +13,8 @@ from torch import nn
 
 from spartan.layout import maskable_weights
 from spartan_service.jobs import catalog
-from spartan_service.worker import models
-from spartan_service.worker.models import build_model, load_weights
+from spartan_service.zoo import build as models
+from spartan_service.zoo import build_model, load_weights
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("mlp", {}), ("mlp", {"hidden": [7, 5, 3]}),
