@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from spartan_service.jobs import catalog
+from spartan_service.jobs import catalog, model_dirs
 from spartan_service.jobs.spec import JobSpec
 
 Loc = list[str | int]
@@ -27,8 +27,6 @@ Problem = tuple[Loc, str]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TABLE_SUFFIXES = (".parquet", ".csv", ".json", ".jsonl")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model",
-                   "spiece.model", "sentencepiece.bpe.model")
 
 
 class PathError(ValueError):
@@ -117,8 +115,12 @@ def _look(spec: JobSpec, paths: dict[str, Path]) -> None:
     elif spec.data.dataset == "fashion-mnist":
         fashion_mnist_dir(paths.get("data.kwargs.root"))
     if "model.arch" in paths:
-        check_model_dir(paths["model.arch"], spec.model.kwargs.get("pretrained", True),
-                        catalog.text_data(spec.data.dataset))
+        try:
+            model_dirs.check_model_dir(paths["model.arch"],
+                                       spec.model.kwargs.get("pretrained", True),
+                                       catalog.text_data(spec.data.dataset), task)
+        except model_dirs.ModelDirError as exc:
+            raise PathError(exc.loc, exc.msg) from None
 
 
 def _readable_dir(path: Path, loc: Loc) -> None:
@@ -398,26 +400,3 @@ def check_labels(path: Path, shape: tuple[int, ...], num_classes: int | None, lo
     if num_classes is not None and hi >= num_classes:
         raise PathError(loc, f"{path.name} holds label {hi:g}, out of range for num_classes "
                         f"{num_classes}")
-
-
-# --- Hugging Face model folders ---------------------------------------------------------------
-
-def check_model_dir(path: Path, pretrained: bool, text: bool) -> None:
-    loc: Loc = ["model", "arch"]
-    _readable_dir(path, loc)
-    config = path / "config.json"
-    if not config.is_file():
-        raise PathError(loc, f"{path} is not a Hugging Face model folder: no config.json")
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise PathError(loc, f"cannot read {config}: {exc}") from None
-    if not model_type:
-        raise PathError(loc, f"{config} has no model_type")
-    if pretrained and not any(path.glob("*.safetensors")):
-        raise PathError(loc, f"{path} has no .safetensors weights (other formats are never "
-                        "unpickled); save with safe_serialization, or set model.kwargs."
-                        "pretrained false to start from the config")
-    if text and not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise PathError(loc, f"{path} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save "
-                        "the tokenizer beside the model (tokenizer.save_pretrained)")

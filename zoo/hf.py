@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spartan_service.jobs import datapaths
+from spartan_service.jobs import datapaths, model_dirs
 
 log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
@@ -70,10 +70,10 @@ def load_tokenizer(folder: Path) -> Any:
     # tokenizer was used here: its thread pool would be disabled there with a warning anyway.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     transformers = _transformers()
-    if not any((folder / f).is_file() for f in datapaths.TOKENIZER_FILES):
-        names = ", ".join(datapaths.TOKENIZER_FILES)
-        raise ValueError(f"model.arch: {folder} has no tokenizer ({names}); text data is "
-                         "tokenised with the model's own tokenizer")
+    missing = model_dirs.tokenizer_problem(folder)
+    if missing is not None:
+        raise ValueError(f"model.arch: {missing}; text data is tokenised with the model's own "
+                         "tokenizer")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -104,6 +104,9 @@ def load_model(folder: Path, task: str, text: bool, outputs: int, pretrained: bo
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"model.arch: {folder} is not a Hugging Face model folder: "
                          f"{exc}") from None
+    problem = model_dirs.task_problem(config.to_dict(), task, text)
+    if problem is not None:
+        raise ValueError(f"training.task: {problem} (model.arch {folder})")
     auto, what = _auto_class(transformers, task, text)
     if type(config) not in auto._model_mapping:
         raise ValueError(f"model.arch: a '{config.model_type}' model cannot do {what} "

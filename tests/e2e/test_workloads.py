@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from spartan_service.cli.client import ClientError
 from tests import workloads
 from tests.e2e.conftest import Serve, base_env, wait_for
 
@@ -149,11 +150,12 @@ def test_bad_data_fails_the_job_fast_naming_the_file(serve: Serve, storage: Path
     job = wait_for(serve.client, serve.client.submit(spec)["id"], timeout=150)
     assert job["status"] == "failed" and job["progress"]["step"] == 0
     assert "right/1.png: cannot read the image" in job["error"]
-    # A task the model cannot do: the worker names the model and the task.
+    # A task the model cannot do: refused at submit (its config), naming the task and model.
     spec = {"model": {"arch": f"hf:{storage / 'bert'}"},
             "data": {"dataset": "imagefolder",
                      "kwargs": {"root": str(storage / "images"), "size": 8}},
             "training": {"epochs": 1}}
-    job = wait_for(serve.client, serve.client.submit(spec)["id"], timeout=150)
-    assert job["status"] == "failed" and "a 'bert' model cannot do image classification" in \
-        job["error"]
+    with pytest.raises(ClientError) as info:
+        serve.client.submit(spec)
+    assert info.value.status == 422
+    assert "training.task: a 'bert' model reads token ids" in str(info.value)

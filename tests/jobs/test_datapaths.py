@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spartan_service.jobs import catalog, datapaths
+from spartan_service.jobs import catalog, datapaths, model_dirs
 from spartan_service.jobs.spec import JobSpec
 
 
@@ -144,24 +144,70 @@ def test_npy_headers_shapes_and_labels(tmp_path: Path) -> None:
 def test_model_folder_needs_config_weights_and_tokenizer(tmp_path: Path) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
-    with pytest.raises(datapaths.PathError, match="no config.json"):
-        datapaths.check_model_dir(folder, True, False)
+    with pytest.raises(model_dirs.ModelDirError, match="no config.json"):
+        model_dirs.check_model_dir(folder, True, False)
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(datapaths.PathError, match="no .safetensors weights"):
-        datapaths.check_model_dir(folder, True, False)
-    datapaths.check_model_dir(folder, False, False)  # from the config: no weights needed
-    with pytest.raises(datapaths.PathError, match="no tokenizer") as info:
-        datapaths.check_model_dir(folder, False, True)
+    with pytest.raises(model_dirs.ModelDirError, match="no .safetensors weights"):
+        model_dirs.check_model_dir(folder, True, False)
+    model_dirs.check_model_dir(folder, False, False)  # from the config: no weights needed
+    with pytest.raises(model_dirs.ModelDirError, match="no tokenizer") as info:
+        model_dirs.check_model_dir(folder, False, True)
     assert info.value.loc == ["model", "arch"]
+    (folder / "vocab.json").write_text("{}")
+    with pytest.raises(model_dirs.ModelDirError, match="no merges.txt"):
+        model_dirs.check_model_dir(folder, False, True)
+    (folder / "vocab.json").unlink()
     (folder / "vocab.txt").write_text("a\n")
-    datapaths.check_model_dir(folder, False, True)
+    model_dirs.check_model_dir(folder, False, True)
     if os.geteuid() != 0:  # root reads anything
         folder.chmod(0)
-        with pytest.raises(datapaths.PathError, match="not readable"):
-            datapaths.check_model_dir(folder, False, True)
+        with pytest.raises(model_dirs.ModelDirError, match="not readable"):
+            model_dirs.check_model_dir(folder, False, True)
         folder.chmod(0o755)
     assert datapaths.hf_model_dir("hf:org/name") is None
     assert datapaths.hf_model_dir("hf:/abs/dir") == "/abs/dir"
+
+
+def model_folder(root: Path, config: dict[str, Any]) -> Path:
+    """A folder with only what the API reads: config.json, a weights file, a tokenizer file."""
+    folder = root / str(config["model_type"])
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def test_a_task_the_model_cannot_do_names_training_task(tmp_path: Path) -> None:
+    bert = model_folder(tmp_path, {"model_type": "bert", "architectures": ["BertModel"],
+                                   "vocab_size": 30})
+    gpt2 = model_folder(tmp_path, {"model_type": "gpt2", "vocab_size": 30})
+    vit = model_folder(tmp_path, {"model_type": "vit", "image_size": 8, "num_channels": 3})
+    np.save(tmp_path / "ids.npy", np.zeros((4, 6), np.int64))
+    np.save(tmp_path / "y.npy", np.arange(4) % 2)
+    (tmp_path / "t.csv").write_text("text,label\nhello,1\n")
+    text = {"path": str(tmp_path / "t.csv")}
+    arrays = {"x": str(tmp_path / "ids.npy"), "y": str(tmp_path / "y.npy")}
+    roots = [tmp_path]
+    loc, msg = problem(spec("hf", f"hf:{bert}", "causal_lm", **text), roots)
+    assert loc == ["training", "task"] and "'bert' model is a bidirectional encoder" in msg
+    assert str(bert) in msg
+    loc, msg = problem(spec("npy", f"hf:{bert}", "causal_lm", x=arrays["x"]), roots)
+    assert loc == ["training", "task"] and "bidirectional encoder" in msg
+    loc, msg = problem(spec("hf", f"hf:{vit}", "classification", **text), roots)
+    assert loc == ["training", "task"] and "'vit' model reads images, not text" in msg
+    loc, msg = problem(spec("npy", f"hf:{gpt2}", "classification", **arrays), roots)
+    assert loc == ["training", "task"] and "'gpt2' model reads token ids" in msg
+    # What each can do passes: a decoder for causal_lm, an encoder for classification, images.
+    datapaths.check_spec(spec("hf", f"hf:{gpt2}", "causal_lm", **text), roots)
+    datapaths.check_spec(spec("hf", f"hf:{bert}", "classification", **text), roots)
+    datapaths.check_spec(spec("npy", f"hf:{vit}", "classification", **arrays), roots)
+    # BERT configured as a decoder (is_decoder) is a causal LM in transformers.
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "is_decoder": True}))
+    datapaths.check_spec(spec("hf", f"hf:{bert}", "causal_lm", **text), roots)
+    (bert / "config.json").unlink()
+    loc, msg = problem(spec("hf", f"hf:{bert}", "classification", **text), roots)
+    assert loc == ["model", "arch"] and "no config.json" in msg
 
 
 def test_fashion_mnist_names_the_package_or_the_folder(tmp_path: Path,

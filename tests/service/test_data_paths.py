@@ -79,6 +79,28 @@ def test_what_the_paths_name_is_checked_where_the_api_sees_it(make_client: MakeC
                                                 storage / "gone.npy")).status_code == 202
 
 
+def test_a_task_the_model_cannot_do_is_refused_at_submit(make_client: MakeClient,
+                                                         storage: Path) -> None:
+    (storage / "t.csv").write_text("text,label\nhello,1\n")
+    model = storage / "bert"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert",
+                                                   "architectures": ["BertModel"],
+                                                   "vocab_size": 30}))
+    (model / "model.safetensors").write_bytes(b"")
+    (model / "vocab.txt").write_text("hello\n")
+    client = make_client(data_roots=str(storage))
+    body = spec(model={"arch": f"hf:{model}"}, training={"task": "causal_lm"},
+                data={"dataset": "hf", "kwargs": {"path": str(storage / "t.csv")}})
+    loc, msg = error(client.post("/v1/jobs", json=body))
+    assert loc == ["body", "training", "task"] and "bidirectional encoder" in msg
+    body["training"]["task"] = "classification"
+    assert client.post("/v1/jobs", json=body).status_code == 202
+    (model / "config.json").unlink()
+    loc, msg = error(client.post("/v1/jobs", json=body))
+    assert loc == ["body", "model", "arch"] and "no config.json" in msg
+
+
 def test_sweeps_check_the_paths_too(make_client: MakeClient, storage: Path,
                                     tmp_path: Path) -> None:
     client = make_client(data_roots=str(storage))

@@ -52,10 +52,12 @@ def test_errors_name_what_is_missing(tmp_path: Path) -> None:
     roots = [tmp_path]
     with pytest.raises(ValueError, match="model.arch: .* has no tokenizer"):
         hf.load_tokenizer(bert)
-    with pytest.raises(ValueError, match="a 'bert' model cannot do image classification"):
+    with pytest.raises(ValueError, match="training.task: a 'bert' model reads token ids"):
         build_model(f"hf:{bert}", {}, (3, 8, 8), 2, "classification", False, roots)
-    with pytest.raises(ValueError, match="a 'vit' model cannot do causal language modelling"):
+    with pytest.raises(ValueError, match="training.task: a 'vit' model reads images"):
         build_model(f"hf:{vit}", {}, None, 0, "causal_lm", True, roots)
+    with pytest.raises(ValueError, match="'bert' model is a bidirectional encoder"):
+        build_model(f"hf:{bert}", {}, None, 0, "causal_lm", True, roots)
     with pytest.raises(ValueError, match="the model expects 8x8"):
         build_model(f"hf:{vit}", {}, (3, 16, 16), 2, "classification", False, roots)
     with pytest.raises(ValueError, match="is not in this worker's Hugging Face cache"):
