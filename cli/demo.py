@@ -12,6 +12,7 @@ from typing import Any
 
 from spartan_service.cli.client import Client, ClientError
 from spartan_service.cli.progress import JobBar
+from spartan_service.cli.serve import wait_for_port_file
 from spartan_service.jobs.settings import Settings
 
 DEMO_SPEC: dict[str, Any] = {
@@ -88,22 +89,30 @@ def print_results(client: Client, job: dict[str, Any], settings: Settings) -> No
 
 def demo(settings: Settings, port: int | None, exit_after: bool) -> int:
     host = "127.0.0.1"
-    port = port or (8000 if port_free(host, 8000) else free_port(host))
-    env = dict(os.environ, SPARTAN_LOG_LEVEL=os.environ.get("SPARTAN_LOG_LEVEL", "warning"))
-    command = [sys.executable, "-m", "spartan_service.cli",
-               "serve", "--host", host, "--port", str(port),
-               "--workers", "1"]
+    if port is None:
+        port = 8000 if port_free(host, 8000) else 0  # 0: serve binds any free port itself
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "demo-service.log"
-    print(f"starting the service on http://{host}:{port} (data in {data_dir}, log in {log_path})")
+    port_file = data_dir / "demo-service.port"
+    port_file.unlink(missing_ok=True)
+    env = dict(os.environ, SPARTAN_LOG_LEVEL=os.environ.get("SPARTAN_LOG_LEVEL", "warning"))
+    command = [sys.executable, "-m", "spartan_service.cli",
+               "serve", "--host", host, "--port", str(port), "--port-file", str(port_file),
+               "--workers", "1"]
+    print(f"starting the service (data in {data_dir}, log in {log_path})")
     # The service's and the worker's logs go to a file: the terminal shows the progress bar.
     with log_path.open("ab") as log:
         server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     token = os.environ.get("SPARTAN_TOKEN") or next(iter(settings.tokens()), None)
     code = 0
     try:
-        with Client(f"http://{host}:{port}", token) as client:
+        try:
+            bound = wait_for_port_file(port_file, server, timeout_s=120)
+        except RuntimeError as exc:
+            raise ClientError(str(exc)) from None
+        print(f"serving on http://{host}:{bound}")
+        with Client(f"http://{host}:{bound}", token) as client:
             wait_ready(client, server, timeout_s=120)
             job = client.submit(DEMO_SPEC)
             print(f"submitted job {job['id']}: {DEMO_SPEC['name']}")

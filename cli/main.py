@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="also draw measured vs fitted latency to this PNG")
 
     p = add("demo", cmd_demo, "start the service, run a demo job, keep serving")
-    p.add_argument("--port", type=int, help="default: 8000 if free, else any free port")
+    p.add_argument("--port", type=int, help="0: any free port (default: 8000 if free, else any)")
     p.add_argument("--exit", action="store_true", help="stop once the demo job has ended")
     return parser
 

@@ -23,6 +23,7 @@ from types import FrameType
 
 from spartan_service.jobs.process import parent_death_signal
 from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.storage import write_atomic
 from spartan_service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,19 @@ class WorkerPool:
                     proc.wait()
 
 
+def wait_for_port_file(port_file: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """The port that `proc` (a `spartan serve --port-file port_file` child) bound, once it has
+    written it; raises RuntimeError if the child exits first or does not bind in time."""
+    deadline = time.monotonic() + timeout_s
+    while not port_file.is_file():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited with code {proc.returncode} at startup")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the service did not bind a port in {timeout_s:.0f} s")
+        time.sleep(0.05)
+    return int(port_file.read_text())
+
+
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -153,7 +167,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, insecure: bool
     bound = int(sock.getsockname()[1])
     print(f"spartan serve: listening on http://{host}:{bound}", flush=True)
     if port_file is not None:
-        port_file.write_text(f"{bound}\n")
+        write_atomic(port_file, f"{bound}\n".encode())  # readers never see half a number
     pool = WorkerPool(workers, queues=queues)
     pool.start()
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from spartan_service.cli.client import Client
+from spartan_service.cli.serve import wait_for_port_file
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env(data_dir: Path, extra_path: Path | None = None, **values: str) -> dict[str, str]:
@@ -84,11 +78,10 @@ class Serve:
              str(port_file), "--workers", str(self.workers)],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not port_file.is_file() or not port_file.read_text().endswith("\n"):
-            assert self.proc.poll() is None, f"serve exited early; see {log.name}"
-            assert time.monotonic() < deadline, "serve did not bind in time"
-            time.sleep(0.1)
-        port = int(port_file.read_text())
+        try:
+            port = wait_for_port_file(port_file, self.proc, timeout)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}; see {log.name}") from None
         self.client = Client(f"http://127.0.0.1:{port}", token="")
         while not self.client.ready():
             assert self.proc.poll() is None, f"serve exited early; see {log.name}"

@@ -6,16 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import REPO, base_env, free_port
+from tests.e2e.conftest import REPO, base_env
 
 
 def test_demo_trains_and_prints_where_results_are(tmp_path: Path) -> None:
-    port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "spartan_service.cli", "demo", "--exit", "--port", str(port)],
+        [sys.executable, "-m", "spartan_service.cli", "demo", "--exit", "--port", "0"],
         cwd=REPO, env=base_env(tmp_path / "data"), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    port = int(out.split("serving on http://127.0.0.1:", 1)[1].split("\n", 1)[0])
     job_id = out.split("submitted job ", 1)[1].split(":", 1)[0]
     assert f"job {job_id} succeeded" in out
     assert f"results in {tmp_path / 'data' / 'artifacts' / job_id}" in out

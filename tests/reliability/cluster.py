@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from spartan_service.cli.client import Client
-from tests.e2e.conftest import Serve, base_env, free_port
+from tests.e2e.conftest import Serve, base_env
 from tests.e2e.test_distributed import POSTGRES_URL, start_worker
+from tests.ports import BIND_RETRIES, address_in_use, unused_port
 
 HEARTBEAT_TIMEOUT_S = 4.0
 MAX_ATTEMPTS = 2
@@ -79,22 +80,38 @@ def write_killer_plugin(folder: Path) -> Path:
 
 
 class Redis:
-    """redis-server without persistence on a free loopback port; stop() loses everything."""
+    """redis-server without persistence on a free loopback port; stop() loses everything.
+
+    redis-server binds the port it is told (tests/ports.py): a port taken meanwhile is replaced
+    on the first start; a restart keeps it, since the workers' broker URL names it."""
 
     def __init__(self, log: Path) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise Unavailable("redis-server is not installed")
-        self.exe, self.log, self.port = exe, log, free_port()
+        self.exe, self.log, self.port = exe, log, unused_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
+        self.starts += 1
+        for attempt in range(1, BIND_RETRIES + 1):
+            try:
+                return self._start(timeout)
+            except Unavailable as exc:
+                if self.starts > 1 or attempt == BIND_RETRIES or not address_in_use(str(exc)):
+                    raise
+                self.port = unused_port()
+
+    def _start(self, timeout: float) -> None:
         import redis
 
+        self.log.touch()
+        offset = self.log.stat().st_size
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--daemonize", "no"],
@@ -106,8 +123,9 @@ class Redis:
                 return
             except redis.RedisError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise Unavailable(
-                        f"redis-server did not start: {self.log.read_text()}") from None
+                    self.kill()
+                    said = self.log.read_bytes()[offset:].decode(errors="replace")
+                    raise Unavailable(f"redis-server did not start: {said}") from None
                 time.sleep(0.05)
 
     def kill(self) -> None:
@@ -153,6 +171,7 @@ class Cluster:
             raise Unavailable(f"PostgreSQL at {self.admin_url} is unreachable: {exc}") from None
         self.db_created = True
         self.redis.start()
+        self.env["SPARTAN_BROKER_URL"] = self.redis.url  # its port may have changed
         return self.serve.start()  # migrates the fresh database before any worker starts
 
     def add_worker(self) -> str:

@@ -4,7 +4,6 @@ cannot show: memory and CPU of the serving process, requests truly in parallel."
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,36 +13,37 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from spartan_service.cli.serve import wait_for_port_file
 
 
 @contextmanager
 def served(data_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """(base URL, process) of an API on a free port; SPARTAN_* from the environment dropped."""
-    port = free_port()
+    """(base URL, process) of `spartan serve --workers 0` (the API alone, on a port it binds
+    itself); SPARTAN_* from the environment dropped."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SPARTAN_")}
-    environ.update(SPARTAN_DATA_DIR=str(data_dir), **env)
+    environ.update(SPARTAN_DATA_DIR=str(data_dir), SPARTAN_LOG_LEVEL="warning", **env)
+    port_file = data_dir / "serve.port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "spartan_service.service.main:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=environ)
-    url = f"http://127.0.0.1:{port}"
+        [sys.executable, "-m", "spartan_service.cli", "serve", "--port", "0", "--port-file",
+         str(port_file), "--workers", "0"], env=environ)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("the API did not start")
+        url = f"http://127.0.0.1:{wait_for_port_file(port_file, proc, timeout_s=60)}"
+        deadline = time.monotonic() + 60
+        while not ready(url):
+            assert proc.poll() is None, "the API exited at startup"
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.1)
         yield url, proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def cpu_seconds(pid: int) -> float:

@@ -8,7 +8,7 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +24,7 @@ from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
 from spartan_service.worker.runner import run_job
 from tests.files import artifact_file, artifacts_root
+from tests.ports import BIND_RETRIES, address_in_use, refusing_port, unused_port
 from tests.worker.conftest import TINY, Submit, merged
 
 
@@ -75,10 +76,46 @@ def test_without_tensorboard_the_job_says_so_and_succeeds(
     assert not any(a["name"].startswith("events.") for a in artifacts.list(job_id))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def start_mlflow(mlflow: str, root: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """(URL, process) of a healthy mlflow server; it binds the port it is told (tests/ports.py),
+    so a port taken meanwhile is replaced by another."""
+    for attempt in range(1, BIND_RETRIES + 1):
+        port = unused_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = root / f"server-{attempt}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                 "--artifacts-destination", str(root / "artifacts")],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180  # a loaded machine: migrations, then the app
+        while proc.poll() is None and time.monotonic() < deadline:
+            if healthy(url):
+                return url, proc
+            time.sleep(0.5)
+        stop_group(proc)
+        said = log_path.read_text()
+        if attempt == BIND_RETRIES or not address_in_use(said):
+            raise RuntimeError(f"mlflow server did not start:\n{said[-3000:]}")
+    raise AssertionError("unreachable")
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -87,35 +124,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     if mlflow is None:
         pytest.skip("the mlflow command is not installed beside this Python")
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url, proc = start_mlflow(mlflow, tmp_path_factory.mktemp("mlflow"))
     try:
-        deadline = time.monotonic() + 180  # a loaded machine: migrations, then the app
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start:\n"
-                                   + (root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+        stop_group(proc)
 
 
 def test_mlflow_run_read_back_from_the_server(mlflow_server: str, submit: Submit,
@@ -157,9 +170,10 @@ def test_mlflow_run_read_back_from_the_server(mlflow_server: str, submit: Submit
 def test_an_unreachable_mlflow_is_a_warning_not_a_failure(
         submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings) -> None:
     need("mlflow", "mlflow")
-    tracked = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
-    job_id = submit()
-    run_job(job_id, store, artifacts, tracked)
+    with refusing_port() as port:
+        tracked = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{port}"})
+        job_id = submit()
+        run_job(job_id, store, artifacts, tracked)
     job = store.get_job(job_id)
     assert job is not None and job.status == "succeeded"
     rows, _ = store.job_logs(job_id)
