@@ -97,9 +97,10 @@ class Serve:
         pid = self.proc.pid
         descendants = children_of(pid)
         assert stop_process(self.proc) == 0
-        time.sleep(0.2)
-        left = [p for p in descendants if Path(f"/proc/{p}").exists()]
-        assert not left, f"worker processes left behind: {left}"
+        deadline = time.monotonic() + 10  # grandchildren are reaped by init, a moment later
+        while left := [p for p in descendants if Path(f"/proc/{p}").exists()]:
+            assert time.monotonic() < deadline, f"worker processes left behind: {left}"
+            time.sleep(0.05)
         self.proc = None
 
     def log_text(self) -> str:

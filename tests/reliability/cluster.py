@@ -185,11 +185,19 @@ class Cluster:
         return self.root / f"worker-{name}.txt"
 
     def wait_ready(self, *names: str, timeout: float = 60.0) -> None:
+        self.wait_logged(" ready.", dict.fromkeys(names, 0), timeout)
+
+    def log_counts(self, text: str) -> dict[str, int]:
+        """How often each live worker has logged `text` so far."""
+        return {n: self.log(n).read_text(errors="replace").count(text) for n in self.live()}
+
+    def wait_logged(self, text: str, before: dict[str, int], timeout: float = 60.0) -> None:
+        """Until each worker named in `before` has logged `text` more often than it had then."""
         deadline = time.monotonic() + timeout
-        for name in names:
-            while " ready." not in self.log(name).read_text(errors="replace"):
+        for name, seen in before.items():
+            while self.log(name).read_text(errors="replace").count(text) <= seen:
                 assert self.workers[name].poll() is None, self.logs()
-                assert time.monotonic() < deadline, f"worker {name} not ready\n{self.logs()}"
+                assert time.monotonic() < deadline, f"worker {name}: no {text!r}\n{self.logs()}"
                 time.sleep(0.1)
 
     def live(self) -> list[str]:

@@ -71,8 +71,10 @@ def test_job_completes_across_a_redis_restart(cluster: Cluster) -> None:
     client = cluster.client
     job_id = client.submit({**LONG_SPEC, "name": "redis restarted"})["id"]
     wait_for(client, job_id, ("running",), timeout=60, min_step=10)
+    lost = "Connection to broker lost"
+    before = cluster.log_counts(lost)
     cluster.redis.kill()
-    time.sleep(1.0)
+    cluster.wait_logged(lost, before)  # every worker has seen its broker go
     cluster.redis.start()
     job = client.job(job_id)
     assert job["status"] == "running", job  # the restart happened mid-job
