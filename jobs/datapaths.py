@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from spartan_service.jobs import catalog, model_dirs
+from spartan_service.jobs import catalog, dataset_rules, model_dirs
 from spartan_service.jobs.spec import JobSpec
 
 Loc = list[str | int]
@@ -340,18 +340,13 @@ def _chunks(array: np.ndarray, rows: int = 1 << 20) -> Iterator[np.ndarray]:
         yield np.asarray(array[i:i + rows])
 
 
-def label_range(path: Path) -> tuple[float, float, bool]:
-    """(min, max, all integral) of a label array, read in chunks."""
-    lo, hi, integral = float("inf"), float("-inf"), True
-    chunks = (c for shard in npy_files(path)
-              for c in _chunks(np.load(shard, mmap_mode="r", allow_pickle=False)))
-    for chunk in chunks:
-        if chunk.size:
-            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-            if chunk.dtype.kind == "f":
-                integral = integral and bool(np.all(np.isfinite(chunk))
-                                             and np.array_equal(chunk, np.round(chunk)))
-    return lo, hi, integral
+def label_findings(path: Path) -> dataset_rules.Findings:
+    """What the dataset rules need of a label array (jobs.dataset_rules), read in chunks."""
+    findings = dataset_rules.Findings()
+    for shard in npy_files(path):
+        for chunk in _chunks(np.load(shard, mmap_mode="r", allow_pickle=False)):
+            findings.feed("y", chunk)
+    return findings
 
 
 def check_arrays(paths: dict[str, Path], kw: dict[str, Any], task: str) -> None:
@@ -392,11 +387,8 @@ def check_labels(path: Path, shape: tuple[int, ...], num_classes: int | None, lo
     if len(shape) != 1:
         raise PathError(loc, f"class labels must be one per example (shape (N,)), got "
                         f"{list(shape)}")
-    lo, hi, integral = label_range(path)
-    if not integral:
-        raise PathError(loc, f"{path.name} must hold integer class labels")
-    if lo < 0:
-        raise PathError(loc, f"{path.name} holds label {lo:g}; class labels start at 0")
-    if num_classes is not None and hi >= num_classes:
-        raise PathError(loc, f"{path.name} holds label {hi:g}, out of range for num_classes "
-                        f"{num_classes}")
+    try:
+        dataset_rules.check_values(label_findings(path), "classification", num_classes,
+                                   path.name)
+    except dataset_rules.DatasetError as exc:
+        raise PathError(loc, str(exc)) from None

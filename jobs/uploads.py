@@ -11,7 +11,7 @@ reads it; every member must be an .npy file whose header (parsed by numpy, witho
 declares a numeric dtype and a shape whose byte count matches the member's size; members are
 decompressed in bounded chunks (never inflated whole) under a cap on the total unpacked size.
 A file holding both `x` and `y` is a dataset: refused here if a job could not train on it (the
-rules of spartan_service.worker.data), its values checked chunk by chunk.
+rules of jobs.dataset_rules, for classification), its values checked chunk by chunk.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ import re
 import struct
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
 
+from spartan_service.jobs import dataset_rules
+from spartan_service.jobs.dataset_rules import Findings
 from spartan_service.jobs.fields import check_text
 
 SAFETENSORS_DTYPES = {
@@ -74,33 +76,10 @@ def kind_of(filename: str) -> str:
     raise UploadError(f"file '{filename}': only .safetensors and .npz files are accepted")
 
 
-# --- values of a dataset, checked chunk by chunk ---------------------------------------
+# --- array data, read in chunks ------------------------------------------------------
 
-@dataclass
-class _Values:
-    """What the dataset rules need to know of x's and y's values, gathered per chunk."""
-
-    x_nonfinite: bool = False
-    y_fraction: bool = False
-    y_negative: bool = False
-    seen: set[str] = field(default_factory=set)
-
-    def feed(self, name: str, chunk: np.ndarray) -> None:
-        self.seen.add(name)
-        if chunk.size == 0:
-            return
-        if name == "x" and chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
-            self.x_nonfinite = True
-        elif name == "y":
-            if chunk.dtype.kind == "f" and not (
-                np.isfinite(chunk).all() and np.array_equal(chunk, np.round(chunk))
-            ):
-                self.y_fraction = True
-            if chunk.dtype.kind in "if" and chunk.min() < 0:
-                self.y_negative = True
-
-
-def _stream_values(read: Any, nbytes: int, dtype: np.dtype, name: str, values: _Values) -> None:
+def _stream_values(read: Any, nbytes: int, dtype: np.dtype, name: str,
+                   values: Findings) -> None:
     """Read nbytes of array data through `read(n)`, in chunks of whole items."""
     step = max(dtype.itemsize, CHUNK // max(dtype.itemsize, 1) * dtype.itemsize)
     left = nbytes
@@ -121,24 +100,14 @@ def _stream_values(read: Any, nbytes: int, dtype: np.dtype, name: str, values: _
         raise UploadError(f"array '{name}' holds more bytes than its shape")
 
 
-def check_dataset(xs: list[int], ys: list[int], values: _Values | None = None) -> None:
-    """x of shape (N, ...), y of N integer labels >= 0, N >= 2, x finite (worker.data's rules)."""
-    if len(xs) < 2:
-        raise UploadError(f"data: x must have shape (N, ...) with N examples, got {xs}")
-    if len(ys) != 1:
-        raise UploadError(f"data: y must be 1-D (one class label per example), got shape {ys}")
-    if xs[0] != ys[0]:
-        raise UploadError(f"data: {xs[0]} examples in x but {ys[0]} labels in y")
-    if ys[0] < 2:
-        raise UploadError(f"data: need at least 2 examples, got {ys[0]}")
-    if values is None:
-        return
-    if values.x_nonfinite:
-        raise UploadError("data: x holds NaN or infinite values")
-    if values.y_fraction:
-        raise UploadError("data: y must hold integer class labels, not fractions")
-    if values.y_negative:
-        raise UploadError("data: class labels in y must be >= 0")
+def check_dataset(xs: list[int], ys: list[int], values: Findings | None = None) -> None:
+    """The dataset rules (jobs.dataset_rules) for a classification job, as an UploadError."""
+    try:
+        dataset_rules.check_shapes(xs, ys)
+        if values is not None:
+            dataset_rules.check_values(values)
+    except dataset_rules.DatasetError as exc:
+        raise UploadError(f"data: {exc}") from None
 
 
 # --- safetensors ----------------------------------------------------------------------
@@ -183,7 +152,7 @@ def _is_int(value: Any) -> bool:
 
 def inspect_safetensors_file(
     f: IO[bytes], size: int, limits: Limits = Limits()
-) -> tuple[dict[str, Any], _Values]:
+) -> tuple[dict[str, Any], Findings]:
     """({name: {"dtype", "shape"}}, x/y value findings) for a well-formed file, else
     UploadError. `size` is the file's length in bytes."""
     n, header = _safetensors_header(f, size, limits)
@@ -235,7 +204,7 @@ def inspect_safetensors_file(
         position = end
     if position != body:
         raise UploadError("safetensors file has bytes no tensor accounts for (or is truncated)")
-    values = _Values()
+    values = Findings()
     if "x" in tensors and "y" in tensors:
         for name in ("x", "y"):
             kind = NUMPY_DTYPES.get(header[name]["dtype"])
@@ -317,12 +286,12 @@ def _npy_header(stream: _Counted, name: str, limits: Limits) -> tuple[list[int],
 
 def inspect_npz_file(
     f: IO[bytes], size: int, limits: Limits = Limits()
-) -> tuple[dict[str, Any], _Values]:
+) -> tuple[dict[str, Any], Findings]:
     """({name: {"dtype", "shape"}}, x/y value findings) for a well-formed .npz, else
     UploadError. Members are streamed; nothing is unpickled or inflated whole."""
     _check_central_directory(f, size, limits)
     tensors: dict[str, Any] = {}
-    values = _Values()
+    values = Findings()
     try:
         with zipfile.ZipFile(f) as archive:
             members = archive.infolist()

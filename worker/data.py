@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spartan_service.jobs import catalog
+from spartan_service.jobs import catalog, dataset_rules
 
 Shape = tuple[int, ...]
 
@@ -121,24 +121,11 @@ def _from_factory(name: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
 
 def _check(x: np.ndarray, y: np.ndarray, task: str = "classification"
            ) -> tuple[np.ndarray, np.ndarray]:
-    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
-        raise ValueError(f"x and y must be numeric, got {x.dtype} and {y.dtype}")
-    y_dims = (1, 2) if task == "regression" else (1,)
-    if x.ndim < 2 or y.ndim not in y_dims or len(x) != len(y):
-        raise ValueError(f"need x of shape (N, ...) and y of shape (N,); got {list(x.shape)} "
-                         f"and {list(y.shape)}")
-    if len(y) < 2:
-        raise ValueError(f"need at least 2 examples, got {len(y)}")
-    if not np.isfinite(x).all():
-        raise ValueError("x holds NaN or infinite values")
+    """The arrays as float32 inputs and int64 labels (float32 targets), once they pass the
+    dataset rules (jobs.dataset_rules)."""
+    dataset_rules.check_arrays(x, y, task)
     if task == "regression":
-        if not np.isfinite(y).all():
-            raise ValueError("y holds NaN or infinite values")
         return x.astype(np.float32), y.astype(np.float32)
-    if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
-        raise ValueError("y must hold integer class labels")
-    if y.min() < 0:
-        raise ValueError("class labels in y must be >= 0")
     return x.astype(np.float32), y.astype(np.int64)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spartan_service.jobs import catalog, datapaths
+from spartan_service.jobs import catalog, datapaths, dataset_rules
 from spartan_service.worker.arrays import NpySource, fashion_mnist, feature_stats
 from spartan_service.worker.data import split
 from spartan_service.worker.images import ImageSource, list_images
@@ -126,21 +126,19 @@ def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed:
 
 
 def _classes(arrays: list[Array | None], given: int | None) -> int:
-    """The number of classes (given, or the largest label + 1), every label checked in one
-    chunked pass."""
-    hi = 0.0
+    """The number of classes (given, or the largest label + 1), every label checked against
+    the dataset rules in one chunked pass."""
+    hi = dataset_rules.Findings()
     for arr in arrays:
         if arr is None:
             continue
-        lo, top, integral = datapaths.label_range(arr.path)
-        if not integral or lo < 0:
-            raise ValueError(f"{arr.path.name}: class labels must be integers from 0 (found "
-                             f"{lo:g}{'' if integral else ' and non-integers'})")
-        if given is not None and top >= given:
-            raise ValueError(f"{arr.path.name}: label {top:g} is out of range for "
-                             f"data.kwargs.num_classes {given}")
-        hi = max(hi, top)
-    return given or max(int(hi) + 1, 2)
+        findings = datapaths.label_findings(arr.path)
+        try:
+            dataset_rules.check_values(findings, "classification", given, arr.path.name)
+        except dataset_rules.DatasetError as exc:
+            raise ValueError(f"data.kwargs: {exc}") from None
+        hi.y_max = max(hi.y_max, findings.y_max)
+    return dataset_rules.count_classes(hi, given)
 
 
 def _imagefolder(kw: dict[str, Any], path: _Paths, val_fraction: float, seed: int

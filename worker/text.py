@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spartan_service.jobs import datapaths
+from spartan_service.jobs import datapaths, dataset_rules
 from spartan_service.worker.loaders import Batch
 
 IGNORE = -100  # target of padding tokens (cross_entropy's ignore_index)
@@ -87,10 +87,14 @@ def label_classes(tables: list[Any], name: str) -> tuple[int, dict[str, int] | N
                          "must be integers or strings")
     lo = min(pc.min_max(c)["min"].as_py() for c in chunks)
     hi = max(pc.min_max(c)["max"].as_py() for c in chunks)
-    if lo is None or lo < 0:
-        raise ValueError(f"data.kwargs.label_column: column '{name}' holds label {lo}; class "
-                         "labels start at 0")
-    return max(int(hi) + 1, 2), None
+    if lo is None:
+        raise ValueError(f"data.kwargs.label_column: column '{name}' holds no labels")
+    findings = dataset_rules.Findings(y_min=lo, y_max=hi)
+    try:
+        dataset_rules.check_values(findings, "classification", y_name=f"column '{name}'")
+    except dataset_rules.DatasetError as exc:
+        raise ValueError(f"data.kwargs.label_column: {exc}") from None
+    return dataset_rules.count_classes(findings), None
 
 
 class TextSource:

@@ -58,7 +58,7 @@ def test_what_the_paths_name_is_checked_where_the_api_sees_it(make_client: MakeC
     np.save(storage / "neg.npy", np.array([0, 1, -3, 0, 1, 0, 1, 0]))
     loc, msg = error(client.post("/v1/jobs", json=npy_spec(storage / "x.npy",
                                                           storage / "neg.npy")))
-    assert loc == ["body", "data", "kwargs", "y"] and "start at 0" in msg
+    assert loc == ["body", "data", "kwargs", "y"] and "class labels must be >= 0" in msg
     (storage / "t.csv").write_text("sentence,label\nhello,1\n")
     model = storage / "model"
     model.mkdir()

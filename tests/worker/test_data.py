@@ -73,11 +73,11 @@ def test_uploaded_npz_and_safetensors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("arrays", "needle"), [
     ({"x": np.zeros((4, 2))}, "missing: y"),
-    ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 2])}, "need x of shape"),
+    ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 2])}, "4 examples in x but 3 labels in y"),
     ({"x": np.zeros((4, 2)), "y": np.array([0, 1, -1, 2])}, ">= 0"),
     ({"x": np.zeros((4, 2)), "y": np.array([0, 0.5, 1, 1])}, "integer class labels"),
     ({"x": np.full((4, 2), np.nan), "y": np.array([0, 1, 0, 1])}, "NaN"),
-    ({"x": np.zeros(4), "y": np.array([0, 1, 0, 1])}, "need x of shape"),
+    ({"x": np.zeros(4), "y": np.array([0, 1, 0, 1])}, r"x must have shape \(N, \.\.\.\)"),
 ])
 def test_bad_uploads_are_refused(tmp_path: Path, arrays: dict[str, Any], needle: str) -> None:
     with pytest.raises(ValueError, match=needle):

@@ -96,7 +96,7 @@ def test_text_batches_for_classification_and_causal_lm(tmp_path: Path) -> None:
         open_storage("hf", {"path": str(tmp_path / "t.parquet"), "label_column": "stars"},
                      "classification", 0.25, 0, [tmp_path], hf.load_tokenizer(bert))
     pq.write_table(pa.table({"text": texts, "label": [-1] + labels[1:]}), tmp_path / "n.parquet")
-    with pytest.raises(ValueError, match="holds label -1; class labels start at 0"):
+    with pytest.raises(ValueError, match="column .label. holds label -1; class labels must be"):
         open_storage("hf", {"path": str(tmp_path / "n.parquet")}, "classification", 0.25, 0,
                      [tmp_path], hf.load_tokenizer(bert), tmp_path / "cache")
 

@@ -98,7 +98,7 @@ def test_npy_label_and_value_errors_name_the_row(tmp_path: Path) -> None:
     np.save(tmp_path / "y.npy", np.array([0, 1, 1, 5, 0, 1]))
     kwargs = {"x": str(tmp_path / "x.npy"), "y": str(tmp_path / "y.npy"), "num_classes": 2,
               "standardize": False}
-    with pytest.raises(ValueError, match="y.npy: label 5 is out of range for data.kwargs."
+    with pytest.raises(ValueError, match="y.npy holds label 5, out of range for "
                                          "num_classes 2"):
         open_storage("npy", kwargs, "classification", 0.2, 0, [tmp_path])
     data = open_storage("npy", {**kwargs, "num_classes": 6}, "classification", 0.2, 0,
