@@ -7,6 +7,11 @@ model. A *point* is one such measurement:
     {"job_id": ..., "batch": 64, "measured": 0.41,
      "layers": [{"name": "fc1", "nnz_blocks": 812, "measured": 0.052}, ...]}
 
+A structured (channels) cost model predicts a layer from its kept widths, so its points' layers
+also carry `kept_in` and `kept_out` (the widths of the shrunk model; nnz_blocks is then the
+input-output channel pairs, as in a structured profile) and are predicted with
+costmodels.fit_channels.layer_latency.
+
 Points are held out: the cost model never saw them. `evaluate` predicts each point with a cost
 model (any version: the prediction is recomputed from the layers' nonzero blocks) and reports
 the error; above ERROR_THRESHOLD (15%, the same tolerance as a kept latency promise) it says
@@ -34,20 +39,30 @@ ERROR_THRESHOLD = 0.15
 def predict_point(cost_model: Mapping[str, Any] | CostModel, layers: Sequence[Mapping[str, Any]]
                   ) -> tuple[float, dict[str, float]]:
     """(whole-model prediction, per-layer predictions) in ms for a point's layers, as
-    costmodels.bridge.predict_cost gives it. Every cost-model layer must be in the point
-    (ValueError otherwise)."""
+    costmodels.bridge.predict_cost (weights) or the channel Sparsifier's cost of the kept
+    widths (channels) gives it. Every cost-model layer must be in the point, with its widths
+    where the layer is structured (ValueError otherwise)."""
     cm = validate_cost_model(cost_model if isinstance(cost_model, CostModel)
                              else dict(cost_model))
-    nnz = {str(lay["name"]): int(lay["nnz_blocks"]) for lay in layers}
-    missing = sorted(set(cm.layers) - set(nnz))
+    given = {str(lay["name"]): lay for lay in layers}
+    missing = sorted(set(cm.layers) - set(given))
     if missing:
         raise ValueError(f"the point lacks cost-model layers {', '.join(missing)}")
-    from spartan_service.costmodels.fit import (
-        piecewise,  # the line, capped at the dense latency (as bridge)
-    )
-
-    per_layer = {name: piecewise(lay, nnz[name]) for name, lay in cm.layers.items()}
+    per_layer = {name: _layer_prediction(name, lay, given[name])
+                 for name, lay in cm.layers.items()}
     return (cm.overhead or 0.0) + sum(per_layer.values()), per_layer
+
+
+def _layer_prediction(name: str, entry: Any, point: Mapping[str, Any]) -> float:
+    from spartan_service.costmodels.fit import piecewise  # the line, capped at the dense time
+    from spartan_service.costmodels.fit_channels import layer_latency
+
+    if entry.structure != "channels":
+        return piecewise(entry, int(point["nnz_blocks"]))
+    if point.get("kept_in") is None or point.get("kept_out") is None:
+        raise ValueError(f"the point gives no kept widths for structured layer {name!r}")
+    return layer_latency(entry.model_dump(exclude_none=True), float(point["kept_in"]),
+                         float(point["kept_out"]))
 
 
 def _error(measured: float, predicted: float) -> float:
@@ -96,10 +111,12 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
     """(new cost model, its profile with the deployed samples appended, a summary with the
     error on `points` before and after). ValueError when no point fits this cost model.
 
-    Per layer, where the export ran a sparse kernel, the line is scaled by the median ratio of
-    measured to predicted time over the deployed points (the deployed model's activation
-    layout and caches, which the isolated profile did not see); where it ran the dense kernel,
-    the measured time becomes the layer's dense cap (the piecewise model's flat part); then
+    Per layer, where the export ran a sparse kernel (or the layer is structured: its dense
+    kernel at the kept widths is what the fit describes), the line is scaled by the median
+    ratio of measured to predicted time over the deployed points (the deployed model's
+    activation layout and caches, which the isolated profile did not see); where a weights
+    layer ran the dense kernel, the measured time becomes its dense cap (the piecewise model's
+    flat part); then
     the overhead becomes the median of what each whole-model measurement leaves after the
     layers, or, when the layers already add up to more than the whole model, every layer is
     scaled down to the whole-model times."""
@@ -107,6 +124,8 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
     if not usable:
         raise ValueError("no deployment points of this cost model's layers to fold in")
     new = json.loads(json.dumps(dict(cost_model)))
+    structured = {name for name, lay in new["layers"].items()
+                  if lay.get("structure") == "channels"}
     ratios: dict[str, list[float]] = {}
     dense_times: dict[str, list[float]] = {}
     for p in usable:
@@ -115,7 +134,7 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
             name, measured = str(lay["name"]), lay.get("measured")
             if not measured or name not in per_layer:
                 continue
-            if lay.get("kernel", "dense") == "dense":
+            if name not in structured and lay.get("kernel", "dense") == "dense":
                 dense_times.setdefault(name, []).append(float(measured))
             elif per_layer[name] > 0:
                 ratios.setdefault(name, []).append(float(measured) / per_layer[name])
@@ -151,8 +170,9 @@ def refit(cost_model: Mapping[str, Any], profile: Mapping[str, Any] | None,
 
 
 def _scale(entry: dict[str, Any], r: float) -> None:
-    """A layer's whole cost curve times r (its line and its dense cap; the crossover stays)."""
-    for key in ("intercept", "slope", "dense_latency"):
+    """A layer's whole cost curve times r (its line, structured terms and dense cap; the
+    crossover stays)."""
+    for key in ("intercept", "slope", "slope_out", "slope_in", "dense_latency"):
         if isinstance(entry.get(key), (int, float)):
             entry[key] *= r
     entry["calibration"] = r * float(entry.get("calibration", 1.0))
@@ -170,7 +190,11 @@ def _with_deployed_samples(profile: Mapping[str, Any] | None,
         for lay in p["layers"]:
             target = by_name.get(str(lay["name"]))
             if target is not None and lay.get("measured"):
-                target["samples"].append({"nnz_blocks": int(lay["nnz_blocks"]),
-                                          "latency": float(lay["measured"]), "deployed": True,
-                                          "job_id": p.get("job_id")})
+                sample = {"nnz_blocks": int(lay["nnz_blocks"]),
+                          "latency": float(lay["measured"]), "deployed": True,
+                          "job_id": p.get("job_id")}
+                for key in ("kept_in", "kept_out"):  # a structured layer's widths
+                    if lay.get(key) is not None:
+                        sample[key] = int(lay[key])
+                target["samples"].append(sample)
     return out

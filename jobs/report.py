@@ -171,7 +171,10 @@ class LatencySection(_Section):
 
 class DeploymentLayer(_Section):
     name: str
-    nnz_blocks: int
+    nnz_blocks: int = Field(description="Nonzero blocks; a structured layer: the input-output "
+                            "channel pairs its weight connects.")
+    kept_in: int | None = Field(default=None, description="A structured layer's kept inputs.")
+    kept_out: int | None = Field(default=None, description="A structured layer's kept outputs.")
     kernel: str = Field(default="dense", description="The kernel the export chose for it.")
     measured: float | None = Field(description="Null for a weight not called on its own.")
     predicted: float

@@ -143,8 +143,7 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
         row, source, warnings = stored_model(spec.cost_model, store, tenant,
                                              example_input.device, spec.training.batch_size)
         cost_model = row.data
-        points = [{"job_id": p.job_id, "batch": p.batch, "measured": p.measured,
-                   "layers": p.layers} for p in store.deployment_points([row.id])]
+        points = _points(store, row.id)
     split = bridge.split_costs(cost_model, model, block, prefixes=prefixes)
     budget_ms = spec.cost_model.budget_ms
     budget: float | None
@@ -170,6 +169,7 @@ def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobS
     kind, s = spec.cost_model.kind, spec.sparsity
     dense = s.method == "dense"
     source: dict[str, Any] | None = None
+    points: list[dict[str, Any]] = []
     warnings: list[str] = []
     if kind == "params" and spec.cost_model.budget_ms is None:
         cost_model: Any = builtin.channel_cost_model(model, example, "params")
@@ -179,6 +179,7 @@ def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobS
         row, source, warnings = stored_model(spec.cost_model, store, tenant, example.device,
                                              spec.training.batch_size)
         cost_model = row.data
+        points = _points(store, row.id)
     was_training = model.training
     try:
         graph = trace_channels(model, example)
@@ -202,4 +203,11 @@ def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobS
     else:
         fraction, budget = s.budget, None
     return CostPlan(kind, cm.unit, float(fraction), costs=costs, fixed=fixed, budget=budget,
-                    model=cm, structure="channels", source=source, warnings=warnings)
+                    model=cm, structure="channels", source=source, points=points,
+                    warnings=warnings)
+
+
+def _points(store: JobStore, cost_model_id: str) -> list[dict[str, Any]]:
+    """The deployment points stored with a cost model (closing the loop)."""
+    return [{"job_id": p.job_id, "batch": p.batch, "measured": p.measured, "layers": p.layers}
+            for p in store.deployment_points([cost_model_id])]

@@ -1,15 +1,17 @@
 """Closing the loop: after training, the exported model measured on this worker beside the cost
 model's prediction, kept with the cost model as a held-out point.
 
-The model measured is the one the job exports (`model.sparse.safetensors`, the kernels
-`spartan.to_sparse` chose). Whole-model times at batch 1 and the training batch are the
-speedup section's (worker.speedup: the same model, median of repeats; not timed twice); each
-cost-model layer is timed here, on the input it gets inside the deployed model, at those batch
-sizes and at the cost model's own batch (the one its prediction is for; the whole model too
-when that batch is another), round-robin (spartan.timing: warm-up, repeats, median). The
-prediction for the same model is the cost model's overhead plus, per layer, intercept + slope
-x its nonzero blocks (counted in the cost model's block); costmodels.deployment turns the
-stored points into the cost model's error on deployed models, and refits from them.
+The model measured is the one the job exports (`model.sparse.safetensors`: the kernels
+`spartan.to_sparse` chose, or for a structured job the model `spartan.shrink` made).
+Whole-model times at batch 1 and the training batch are the speedup section's (worker.speedup:
+the same model, median of repeats; not timed twice); each cost-model layer is timed here, on
+the input it gets inside the deployed model, at those batch sizes and at the cost model's own
+batch (the one its prediction is for; the whole model too when that batch is another),
+round-robin (spartan.timing: warm-up, repeats, median). The prediction for the same model is
+the cost model's overhead plus, per layer, intercept + slope x its nonzero blocks (counted in
+the cost model's block), or for a structured cost model the layer's bilinear fit at the kept
+widths (costmodels.fit_channels.layer_latency); costmodels.deployment turns the stored points
+into the cost model's error on deployed models, and refits from them.
 """
 
 from __future__ import annotations
@@ -43,9 +45,62 @@ def nonzero_blocks(model: nn.Module, cost_model: CostModel) -> dict[str, int]:
     return out
 
 
-def _layer_inputs(runner: nn.Module, names: list[str], x: Tensor) -> dict[str, Tensor]:
-    """The first input of each named submodule that is called on its own in `runner`."""
-    seen: dict[str, Tensor] = {}
+def kept_widths(model: nn.Module, example: Tensor, cost_model: CostModel
+                ) -> dict[str, tuple[int, int]]:
+    """(kept inputs, kept outputs) of each structured cost-model layer in the model `shrink`
+    exports from the finalized `model` (spartan.channel_costs.widths, pinned channels
+    counted, as the channel Sparsifier costs them); a layer no channel of which can go keeps
+    its full widths."""
+    from spartan.channel_costs import widths
+    from spartan.channels import trace_channels
+    from spartan.shrink import removable_items
+
+    with torch.no_grad():
+        graph = trace_channels(model, example[:2])
+        keep = ~removable_items(graph)
+    out = {}
+    for name, entry in cost_model.layers.items():
+        if name in graph.layers:
+            kin, kout = widths(graph.layers[name], keep)
+        else:
+            full = (entry.model_extra or {}).get("full")
+            if full is None:
+                raise ValueError(f"cost-model layer {name!r} is not a prunable layer of the "
+                                 "model and has no full widths")
+            kin, kout = float(full[0]), float(full[1])
+        out[name] = (round(kin), round(kout))
+    return out
+
+
+def _pairs(entry: Any, kin: int, kout: int) -> int:
+    """Input-output channel pairs a structured layer connects (its profile's nnz_blocks)."""
+    extra = entry.model_extra or {}
+    if extra.get("kind") == "conv" and extra.get("depthwise"):
+        return kout
+    return kin * kout // int(extra.get("groups", 1) or 1)
+
+
+def layer_rows(model: nn.Module, example: Tensor, cost_model: CostModel,
+               kernels: dict[str, str]) -> list[dict[str, Any]]:
+    """A point's layers before timing: name, nnz_blocks, kernel, and for structured layers
+    kept_in / kept_out (costmodels.deployment)."""
+    if any(lay.structure == "channels" for lay in cost_model.layers.values()):
+        kept = kept_widths(model, example, cost_model)
+        return [{"name": name, "nnz_blocks": _pairs(cost_model.layers[name], kin, kout),
+                 "kept_in": kin, "kept_out": kout, "kernel": "dense"}
+                for name, (kin, kout) in kept.items()]
+    return [{"name": name, "nnz_blocks": nnz,
+             "kernel": kernels.get(f"{name}.weight", kernels.get(name, "dense"))}
+            for name, nnz in nonzero_blocks(model, cost_model).items()]
+
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _layer_inputs(runner: nn.Module, names: list[str], x: Tensor) -> dict[str, Call]:
+    """The arguments of each named submodule's first call in `runner` (an attention module
+    gets query, key, value and its flags: replayed as they came)."""
+    seen: dict[str, Call] = {}
     hooks = []
     for name in names:
         try:
@@ -53,10 +108,11 @@ def _layer_inputs(runner: nn.Module, names: list[str], x: Tensor) -> dict[str, T
         except AttributeError:
             continue  # a parameter path (attention projections): timed inside its owner
 
-        def hook(_m: nn.Module, args: tuple[Any, ...], n: str = name) -> None:
-            if n not in seen and args and isinstance(args[0], Tensor):
-                seen[n] = args[0]
-        hooks.append(module.register_forward_pre_hook(hook))
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 n: str = name) -> None:
+            if n not in seen and (args or kwargs):
+                seen[n] = (args, kwargs)
+        hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
             runner(x)
@@ -73,8 +129,8 @@ def measure(runner: nn.Module, names: list[str], x: Tensor, device: torch.device
 
     inputs = _layer_inputs(runner, names, x)
     layers = {n: runner.get_submodule(n) for n in names if n in inputs}
-    fns = ([partial(runner, x)] if whole else []) + [partial(m, inputs[n])
-                                                     for n, m in layers.items()]
+    fns = ([partial(runner, x)] if whole else []) + [
+        partial(m, *inputs[n][0], **inputs[n][1]) for n, m in layers.items()]
     with torch.no_grad():
         results = time_round_robin(fns, repeats=repeats, warmup=WARMUP, device=device)
     total = results.pop(0)[0] if whole else None
@@ -86,14 +142,14 @@ def measure_deployment(runner: nn.Module, model: nn.Module, example: Tensor,
                        cost_batch: int | None, whole_ms: dict[int, float],
                        kernels: dict[str, str] | None = None) -> dict[str, Any]:
     """The report's `deployment` section (without the cost model's summary): `runner` (the
-    exported model) measured per layer at each batch, the whole model taken from `whole_ms`
-    (batch -> ms, the speedup section's) or timed here, and at the cost model's batch beside
-    the prediction."""
+    exported model: sparse kernels, or the shrunk model of a structured job) measured per
+    layer at each batch, the whole model taken from `whole_ms` (batch -> ms, the speedup
+    section's) or timed here, and at the cost model's batch beside the prediction."""
     from spartan_service.costmodels.deployment import ERROR_THRESHOLD, predict_point
 
     runner = runner.eval()
-    nnz = nonzero_blocks(model, cost_model)
-    names = list(nnz)
+    layers = layer_rows(model, example, cost_model, kernels or {})
+    names = [lay["name"] for lay in layers]
     n = len(example)
     cost_batch = cost_batch or train_batch
     rows: list[dict[str, Any]] = []
@@ -104,11 +160,8 @@ def measure_deployment(runner: nn.Module, model: nn.Module, example: Tensor,
                      "layers": per_layer})
     at = next(r for r in rows if r["batch"] == cost_batch)
     measured: dict[str, float] = at["layers"]
-    kernels = kernels or {}
-    layers: list[dict[str, Any]] = [
-        {"name": name, "nnz_blocks": nnz[name], "measured": measured.get(name),
-         "kernel": kernels.get(f"{name}.weight", kernels.get(name, "dense"))}
-        for name in names]
+    for lay in layers:
+        lay["measured"] = measured.get(lay["name"])
     predicted, per_layer_pred = predict_point(cost_model, layers)
     for lay in layers:
         lay["predicted"] = per_layer_pred[lay["name"]]

@@ -198,8 +198,7 @@ def publish(plan: JobPlan, state: LoopState, artifacts: ArtifactStore,
     deployment: r.DeploymentSection | r.DeploymentFailed | None = None
     point: dict[str, Any] | None = None
     learned: list[str] = []
-    if plan.costs.source is not None and plan.costs.unit == "ms" \
-            and plan.costs.structure == "weights":
+    if plan.costs.source is not None and plan.costs.unit == "ms":
         from spartan_service.worker.deployment import close_loop
 
         deployment, point, learned = close_loop(plan, sparse_model, speedup)

@@ -59,3 +59,55 @@ def test_a_layer_run_dense_sets_its_cap_not_its_slope() -> None:
                                           point(0.6, 0.3, 0.25, kernel="csr")])
     assert summary["dense_caps_measured"] == ["fc1", "fc2"]
     assert new["layers"]["fc1"]["slope"] != 0
+
+
+# A structured model: latency = intercept + slope x pairs + slope_out x out + slope_in x in.
+CHANNELS: dict[str, Any] = {"unit": "ms", "device": "cpu", "overhead": 0.05, "layers": {
+    "fc1": {"intercept": 0.01, "slope": 1e-5, "slope_out": 1e-4, "slope_in": 0.0,
+            "structure": "channels", "kind": "linear", "shape": [64, 32], "full": [32, 64]},
+    "fc2": {"intercept": 0.02, "slope": 2e-5, "slope_out": 0.0, "slope_in": 1e-4,
+            "structure": "channels", "kind": "linear", "shape": [10, 64], "full": [64, 10]}}}
+
+
+def channel_point(measured: float, fc1: float | None, fc2: float | None,
+                  kept: int = 32) -> dict[str, Any]:
+    return {"job_id": "j", "batch": 64, "measured": measured, "layers": [
+        {"name": "fc1", "nnz_blocks": 32 * kept, "kept_in": 32, "kept_out": kept,
+         "measured": fc1, "kernel": "dense"},
+        {"name": "fc2", "nnz_blocks": kept * 10, "kept_in": kept, "kept_out": 10,
+         "measured": fc2, "kernel": "dense"}]}
+
+
+def test_structured_points_are_predicted_from_their_widths() -> None:
+    total, per_layer = predict_point(CHANNELS, channel_point(1.0, None, None)["layers"])
+    assert per_layer["fc1"] == pytest.approx(0.01 + 1e-5 * 32 * 32 + 1e-4 * 32)
+    assert per_layer["fc2"] == pytest.approx(0.02 + 2e-5 * 32 * 10 + 1e-4 * 32)
+    assert total == pytest.approx(0.05 + sum(per_layer.values()))
+    # Without widths a structured layer cannot be predicted: not comparable, not a crash.
+    bare = {"job_id": "x", "batch": 64, "measured": 1.0,
+            "layers": [{"name": "fc1", "nnz_blocks": 10}, {"name": "fc2", "nnz_blocks": 10}]}
+    with pytest.raises(ValueError, match="no kept widths"):
+        predict_point(CHANNELS, bare["layers"])
+    assert evaluate(CHANNELS, [bare])["points"] == 0
+
+
+def test_structured_refit_scales_each_layer_and_keeps_its_widths() -> None:
+    profile = {"device": "cpu", "unit": "ms", "layers": [
+        {"name": n, "shape": lay["shape"], "samples": []} for n, lay in
+        CHANNELS["layers"].items()]}
+    # Every layer measured 2x its prediction, dense kernel (structured: not a dense cap).
+    points = []
+    for kept in (32, 48):
+        _, pred = predict_point(CHANNELS, channel_point(1.0, None, None, kept)["layers"])
+        points.append(channel_point(0.1 + 2 * sum(pred.values()), 2 * pred["fc1"],
+                                    2 * pred["fc2"], kept))
+    new, new_profile, summary = refit(CHANNELS, profile, points)
+    assert summary["layers_calibrated"] == ["fc1", "fc2"]
+    assert summary["dense_caps_measured"] == []
+    assert summary["mape_after"] < summary["mape_before"]
+    fc1 = new["layers"]["fc1"]
+    assert fc1["slope_out"] == pytest.approx(2 * 1e-4) and fc1["slope"] == pytest.approx(2e-5)
+    assert new["overhead"] == pytest.approx(0.1) and summary["mape_after"] < 1e-9
+    assert new_profile is not None
+    deployed = new_profile["layers"][0]["samples"]
+    assert [(s["kept_in"], s["kept_out"]) for s in deployed] == [(32, 32), (32, 48)]

@@ -144,3 +144,65 @@ def test_refit_lowers_the_error_on_the_stored_points(
     assert after["mape"] < before["mape"] and not after["needs_refit"]
     assert summary["mape_before"] == pytest.approx(before["mape"])
     assert summary["mape_after"] == pytest.approx(after["mape"])
+
+
+@pytest.fixture
+def profiled_channels(store: JobStore, artifacts: ArtifactStore, settings: Settings
+                      ) -> CostModel:
+    """A structured (channels) cost model of the tiny MLP at batch 64, from a profile job."""
+    job_id = submit_profile(store, name="tiny-channels", structure="channels",
+                            kernels=["auto"], widths=[0.25, 0.5, 1.0], batch_sizes=[64],
+                            model=MLP)
+    run_job(job_id, store, artifacts, settings)
+    (row,) = store.profile_job_cost_models(job_id)
+    return row
+
+
+def test_structured_job_measures_its_shrunk_model_and_the_refit_folds_it_in(
+        profiled_channels: CostModel, submit: Submit, store: JobStore,
+        artifacts: ArtifactStore, settings: Settings) -> None:
+    row = profiled_channels
+    job_id = submit(model=MLP, cost_model={"kind": "fitted", "name": "tiny-channels"},
+                    sparsity={"structure": "channels", "budget": 0.5, "min_keep": 0.1})
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    report = json.loads(artifacts.read_bytes(job_id, "report.json"))
+    dep = report["deployment"]
+    assert dep["batch_size"] == 64 and [b["batch"] for b in dep["batches"]] == [1, 64]
+    # The shrunk model's widths: the hidden layer lost units, the head kept its 10 outputs.
+    layers = {lay["name"]: lay for lay in dep["layers"]}
+    assert set(layers) == set(row.data["layers"]) == {"layers.0", "head"}
+    hidden = layers["layers.0"]["kept_out"]
+    assert 0 < hidden < 256 and layers["head"]["kept_in"] == hidden
+    assert layers["head"]["kept_out"] == 10 and layers["layers.0"]["kept_in"] == 64
+    assert layers["layers.0"]["nnz_blocks"] == 64 * hidden
+    for lay in layers.values():
+        assert lay["measured"] > 0 and lay["predicted"] > 0 and lay["kernel"] == "dense"
+    # The prediction is the channel Sparsifier's for the same widths (the report's cost).
+    assert dep["predicted"] == pytest.approx(report["cost"]["predicted"], rel=1e-6)
+    # The whole model is the shrunk model the speedup section timed at batch 64.
+    assert dep["measured"] == pytest.approx(report["speedup"]["batches"][-1]["sparse_ms"])
+    (point,) = store.deployment_points([row.id])
+    assert point.job_id == job_id and {lay["name"]: lay["kept_out"] for lay in point.layers} \
+        == {"layers.0": hidden, "head": 10}
+
+    # A version 3x too slow everywhere: its error on the point is large; the refit (the code
+    # of POST /v1/cost-models/{id}/refit) makes one whose error on it drops below 15%.
+    data = json.loads(json.dumps(row.data))
+    for lay in data["layers"].values():
+        for key in ("intercept", "slope", "slope_out", "slope_in"):
+            lay[key] = 3 * lay.get(key, 0.0)
+    data["overhead"] = 3 * (data.get("overhead") or 0.01)
+    points = [{"job_id": p.job_id, "batch": p.batch, "measured": p.measured,
+               "layers": p.layers} for p in store.deployment_points([row.id])]
+    before = evaluate(data, points)
+    assert before["points"] == 1 and before["needs_refit"]
+    new, new_profile, summary = refit(data, row.profile, points)
+    assert summary["layers_calibrated"] == ["head", "layers.0"]
+    assert summary["dense_caps_measured"] == []  # a shrunk layer's line is scaled, not capped
+    after = evaluate(new, points)
+    assert after["mape"] < before["mape"] and not after["needs_refit"]
+    assert new_profile is not None
+    deployed = [s for lay in new_profile["layers"] for s in lay["samples"] if s.get("deployed")]
+    assert {(s["kept_in"], s["kept_out"]) for s in deployed} == {(64, hidden), (hidden, 10)}
