@@ -321,14 +321,18 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
                                extra=(Job.status == JobStatus.queued,))
             return s.get(Job, job_id, populate_existing=True)
 
-    def delete_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+    def delete_job(self, job_id: str, tenant: str | None = None, kind: str | None = None
+                   ) -> Job | None:
         """Remove a finished job's record (the caller removes its artifacts). Returns the job
-        as it was; a job still queued or running is returned and kept."""
+        as it was; a job still queued or running is returned and kept; None when there is no
+        such job (of this tenant, of this kind)."""
         if not plausible_id(job_id):
             return None
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None or (tenant is not None and job.tenant != tenant):
+                return None
+            if kind is not None and job.kind != kind:
                 return None
             if job.status in TERMINAL:
                 s.delete(job)

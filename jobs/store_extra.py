@@ -101,12 +101,12 @@ class SweepsAndLogs:
         return out
 
     # for /metrics
-    def job_counts(self) -> list[tuple[str, str, int]]:
-        """(status, queue, number of jobs) over all tenants."""
+    def job_counts(self) -> list[tuple[str, str, str, int]]:
+        """(kind, status, queue, number of jobs) over all tenants."""
         with self.session() as s:
-            rows = s.execute(select(Job.status, Job.queue, func.count())
-                             .group_by(Job.status, Job.queue)).all()
-            return [(status, queue, int(n)) for status, queue, n in rows]
+            rows = s.execute(select(Job.kind, Job.status, Job.queue, func.count())
+                             .group_by(Job.kind, Job.status, Job.queue)).all()
+            return [(kind, status, queue, int(n)) for kind, status, queue, n in rows]
 
     def worker_heartbeats(self) -> dict[str, datetime]:
         """The latest heartbeat of each worker running a job."""

@@ -1,6 +1,7 @@
 """Prometheus metrics of the API (prometheus-client): request latency and counts, and, read
-from the job store and the broker at each scrape, jobs by state and queue, queue depth and the
-workers' latest heartbeats.
+from the job store and the broker at each scrape, jobs by kind, state and queue (a profile is a
+job of kind "profile"), queue depth and the workers' latest heartbeats (of training and profile
+jobs alike: both hold a worker).
 
 Each app has its own registry (tests build many apps in one process). With several API
 processes behind a proxy, each is scraped on its own: the store and broker figures are the
@@ -24,6 +25,7 @@ from spartan_service.service.state import Resources
 
 log = logging.getLogger(__name__)
 
+KINDS = ("train", "profile")  # the job store's kinds: each one's series, zero or not
 # Request latency buckets (s): the API answers in milliseconds; uploads and sweeps take longer.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -47,12 +49,15 @@ class StoreCollector(Collector):
         except Exception as exc:  # noqa: BLE001 - the store down is a reason to scrape
             log.warning("metrics: job store unavailable: %s", exc)
             return
-        jobs = GaugeMetricFamily("spartan_jobs", "Jobs by state and queue.",
-                                 labels=["status", "queue"])
-        seen = {(s, q): n for s, q, n in counts}
-        for status in JobStatus:
-            for queue in sorted({*QUEUES, *(q for _, q in seen)}):
-                jobs.add_metric([status.value, queue], seen.get((status, queue), 0))
+        jobs = GaugeMetricFamily(
+            "spartan_jobs", "Jobs by kind (train: POST /v1/jobs; profile: POST /v1/profiles), "
+            "state and queue.", labels=["kind", "status", "queue"])
+        seen = {(k, s, q): n for k, s, q, n in counts}
+        for kind in sorted({*KINDS, *(k for k, _, _ in seen)}):
+            for status in JobStatus:
+                for queue in sorted({*QUEUES, *(q for _, _, q in seen)}):
+                    jobs.add_metric([kind, status.value, queue],
+                                    seen.get((kind, status, queue), 0))
         yield jobs
         last = GaugeMetricFamily(
             "spartan_worker_last_heartbeat_timestamp_seconds",

@@ -1,4 +1,7 @@
-"""Jobs: submit, list, get, cancel, and their artifacts.
+"""Jobs: submit, list, get, cancel, delete, and their artifacts.
+
+These are training jobs (kind "train"). A profile is a job of kind "profile" in the same table
+(service/routes/profiles.py): every route here answers 404 for one, as if it did not exist.
 
 Handlers are plain `def`: FastAPI runs them in its threadpool, so database and file I/O never
 block the event loop.
@@ -18,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from spartan_service.costmodels import checks
 from spartan_service.jobs import catalog, datapaths
 from spartan_service.jobs.admission import estimate, problems
-from spartan_service.jobs.artifacts import check_name
+from spartan_service.jobs.artifacts import ArtifactStore, check_name
 from spartan_service.jobs.models import Job
 from spartan_service.jobs.queue import enqueue_job
 from spartan_service.jobs.registry import admission_error, unserved_warning
@@ -48,6 +51,7 @@ from spartan_service.service.schemas import (
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401))
+KIND = "train"
 
 
 def check_resources(spec: JobSpec, upload_tensors: dict[str, Any] | None,
@@ -214,7 +218,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Response:
-    rows, count = store.list_jobs(tenant, status_, limit, offset, kind="train")
+    rows, count = store.list_jobs(tenant, status_, limit, offset, kind=KIND)
     return serialize.page(JobPublic, rows, count, lambda r: public_job(r, results))
 
 
@@ -225,9 +229,9 @@ async def get_job(job_id: str, store: StoreDep, tenant: CurrentTenant, results: 
     # on SQLite it takes ~0.1 ms, less than the hop to a threadpool thread and back, so it
     # runs on the event loop; a networked database is asked from the threadpool.
     if store.inline_reads:
-        job = store.job_view(job_id, tenant, kind="train")
+        job = store.job_view(job_id, tenant, kind=KIND)
     else:
-        job = await run_in_threadpool(store.job_view, job_id, tenant, "train")
+        job = await run_in_threadpool(store.job_view, job_id, tenant, KIND)
     if job is None:
         raise not_found("job")
     return serialize.one(JobPublic, job, build=lambda r: public_job(r, results))
@@ -239,18 +243,26 @@ async def get_job(job_id: str, store: StoreDep, tenant: CurrentTenant, results: 
     response_class=Response,
     responses=responses(404, 409),
     summary="Delete a finished job and its artifacts",
-    description="Only succeeded, failed or cancelled jobs; cancel a queued or running one first.",
+    description="Only succeeded, failed or cancelled jobs; cancel a queued or running one first. "
+    "A profile is deleted at `DELETE /v1/profiles/{id}` (404 here).",
 )
 def delete_job(job_id: str, store: StoreDep, artifacts: ArtifactsDep,
                tenant: CurrentTenant) -> Response:
-    job = store.delete_job(job_id, tenant)
+    delete_finished(store, artifacts, job_id, tenant, KIND, "job")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def delete_finished(store: JobStore, artifacts: ArtifactStore, job_id: str, tenant: str,
+                    kind: str, what: str) -> None:
+    """Delete a finished job of `kind` and its artifacts: 404 when there is none of that kind
+    (a profile is not a training job, nor the reverse), 409 while it is queued or running."""
+    job = store.delete_job(job_id, tenant, kind=kind)
     if job is None:
-        raise not_found("job")
+        raise not_found(what)
     if job.status not in TERMINAL:
         raise HTTPException(status_code=status.HTTP_409_CONFLICT,
-                            detail=f"job is {job.status}: cancel it before deleting it")
+                            detail=f"{what} is {job.status}: cancel it before deleting it")
     artifacts.remove(job.id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
@@ -263,7 +275,7 @@ def delete_job(job_id: str, store: StoreDep, artifacts: ArtifactsDep,
     "when its worker next reports. Cancelling a cancelled job is a no-op.",
 )
 def cancel_job(job_id: str, store: StoreDep, tenant: CurrentTenant) -> Response:
-    job = store.request_cancel(job_id, tenant, kind="train")
+    job = store.request_cancel(job_id, tenant, kind=KIND)
     if job is None:
         raise not_found("job")
     if job.status in ("succeeded", "failed"):
@@ -273,11 +285,13 @@ def cancel_job(job_id: str, store: StoreDep, tenant: CurrentTenant) -> Response:
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=responses(404),
-            summary="List a job's artifacts")
+            summary="List a job's artifacts",
+            description="A training job's files. A profile's raw profiles are in "
+            "`GET /v1/profiles/{id}` (`profiles`), not here (404).")
 def list_artifacts(
     job_id: str, store: StoreDep, artifacts: ArtifactsDep, tenant: CurrentTenant
 ) -> ArtifactsPublic:
-    if store.get_job(job_id, tenant) is None:
+    if store.get_job(job_id, tenant, kind=KIND) is None:
         raise not_found("job")
     items = [ArtifactPublic.model_validate(a) for a in artifacts.list(job_id)]
     return ArtifactsPublic(data=items, count=len(items))
@@ -289,11 +303,12 @@ def list_artifacts(
     responses={**responses(404), 200: {"content": {"application/octet-stream": {}},
                                        "description": "The file, streamed."}},
     summary="Download an artifact",
+    description="A training job's file (404 for a profile, as the list).",
 )
 def download_artifact(
     job_id: str, name: str, store: StoreDep, artifacts: ArtifactsDep, tenant: CurrentTenant
 ) -> StreamingResponse:
-    if store.get_job(job_id, tenant) is None:
+    if store.get_job(job_id, tenant, kind=KIND) is None:
         raise not_found("job")
     try:
         f = artifacts.open(job_id, check_name(name))  # a public artifact, never a checkpoint

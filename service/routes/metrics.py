@@ -103,7 +103,7 @@ def job_metrics(
     """The logged steps of a job (loss, accuracy, budget fraction, beta, ...). Until the worker
     has written metrics.jsonl: what its heartbeats carry, the per-epoch history and the latest
     progress (kind "progress"), so that a client polling with `since` still draws a curve."""
-    job = store.get_job(job_id, tenant)
+    job = store.get_job(job_id, tenant, kind="train")  # a profile has no curve: 404
     if job is None:
         raise not_found("job")
     try:

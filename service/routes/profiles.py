@@ -2,7 +2,9 @@
 
 A profile is a job of kind "profile" in the job store, so it is queued, claimed, heartbeated,
 recovered after a lost worker, cancelled and retried by exactly the machinery of training
-jobs; these routes are its own view of that table (`/v1/jobs` lists only training jobs).
+jobs; these routes are its own view of that table (every route under `/v1/jobs` answers 404
+for a profile, and these 404 for a training job). Its log is at `/v1/profiles/{id}/logs`
+(service/routes/logs.py).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from spartan_service.jobs.models import Job
 from spartan_service.jobs.profile_spec import ProfileSpec
 from spartan_service.jobs.queue import enqueue_job
 from spartan_service.jobs.store import JobStore
-from spartan_service.service.deps import CeleryDep, CurrentTenant, StoreDep
+from spartan_service.service.deps import ArtifactsDep, CeleryDep, CurrentTenant, StoreDep
 from spartan_service.service.errors import MAX_OFFSET, check_text, not_found, responses
-from spartan_service.service.routes.jobs import check_uploads
+from spartan_service.service.routes.jobs import check_uploads, delete_finished
 from spartan_service.service.schemas import JobStatus, ProfileDetail, ProfilePublic, ProfilesPublic
 
 log = logging.getLogger(__name__)
@@ -110,3 +112,19 @@ def cancel_profile(profile_id: str, store: StoreDep, tenant: CurrentTenant) -> P
         raise HTTPException(status_code=status.HTTP_409_CONFLICT,
                             detail=f"profile already {job.status}")
     return ProfilePublic(**public(job))
+
+
+@router.delete(
+    "/{profile_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=responses(404, 409),
+    summary="Delete a finished profile",
+    description="Its record, log and raw-profile files; the cost models it fitted stay (they are "
+    "versions in the registry, used by jobs: `GET /v1/cost-models/{id}` keeps its profile). "
+    "Only succeeded, failed or cancelled profiles; cancel a queued or running one first.",
+)
+def delete_profile(profile_id: str, store: StoreDep, artifacts: ArtifactsDep,
+                   tenant: CurrentTenant) -> Response:
+    delete_finished(store, artifacts, profile_id, tenant, KIND, "profile")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

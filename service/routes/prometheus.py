@@ -13,7 +13,7 @@ router = APIRouter(tags=["health"])
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
                              "description": "Prometheus text exposition format."}})
 def metrics(request: Request) -> Response:
-    """Request latency and counts by route, jobs by state and queue, queue depth, and the
+    """Request latency and counts by route, jobs by kind, state and queue, queue depth, and the
     latest heartbeat of each worker running a job."""
     # Plain def: the scrape reads the job store, in the threadpool.
     return Response(generate_latest(request.app.state.telemetry.registry),

@@ -105,6 +105,34 @@ def test_profile_failure_is_recorded(serve: Serve) -> None:
     assert profile["status"] == "failed" and "CUDA" in profile["error"]
 
 
+def test_structured_profile_job_and_the_loop_closed(serve: Serve) -> None:
+    """channels: the profile fits a structured cost model; a channels job naming it stores
+    the shrunk model's widths and times as a deployment point; the refit folds it in; the
+    profile is then deleted through its own route (its cost models stay)."""
+    assert serve.client is not None
+    client = serve.client
+    profile = client.submit_profile({**PROFILE, "name": "e2e-channels", "structure": "channels",
+                                     "kernels": ["auto"], "widths": [0.25, 0.5, 1.0]})
+    profile = wait_profile(client, profile["id"])
+    model_id = profile["cost_model_id"]
+    job = client.submit({"model": MLP, "data": {"dataset": "digits"}, "training": {"epochs": 1},
+                         "sparsity": {"structure": "channels", "budget": 0.6},
+                         "cost_model": {"kind": "fitted", "name": "e2e-channels",
+                                        "strict_hardware": True}})
+    job = wait_for(client, job["id"], timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    shown = client.cost_model(model_id)
+    assert shown["deployment"]["points"] == 1 and shown["deployment"]["own_points"] == 1
+    refit = client.refit_cost_model(model_id)
+    assert refit["version"] == 2 and refit["refit"]["points"] == 1
+    assert refit["refit"]["mape_after"] <= refit["refit"]["mape_before"]
+    assert sorted(refit["refit"]["layers_calibrated"]) == ["head", "layers.0"]
+    # A profile is not a training job: 404 under /v1/jobs; its own route deletes it.
+    assert client.http.delete(f"/v1/jobs/{profile['id']}").status_code == 404
+    assert client.http.delete(f"/v1/profiles/{profile['id']}").status_code == 204
+    assert client.cost_model(model_id)["id"] == model_id
+
+
 def test_profile_job_on_redis_and_postgresql(tmp_path: Path) -> None:
     with real_backends() as (broker_url, database_url):
         env = base_env(tmp_path / "data", SPARTAN_BROKER_URL=broker_url,

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.service.conftest import MakeClient
-from tests.service.factories import locs, store_of
+from tests.service.factories import artifacts_of, locs, store_of
 
 BODY: dict[str, Any] = {"name": "cpu-mlp", "model": {"arch": "mlp"},
                         "data": {"dataset": "digits"}, "quick": True}
@@ -91,8 +91,41 @@ def test_unknown_profile_is_404(client: TestClient) -> None:
 
 def test_a_training_job_is_not_a_profile(client: TestClient) -> None:
     job = client.post("/v1/jobs", json={"model": {"arch": "mlp"}}).json()
-    assert client.get(f"/v1/profiles/{job['id']}").status_code == 404
-    assert client.post(f"/v1/profiles/{job['id']}/cancel").status_code == 404
+    client.post(f"/v1/jobs/{job['id']}/cancel")  # finished: only its kind keeps it here
+    for method, path in [("GET", ""), ("POST", "/cancel"), ("GET", "/logs"), ("DELETE", "")]:
+        response = client.request(method, f"/v1/profiles/{job['id']}{path}")
+        assert response.status_code == 404, (method, path)
+        assert response.json() == {"detail": "profile not found"}
+    assert client.get(f"/v1/jobs/{job['id']}").status_code == 200  # still there
+
+
+def test_a_profile_is_not_a_training_job(client: TestClient) -> None:
+    """Every route under /v1/jobs answers 404 for a profile, finished or not; its own routes
+    serve its log and delete it."""
+    profile = client.post("/v1/profiles", json=BODY).json()["id"]
+    store, artifacts = store_of(client), artifacts_of(client)
+    artifacts.write_bytes(profile, "profile-b64.json", b"{}")
+    store.finish_job(profile, "succeeded")
+    for method, path in [("GET", ""), ("POST", "/cancel"), ("DELETE", ""), ("GET", "/logs"),
+                         ("GET", "/metrics"), ("GET", "/artifacts"),
+                         ("GET", "/artifacts/profile-b64.json")]:
+        response = client.request(method, f"/v1/jobs/{profile}{path}")
+        assert response.status_code == 404, (method, path)
+        assert response.json() == {"detail": "job not found"}, (method, path)
+    assert store.get_job(profile) is not None  # DELETE /v1/jobs left it alone
+    logs = client.get(f"/v1/profiles/{profile}/logs")
+    assert logs.status_code == 200 and logs.json()["count"] == 0
+    assert client.delete(f"/v1/profiles/{profile}").status_code == 204
+    assert client.get(f"/v1/profiles/{profile}").status_code == 404
+    assert store.get_job(profile) is None and not artifacts.exists(profile, "profile-b64.json")
+
+
+def test_a_running_profile_cannot_be_deleted(client: TestClient) -> None:
+    profile = client.post("/v1/profiles", json=BODY).json()["id"]
+    response = client.delete(f"/v1/profiles/{profile}")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "profile is queued: cancel it before deleting it"}
+    assert client.get(f"/v1/profiles/{profile}").status_code == 200
 
 
 def test_tenants_see_only_their_own_profiles(make_client: MakeClient) -> None:
@@ -103,6 +136,8 @@ def test_tenants_see_only_their_own_profiles(make_client: MakeClient) -> None:
     assert client.get("/v1/profiles", headers=BOB).json() == {"data": [], "count": 0}
     assert client.get(f"/v1/profiles/{mine}", headers=BOB).status_code == 404
     assert client.post(f"/v1/profiles/{mine}/cancel", headers=BOB).status_code == 404
+    assert client.get(f"/v1/profiles/{mine}/logs", headers=BOB).status_code == 404
+    assert client.delete(f"/v1/profiles/{mine}", headers=BOB).status_code == 404
     assert client.get(f"/v1/profiles/{mine}", headers=ALICE).status_code == 200
     job = store_of(client).get_job(mine)
     assert job.tenant == "alice" and job.status == "queued"

@@ -33,17 +33,30 @@ def test_jobs_queue_depth_and_heartbeats(client: TestClient) -> None:
     metrics = scrape(client)
 
     jobs = samples(metrics["spartan_jobs"])
-    assert jobs[(("queue", "cpu"), ("status", "running"))] == 1
-    assert jobs[(("queue", "cpu"), ("status", "queued"))] == 1
-    assert jobs[(("queue", "cpu"), ("status", "cancelled"))] == 1
-    assert jobs[(("queue", "gpu"), ("status", "queued"))] == 1
-    assert jobs[(("queue", "gpu"), ("status", "failed"))] == 0  # every state, zero or not
+    train = ("kind", "train")
+    assert jobs[(train, ("queue", "cpu"), ("status", "running"))] == 1
+    assert jobs[(train, ("queue", "cpu"), ("status", "queued"))] == 1
+    assert jobs[(train, ("queue", "cpu"), ("status", "cancelled"))] == 1
+    assert jobs[(train, ("queue", "gpu"), ("status", "queued"))] == 1
+    assert jobs[(train, ("queue", "gpu"), ("status", "failed"))] == 0  # every state, zero or not
+    assert jobs[(("kind", "profile"), ("queue", "cpu"), ("status", "queued"))] == 0
     # Four messages were sent; no worker took any (the claim above bypassed the broker).
     depth = samples(metrics["spartan_queue_depth"])
     assert depth == {(("queue", "cpu"),): 3.0, (("queue", "gpu"),): 1.0}
     beats = samples(metrics["spartan_worker_heartbeat_age_seconds"])
     assert list(beats) == [(("worker", "celery@a/1"),)]
     assert 0 <= beats[(("worker", "celery@a/1"),)] < 60
+
+
+def test_profiles_counted_apart_from_training_jobs(client: TestClient) -> None:
+    assert client.post("/v1/jobs", json=CONTRACT_SPEC).status_code == 202
+    body = {"name": "p", "model": {"arch": "mlp"}, "data": {"dataset": "digits"}}
+    for _ in range(2):
+        assert client.post("/v1/profiles", json=body).status_code == 202
+    jobs = samples(scrape(client)["spartan_jobs"])
+    queued = (("queue", "cpu"), ("status", "queued"))
+    assert jobs[(("kind", "train"), *queued)] == 1
+    assert jobs[(("kind", "profile"), *queued)] == 2
 
 
 def test_requests_counted_by_route_template(client: TestClient) -> None:
