@@ -124,7 +124,10 @@ def _capture(model: nn.Module, names: list[str], example: Any) -> dict[str, tupl
                 seen[n] = tuple(got[:3])
         hooks.append(model.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        model(*example) if isinstance(example, tuple) else model(example)
+        if isinstance(example, dict):
+            model(**example)
+        else:
+            model(*example) if isinstance(example, tuple) else model(example)
     finally:
         for h in hooks:
             h.remove()
@@ -169,7 +172,8 @@ def to_sparse(model: nn.Module, kernel: KernelArg = "auto",
 
     kernel: "auto", one kernel for every layer ("dense", "csr", "bsr", "semi_structured"; a
     layer it does not apply to stays dense), or a mapping parameter name -> kernel (others
-    dense). example: an input batch (or tuple of inputs) for auto's timing on real activations;
+    dense). example: an input batch (a tuple of positional inputs, or a dict of inputs by name
+    such as token ids and attention mask) for auto's timing on real activations;
     without it Linear layers are timed on random (batch_size, in) inputs and convs stay dense.
     spec: the architecture spec saved with the model ({arch, kwargs, input_shape, num_classes}).
     """
@@ -182,6 +186,8 @@ def to_sparse(model: nn.Module, kernel: KernelArg = "auto",
         example = example.to(dev)
     elif isinstance(example, tuple):
         example = tuple(t.to(dev) if isinstance(t, Tensor) else t for t in example)
+    elif isinstance(example, dict):
+        example = {k: t.to(dev) if isinstance(t, Tensor) else t for k, t in example.items()}
     targets = _targets(work)
     captured = {}
     if kernel == "auto" and example is not None:

@@ -4,7 +4,8 @@
 File layout: every tensor of the model's state_dict under its name, except a sparse layer's
 weight, stored as `NAME/crow_indices`, `NAME/col_indices`, `NAME/values` of its CSR (or BSR)
 matrix. Metadata: `format`, `kernels` (JSON: name -> kernel, block, shape) and `model` (JSON:
-the architecture spec {arch, kwargs, input_shape, num_classes}, when known).
+the architecture spec {arch, kwargs, input_shape, num_classes}, when known; for a Hugging Face
+model also `hf`, {head, config}: what spartan.hf.rebuild needs).
 """
 
 from __future__ import annotations
@@ -130,9 +131,11 @@ def load_sparse(path: str | Path, device: str | torch.device | None = None,
                 ) -> SparseModel:
     """Rebuild the fast module of `save_sparse` (a job's model.sparse.safetensors) on `device`.
 
-    The architecture comes from `model` (an instance to fill) or from `build_model(arch, kwargs,
-    input_shape, num_classes)` applied to the spec stored in the file (the service's is
-    spartan_service.zoo.build_model). The stored per-layer kernels are used as they are.
+    The architecture comes from `model` (an instance to fill), from the Hugging Face config
+    stored in the file (a job's `hf:` model: spartan.hf.rebuild, needs transformers), or from
+    `build_model(arch, kwargs, input_shape, num_classes)` applied to the spec stored in the
+    file (the service's is spartan_service.zoo.build_model). The stored per-layer kernels are
+    used as they are.
     """
     from safetensors import safe_open
 
@@ -141,15 +144,29 @@ def load_sparse(path: str | Path, device: str | torch.device | None = None,
     if fmt == SHRUNK_FORMAT:
         return _load_shrunk(path, device, build_model, model)
     state, plan, spec = read_sparse(path)
-    if model is None:
-        if build_model is None or spec is None:
-            raise ValueError("load_sparse needs model= or build_model= (and a file with a model "
-                             "spec), e.g. build_model=spartan_service.zoo.build_model")
-        model = build_model(spec["arch"], spec.get("kwargs", {}), tuple(spec["input_shape"]),
-                            int(spec["num_classes"]))
+    model = _architecture(spec, build_model, model)
     model.load_state_dict(state, strict=True)
     kernels = {n: c["kernel"] for n, c in plan.items()}
     return to_sparse(model, kernels, device=device or "cpu", spec=spec)
+
+
+def _architecture(spec: dict[str, Any] | None, build_model: BuildModel | None,
+                  model: nn.Module | None) -> nn.Module:
+    """The module to fill: `model`, the Hugging Face model the spec describes, or
+    build_model's."""
+    if model is not None:
+        return model
+    if spec is not None and isinstance(spec.get("hf"), dict):
+        from spartan.hf import rebuild
+
+        return rebuild(spec["hf"])
+    if build_model is None or spec is None:
+        raise ValueError("load_sparse needs model= or build_model= (and a file with a model "
+                         "spec), e.g. build_model=spartan_service.zoo.build_model")
+    shape = spec.get("input_shape")
+    return build_model(spec["arch"], spec.get("kwargs", {}),
+                       tuple(shape) if shape is not None else None,  # type: ignore[arg-type]
+                       int(spec["num_classes"]))
 
 
 def _load_shrunk(path: str | Path, device: str | torch.device | None,
@@ -164,12 +181,7 @@ def _load_shrunk(path: str | Path, device: str | torch.device | None,
         spec = json.loads(meta["model"]) if "model" in meta else None
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: bad shrunk-model metadata ({exc})") from None
-    if model is None:
-        if build_model is None or spec is None:
-            raise ValueError("load_sparse needs model= or build_model= (and a file with a model "
-                             "spec), e.g. build_model=spartan_service.zoo.build_model")
-        model = build_model(spec["arch"], spec.get("kwargs", {}), tuple(spec["input_shape"]),
-                            int(spec["num_classes"]))
+    model = _architecture(spec, build_model, model)
     apply_plan(model, plan)
     try:
         model.load_state_dict(tensors, strict=True)

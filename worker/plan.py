@@ -77,6 +77,7 @@ class JobPlan:
     total_steps: int
     example: Tensor  # one training batch of model inputs: cost probes and speedup timing
     ranks: Ranks = SINGLE  # this process's place among the job's ranks
+    example_mask: Tensor | None = None  # text: the example's attention mask (padding is 0)
     # Under several ranks, `model` wrapped in DistributedDataParallel: what training calls.
     # Evaluation, checkpoints and export use `model` itself.
     train_model: nn.Module | None = None
@@ -135,9 +136,10 @@ def resolve_upload(store: JobStore, uploads_dir: Path, job: Job, upload_id: str 
 
 def load_data(spec: JobSpec, job: Job, store: JobStore, settings: Settings,
               device: torch.device, tokenizer: Any, ranks: Ranks
-              ) -> tuple[DataInfo, Batches, Tensor]:
+              ) -> tuple[DataInfo, Batches, Tensor, Tensor | None]:
     """The job's batches (this rank's share of each global batch), streamed from storage or
-    held in memory, and the inputs of the first global batch (the same on every rank)."""
+    held in memory, and the inputs of the first global batch (the same on every rank) with
+    their attention mask (text only)."""
     d, t = spec.data, spec.training
     if d.dataset in catalog.STORAGE_DATASETS:
         stream = open_storage(d.dataset, d.kwargs, t.task, d.val_fraction, t.seed,
@@ -145,9 +147,9 @@ def load_data(spec: JobSpec, job: Job, store: JobStore, settings: Settings,
                               settings.data_dir.resolve() / "cache" / "datasets")
         info = DataInfo(stream.input_shape, stream.outputs, len(stream.train_index),
                         len(stream.val_index), stream.text, stream.resident_bytes())
-        example = example_inputs(stream.batches(t.batch_size, t.seed, device))
+        example, mask = example_inputs(stream.batches(t.batch_size, t.seed, device))
         return info, stream.batches(t.batch_size, t.seed, device, t.loader_workers,
-                                    ranks.rank, ranks.world), example
+                                    ranks.rank, ranks.world), example, mask
     upload = resolve_upload(store, settings.uploads_dir, job, d.upload, None)
     data = load_dataset(d.dataset, d.kwargs, d.val_fraction, t.seed, upload=upload,
                         task=t.task).to(device)
@@ -156,13 +158,16 @@ def load_data(spec: JobSpec, job: Job, store: JobStore, settings: Settings,
     tensors = TensorBatches(data, t.batch_size, t.seed)
     batches: Batches = (ShardedBatches(tensors, ranks.rank, ranks.world) if ranks.world > 1
                         else tensors)
-    return info, batches, data.x_train[:t.batch_size]
+    return info, batches, data.x_train[:t.batch_size], None
 
 
-def example_inputs(batches: Batches) -> Tensor:
-    """The model inputs of the first training batch, as one tensor (token ids for text)."""
+def example_inputs(batches: Batches) -> tuple[Tensor, Tensor | None]:
+    """The model inputs of the first training batch as one tensor (token ids for text), and
+    for text their attention mask."""
     inputs, _ = next(iter(batches.epoch(0)))
-    return inputs["input_ids"] if isinstance(inputs, dict) else inputs
+    if isinstance(inputs, dict):
+        return inputs["input_ids"], inputs.get("attention_mask")
+    return inputs, None
 
 
 def make_plan(job: Job, store: JobStore, settings: Settings, ranks: Ranks = SINGLE
@@ -181,7 +186,8 @@ def make_plan(job: Job, store: JobStore, settings: Settings, ranks: Ranks = SING
     if catalog.is_hf(spec.model.arch) and catalog.text_data(spec.data.dataset):
         tokenizer = hf.load_tokenizer(hf.model_dir(spec.model.arch[3:], roots))
     torch.manual_seed(t.seed)
-    data, batches, example = load_data(spec, job, store, settings, device, tokenizer, ranks)
+    data, batches, example, example_mask = load_data(spec, job, store, settings, device,
+                                                     tokenizer, ranks)
     model = build_model(spec.model.arch, spec.model.kwargs, data.input_shape, data.outputs,
                         t.task, data.text, roots,
                         None if tokenizer is None else tokenizer.pad_token_id)
@@ -209,4 +215,5 @@ def make_plan(job: Job, store: JobStore, settings: Settings, ranks: Ranks = SING
                    task=make_task(t.task, t.label_smoothing), model=model,
                    optimizer=optimizer, precision=precision, costs=costs,
                    sparsifier=sparsifier, twin=twin, baseline=baseline, total_steps=total,
-                   example=example, ranks=ranks, train_model=train_model)
+                   example=example, ranks=ranks, train_model=train_model,
+                   example_mask=example_mask)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from spartan.layout import maskable_weights
 from spartan.report import LayerReport, SparsityReport
+from spartan_service.jobs import catalog
 from spartan_service.jobs import report as r
 from spartan_service.jobs.artifacts import ArtifactStore
 from spartan_service.worker.costs import CostPlan
@@ -149,10 +150,16 @@ def export(plan: JobPlan, cost: r.CostSection) -> tuple[Any | None, r.SpeedupSec
             "input_shape": None if data.input_shape is None else list(data.input_shape),
             "num_classes": data.num_classes}
     try:
+        if catalog.is_hf(spec.model.arch):  # rebuilt from its config: no model folder needed
+            from spartan import hf
+            from spartan_service.zoo.hf import head
+
+            arch["hf"] = hf.describe(plan.model, head(spec.training.task, data.text))
         if spec.sparsity.structure == "channels":
             return shrunk_export(plan, cost, arch)
         sparse, section = speedup_report(plan.model, plan.example, spec.training.batch_size,
-                                         plan.device, cost.model_dump(), arch)
+                                         plan.device, cost.model_dump(), arch,
+                                         mask=plan.example_mask)
         return sparse, r.SpeedupSection.model_validate(section)
     except Exception as exc:  # noqa: BLE001 (any kernel failure: say so in the report)
         log.exception("job %s: sparse export failed", plan.job.id)

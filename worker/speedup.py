@@ -36,10 +36,21 @@ def sentence(rows: list[dict[str, Any]], device: str, kernels: dict[str, str]) -
             f"{main['speedup']:.2f}x at batch {main['batch']}{tail}; {why}.")
 
 
+def _inputs(x: Tensor, mask: Tensor | None, b: int) -> Any:
+    """The first `b` examples as the model takes them: token ids with their attention mask
+    (by name), or one tensor."""
+    return x[:b] if mask is None else {"input_ids": x[:b], "attention_mask": mask[:b]}
+
+
+def _run(model: nn.Module, inputs: Any) -> Any:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
 def speedup_report(model: nn.Module, x: Tensor, batch_size: int, device: torch.device,
                    cost: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
-                   repeats: int = 15) -> tuple[Any, dict[str, Any]]:
-    """(SparseModel, report section) for a finalized model and an input batch `x`.
+                   repeats: int = 15, mask: Tensor | None = None) -> tuple[Any, dict[str, Any]]:
+    """(SparseModel, report section) for a finalized model and an input batch `x` (token ids
+    with their attention `mask` for text: padding is then skipped as in training).
 
     The kernels are chosen by timing at the training batch size; dense and sparse latency are
     the median of `repeats` runs at batch 1 and at `batch_size`.
@@ -48,13 +59,15 @@ def speedup_report(model: nn.Module, x: Tensor, batch_size: int, device: torch.d
 
     model = model.eval()
     xb = x[:batch_size].to(device)
-    sparse = to_sparse(model, "auto", device=device, example=xb, spec=spec)
+    mb = None if mask is None else mask[:batch_size].to(device)
+    sparse = to_sparse(model, "auto", device=device, example=_inputs(xb, mb, len(xb)),
+                       spec=spec)
     rows = []
     for b in sorted({1, int(xb.shape[0])}):
-        xi = xb[:b]
+        xi = _inputs(xb, mb, b)
         with torch.no_grad():  # dense and sparse timed round-robin: drift hits both alike
             (dense_ms, _), (sparse_ms, _) = time_round_robin(
-                [partial(model, xi), partial(sparse, xi)], repeats, 1, device)
+                [partial(_run, model, xi), partial(_run, sparse, xi)], repeats, 1, device)
         rows.append({"batch": b, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                      "speedup": dense_ms / sparse_ms})
     section: dict[str, Any] = {

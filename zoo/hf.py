@@ -6,10 +6,8 @@ The job's task and data pick the head: sequence classification (text; regression
 with problem_type "regression"), image classification (images and arrays), causal LM. Weights
 load from .safetensors only (never unpickled), or the model starts from its config.
 
-Made maskable: GPT-2's `Conv1D` layers (x @ W + b, W stored input-major) become `nn.Linear`
-with the transposed weight, so the Sparsifier, the cost models and the sparse kernels see the
-layers they know; an output embedding tied to the input one is untied, so that masking the LM
-head does not zero the embedding table. The exported state_dict follows these changes.
+Made maskable by spartan.hf.make_maskable (GPT-2's Conv1D becomes nn.Linear, a tied LM head is
+untied); spartan.hf.describe / rebuild let load_sparse rebuild the model from its config alone.
 """
 
 from __future__ import annotations
@@ -19,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from spartan.hf import HEADS, make_maskable
 from spartan_service.jobs import datapaths, model_dirs
 
 log = logging.getLogger(__name__)
@@ -86,12 +84,17 @@ def load_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def _auto_class(transformers: Any, task: str, text: bool) -> tuple[Any, str]:
+def head(task: str, text: bool) -> str:
+    """The model head (a key of spartan.hf.HEADS) for the job's task and data."""
     if task == "causal_lm":
-        return transformers.AutoModelForCausalLM, "causal language modelling"
-    if text:
-        return transformers.AutoModelForSequenceClassification, "sequence classification"
-    return transformers.AutoModelForImageClassification, "image classification"
+        return "causal_lm"
+    return "sequence_classification" if text else "image_classification"
+
+
+def _auto_class(transformers: Any, task: str, text: bool) -> tuple[Any, str]:
+    name = head(task, text)
+    return getattr(transformers, HEADS[name]), name.replace("_", " ").replace(
+        "causal lm", "causal language modelling")
 
 
 def load_model(folder: Path, task: str, text: bool, outputs: int, pretrained: bool,
@@ -150,32 +153,6 @@ def _check_image_shape(config: Any, input_shape: Shape) -> None:
     if isinstance(size, int) and tuple(input_shape[1:]) != (size, size):
         raise ValueError(f"data: the images are {input_shape[1]}x{input_shape[2]}, the model "
                          f"expects {size}x{size} (imagefolder kwargs.size)")
-
-
-def make_maskable(model: nn.Module) -> nn.Module:
-    """Conv1D -> nn.Linear (same outputs), and the LM head untied from the input embedding."""
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child).__name__ == "Conv1D" and hasattr(child, "nf"):
-                weight = child.weight  # (in, out)
-                assert isinstance(weight, Tensor)
-                linear = nn.Linear(weight.shape[0], weight.shape[1], bias=child.bias is not None,
-                                   device=weight.device, dtype=weight.dtype)
-                with torch.no_grad():
-                    linear.weight.copy_(weight.t())
-                    if isinstance(child.bias, Tensor):
-                        linear.bias.copy_(child.bias)
-                setattr(parent, child_name, linear)
-    get_out = getattr(model, "get_output_embeddings", None)
-    get_in = getattr(model, "get_input_embeddings", None)
-    out_emb = get_out() if callable(get_out) else None
-    in_emb = get_in() if callable(get_in) else None
-    if out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight:
-        out_emb.weight = nn.Parameter(in_emb.weight.detach().clone())
-        config = getattr(model, "config", None)
-        if config is not None:
-            config.tie_word_embeddings = False
-    return model
 
 
 def logits(out: Any) -> Tensor:

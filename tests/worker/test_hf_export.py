@@ -1,0 +1,107 @@
+"""Jobs on Hugging Face text models export a model.sparse.safetensors that spartan.load_sparse
+rebuilds from the file alone (the config stored beside the tensors, no model folder, no
+pickle), with the trained model's outputs; the speedup timing passes the attention mask."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from spartan import load_sparse
+from spartan_service.jobs.artifacts import ArtifactStore
+from spartan_service.jobs.settings import Settings
+from spartan_service.jobs.spec import JobSpec
+from spartan_service.jobs.store import JobStore
+from spartan_service.worker.runner import run_job
+from spartan_service.worker.speedup import speedup_report
+from spartan_service.zoo import build_model, hf
+from tests import workloads
+from tests.files import artifact_file
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> Path:
+    storage = tmp_path / "storage"
+    workloads.tiny_gpt2(storage / "gpt2")
+    workloads.tiny_bert(storage / "bert")
+    workloads.text_parquet(storage / "reviews.parquet", n=48)
+    return storage
+
+
+def spec(model: Path, data: Path, task: str) -> dict[str, Any]:
+    return {"model": {"arch": f"hf:{model}"},
+            "data": {"dataset": "hf", "kwargs": {"path": str(data), "max_length": 10}},
+            "sparsity": {"method": "spartan", "budget": 0.3},
+            "training": {"task": task, "epochs": 1, "batch_size": 8, "max_steps": 4,
+                         "lr": 3e-3}}
+
+
+@pytest.mark.parametrize(("name", "task", "head"), [
+    ("gpt2", "causal_lm", "causal_lm"),
+    ("bert", "classification", "sequence_classification"),
+])
+def test_load_sparse_rebuilds_a_text_model_from_the_file_alone(
+        name: str, task: str, head: str, roots: Path, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None,
+                        api_tokens=None, data_roots=str(roots), progress_interval_s=0.05)
+    store = JobStore(settings.db_url)
+    body = JobSpec.model_validate(spec(roots / name, roots / "reviews.parquet", task))
+    job_id = store.create_job("t1", body.model_dump(mode="json"), "cpu", "test").id
+    run_job(job_id, store, ArtifactStore(settings.artifacts_dir), settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    artifacts = ArtifactStore(settings.artifacts_dir)
+    report = json.loads(artifacts.read_bytes(job_id, "report.json"))
+    assert "error" not in report["speedup"], report["speedup"]
+    path = artifact_file(artifacts, job_id, "model.sparse.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        stored = json.loads((f.metadata() or {})["model"])
+    assert stored["hf"]["head"] == head and stored["hf"]["config"]["model_type"] == name
+
+    loaded = load_sparse(path, "cpu")  # no build_model, no model folder
+    assert loaded.kernels == report["speedup"]["kernels"]
+    trained = build_model(f"hf:{roots / name}", {"pretrained": False}, None,
+                          report["model"]["num_classes"], task, True, [roots]).eval()
+    trained.load_state_dict(load_file(str(artifact_file(artifacts, job_id,
+                                                        "model.safetensors"))))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        got = hf.logits(loaded(input_ids=ids, attention_mask=mask))
+        want = hf.logits(trained(input_ids=ids, attention_mask=mask))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    store.close()
+
+
+def test_a_bad_description_is_a_clear_error(tmp_path: Path) -> None:
+    from spartan.hf import rebuild
+
+    with pytest.raises(ValueError, match="bad Hugging Face model description"):
+        rebuild({"head": "os.system", "config": {}})
+    with pytest.raises(ValueError, match="cannot rebuild the 'no-such-type' model"):
+        rebuild({"head": "causal_lm", "config": {"model_type": "no-such-type"}})
+
+
+def test_speedup_timing_passes_the_attention_mask(tmp_path: Path) -> None:
+    folder = workloads.tiny_bert(tmp_path / "bert")
+    model = build_model(f"hf:{folder}", {}, None, 2, "classification", True, [tmp_path])
+    seen: list[dict[str, Any]] = []
+
+    def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.append(kwargs)
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    ids = torch.randint(5, 20, (4, 6))
+    mask = torch.ones(4, 6, dtype=torch.int64)
+    mask[2:, 3:] = 0
+    _, section = speedup_report(model, ids, 4, torch.device("cpu"), repeats=2, mask=mask)
+    assert [r["batch"] for r in section["batches"]] == [1, 4]
+    assert seen and all("attention_mask" in kw for kw in seen)
+    assert {tuple(kw["attention_mask"].shape) for kw in seen} == {(1, 6), (4, 6)}
