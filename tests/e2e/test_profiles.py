@@ -17,6 +17,7 @@ from spartan_service.cli.client import Client
 from spartan_service.costmodels import hardware
 from tests.e2e.conftest import REPO, Serve, base_env, stop_process, wait_for
 from tests.e2e.test_distributed import real_backends, start_worker, wait_ready
+from tests.worker.test_closed_loop import channel_budget_ms
 
 MLP = {"arch": "mlp", "kwargs": {"hidden": [256]}}
 PROFILE = {"name": "e2e-cpu", "model": MLP, "data": {"dataset": "digits"}, "quick": True,
@@ -116,9 +117,10 @@ def test_structured_profile_job_and_the_loop_closed(serve: Serve) -> None:
     profile = wait_profile(client, profile["id"])
     model_id = profile["cost_model_id"]
     job = client.submit({"model": MLP, "data": {"dataset": "digits"}, "training": {"epochs": 1},
-                         "sparsity": {"structure": "channels", "budget": 0.6},
+                         "sparsity": {"structure": "channels"},
                          "cost_model": {"kind": "fitted", "name": "e2e-channels",
-                                        "strict_hardware": True}})
+                                        "strict_hardware": True, "budget_ms": channel_budget_ms(
+                                            client.cost_model(model_id)["data"], 0.6)}})
     job = wait_for(client, job["id"], timeout=180)
     assert job["status"] == "succeeded", job["error"]
     shown = client.cost_model(model_id)
