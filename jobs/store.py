@@ -1,4 +1,4 @@
-"""The job store: jobs, cost models and uploads in SQLite (default) or PostgreSQL.
+"""The job store: jobs, sweeps, cost models and uploads in SQLite (default) or PostgreSQL.
 
 Every state change is one short transaction; transitions are conditional UPDATEs so that two
 workers (or a worker and a cancel request) cannot both win.
@@ -6,84 +6,31 @@ workers (or a worker and a cancel request) cannot both win.
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import (
-    Engine,
-    and_,
-    bindparam,
-    create_engine,
-    delete,
-    event,
-    func,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from spartan_service.jobs.db import (
+    make_engine,
+    migrate,
+    new_id,
+    owned,
+    page,
+    plausible_id,
+    visible,
+)
 from spartan_service.jobs.fields import bounded_warnings
-from spartan_service.jobs.models import CostModel, DeploymentPoint, Job, JobLog, Upload, utcnow
+from spartan_service.jobs.models import Job, JobLog, utcnow
 from spartan_service.jobs.registry import WorkerRegistry
 from spartan_service.jobs.status import TERMINAL, JobStatus
+from spartan_service.jobs.store_assets import CostModelsAndUploads
 from spartan_service.jobs.store_extra import SweepsAndLogs
 
-MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def plausible_id(value: str) -> bool:
-    """Ids are ours (hex); anything else names nothing, and is never sent to the database
-    (PostgreSQL refuses NUL characters with an error, not an empty result)."""
-    return _ID.fullmatch(value) is not None
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # A pooled connection per threadpool thread (anyio runs 40): past the default pool
-        # of 5 + 10, each request would open a connection and run the pragmas below again.
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               pool_size=40, max_overflow=10)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn: Any, _record: Any) -> None:
-            # WAL lets the API read while a worker writes progress.
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-def migrate(engine: Engine) -> None:
-    """Create or upgrade the schema to the newest Alembic revision."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-
+__all__ = ["JobStore", "lost_reason", "new_id", "utcnow"]  # what callers import from here
 
 _JOB_BY_ID = select(Job.__table__).where(Job.__table__.c.id == bindparam("job_id"))
 OUT_OF_MEMORY = "(most likely out of memory)"
@@ -100,7 +47,10 @@ def lost_reason(warnings: list[str] | None) -> str:
     return f" ({killed[-1].split(': ', 1)[-1]})"
 
 
-class JobStore(SweepsAndLogs, WorkerRegistry):
+class JobStore(SweepsAndLogs, CostModelsAndUploads, WorkerRegistry):
+    """Jobs' life cycle here; sweeps and logs, cost models and uploads, and the worker
+    registry in the sections it inherits (each reads rows for a tenant through db.owned)."""
+
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.engine = make_engine(url)
         if create:
@@ -140,15 +90,8 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
 
     def get_job(self, job_id: str, tenant: str | None = None, kind: str | None = None
                 ) -> Job | None:
-        if not plausible_id(job_id):
-            return None
         with self.session() as s:
-            job = s.get(Job, job_id)
-            if job is None or (tenant is not None and job.tenant != tenant):
-                return None
-            if kind is not None and job.kind != kind:
-                return None
-            return job
+            return owned(s, Job, job_id, tenant, kind)
 
     def job_view(self, job_id: str, tenant: str | None = None, kind: str | None = None
                  ) -> Any | None:
@@ -159,11 +102,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
             return None
         with self.engine.connect() as conn:
             row = conn.execute(_JOB_BY_ID, {"job_id": job_id}).first()
-        if row is None or (tenant is not None and row.tenant != tenant):
-            return None
-        if kind is not None and row.kind != kind:
-            return None
-        return row
+        return row if row is not None and visible(row, tenant, kind) else None
 
     def list_jobs(
         self, tenant: str | None = None, status: str | None = None, limit: int = 50,
@@ -177,11 +116,7 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         if status is not None:
             query = query.where(Job.status == status)
         with self.session() as s:
-            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = s.scalars(
-                query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-            ).all()
-            return list(rows), int(count)
+            return page(s, query, Job.created_at.desc(), Job.id, limit=limit, offset=offset)
 
     def claim_job(
         self, job_id: str, worker: str, max_attempts: int, *, stale_after_s: float | None = None,
@@ -301,15 +236,9 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
     def request_cancel(self, job_id: str, tenant: str | None = None, kind: str | None = None
                        ) -> Job | None:
         """A queued job is cancelled at once; a running one when its worker next reports."""
-        if not plausible_id(job_id):
-            return None
         with self.session() as s:
-            job = s.get(Job, job_id)
-            if job is None or (tenant is not None and job.tenant != tenant):
-                return None
-            if kind is not None and job.kind != kind:
-                return None
-            if job.status in TERMINAL:
+            job = owned(s, Job, job_id, tenant, kind)
+            if job is None or job.status in TERMINAL:
                 return job
             now = utcnow()
             s.execute(
@@ -326,15 +255,9 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
         """Remove a finished job's record (the caller removes its artifacts). Returns the job
         as it was; a job still queued or running is returned and kept; None when there is no
         such job (of this tenant, of this kind)."""
-        if not plausible_id(job_id):
-            return None
         with self.session() as s:
-            job = s.get(Job, job_id)
-            if job is None or (tenant is not None and job.tenant != tenant):
-                return None
-            if kind is not None and job.kind != kind:
-                return None
-            if job.status in TERMINAL:
+            job = owned(s, Job, job_id, tenant, kind)
+            if job is not None and job.status in TERMINAL:
                 s.delete(job)
                 s.execute(delete(JobLog).where(JobLog.job_id == job_id))
             return job
@@ -423,159 +346,3 @@ class JobStore(SweepsAndLogs, WorkerRegistry):
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             return bool(hit)
-
-    # cost models
-    def create_cost_model(
-        self, tenant: str, data: dict[str, Any], profile: dict[str, Any] | None,
-        name: str | None, *, hardware: dict[str, Any] | None = None,
-        fingerprint: str | None = None, hardware_label: str | None = None,
-        batch: int | None = None, source: str = "upload", parent_id: str | None = None,
-        profile_job_id: str | None = None, refit: dict[str, Any] | None = None,
-    ) -> CostModel:
-        """Store a cost model as the next version of `name` (version 1 when unnamed). Two
-        writers racing for one version: the unique (tenant, name, version) lets one win and
-        the other takes the next number."""
-        for _ in range(20):
-            row = CostModel(
-                id=new_id(), tenant=tenant, name=name, data=data, profile=profile,
-                created_at=utcnow(), version=1, hardware=hardware, fingerprint=fingerprint,
-                hardware_label=hardware_label, batch=batch, source=source, parent_id=parent_id,
-                profile_job_id=profile_job_id, refit=refit)
-            try:
-                with self.session() as s:
-                    if name is not None:
-                        top = s.scalar(select(func.max(CostModel.version)).where(
-                            CostModel.tenant == tenant, CostModel.name == name))
-                        row.version = int(top or 0) + 1
-                    s.add(row)
-                return row
-            except IntegrityError:
-                continue
-        raise RuntimeError(f"could not allocate a version of cost model {name!r}")
-
-    def get_cost_model(self, model_id: str, tenant: str | None = None) -> CostModel | None:
-        if not plausible_id(model_id):
-            return None
-        with self.session() as s:
-            row = s.get(CostModel, model_id)
-            if row is None or (tenant is not None and row.tenant != tenant):
-                return None
-            return row
-
-    def list_cost_models(
-        self, tenant: str | None = None, limit: int = 50, offset: int = 0,
-        hardware: str | None = None, name: str | None = None,
-    ) -> tuple[list[CostModel], int]:
-        """Newest first. `hardware`: a fingerprint, or text found (any case) in the hardware
-        label, e.g. 'EPYC' or 'H200'."""
-        query = select(CostModel)
-        if tenant is not None:
-            query = query.where(CostModel.tenant == tenant)
-        if name is not None:
-            query = query.where(CostModel.name == name)
-        if hardware:
-            query = query.where(or_(
-                CostModel.fingerprint == hardware.lower(),
-                func.lower(CostModel.hardware_label).contains(hardware.lower(),
-                                                              autoescape=True)))
-        with self.session() as s:
-            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = s.scalars(
-                query.order_by(CostModel.created_at.desc(), CostModel.version.desc())
-                .limit(limit).offset(offset)
-            ).all()
-            return list(rows), int(count)
-
-    def cost_model_versions(self, tenant: str, name: str) -> list[CostModel]:
-        """Every version of a named cost model, newest first."""
-        with self.session() as s:
-            return list(s.scalars(
-                select(CostModel).where(CostModel.tenant == tenant, CostModel.name == name)
-                .order_by(CostModel.version.desc())).all())
-
-    def profile_job_cost_models(self, job_id: str) -> list[CostModel]:
-        with self.session() as s:
-            return list(s.scalars(
-                select(CostModel).where(CostModel.profile_job_id == job_id)
-                .order_by(CostModel.version)).all())
-
-    # deployment points (measured latency of trained models beside the prediction)
-    def add_deployment_point(
-        self, cost_model_id: str, tenant: str, job_id: str, batch: int, predicted: float,
-        measured: float, layers: list[dict[str, Any]], fingerprint: str | None,
-    ) -> DeploymentPoint:
-        """One per (cost model, job, batch): a retried job replaces its earlier point."""
-        row = DeploymentPoint(
-            id=new_id(), cost_model_id=cost_model_id, tenant=tenant, job_id=job_id,
-            batch=batch, predicted=predicted, measured=measured, layers=layers,
-            fingerprint=fingerprint, created_at=utcnow())
-        with self.session() as s:
-            for old in s.scalars(select(DeploymentPoint).where(
-                    DeploymentPoint.cost_model_id == cost_model_id,
-                    DeploymentPoint.job_id == job_id, DeploymentPoint.batch == batch)):
-                s.delete(old)
-            s.add(row)
-        return row
-
-    def deployment_points(self, cost_model_ids: list[str]) -> list[DeploymentPoint]:
-        if not cost_model_ids:
-            return []
-        with self.session() as s:
-            return list(s.scalars(
-                select(DeploymentPoint)
-                .where(DeploymentPoint.cost_model_id.in_(cost_model_ids))
-                .order_by(DeploymentPoint.created_at)).all())
-
-    # uploads
-    def create_upload(
-        self, tenant: str, filename: str, kind: str, size: int, sha256: str,
-        tensors: dict[str, Any], upload_id: str | None = None,
-    ) -> Upload:
-        row = Upload(id=upload_id or new_id(), tenant=tenant, filename=filename, kind=kind,
-                     size=size, sha256=sha256, tensors=tensors, created_at=utcnow())
-        with self.session() as s:
-            s.add(row)
-        return row
-
-    def get_upload(self, upload_id: str, tenant: str | None = None) -> Upload | None:
-        if not plausible_id(upload_id):
-            return None
-        with self.session() as s:
-            row = s.get(Upload, upload_id)
-            if row is None or (tenant is not None and row.tenant != tenant):
-                return None
-            return row
-
-    def list_uploads(
-        self, tenant: str | None = None, limit: int = 50, offset: int = 0
-    ) -> tuple[list[Upload], int]:
-        query = select(Upload)
-        if tenant is not None:
-            query = query.where(Upload.tenant == tenant)
-        with self.session() as s:
-            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = s.scalars(
-                query.order_by(Upload.created_at.desc(), Upload.id).limit(limit).offset(offset)
-            ).all()
-            return list(rows), int(count)
-
-    def upload_bytes(self, tenant: str) -> int:
-        """What a tenant's uploads hold, for its quota."""
-        with self.session() as s:
-            return int(s.scalar(select(func.coalesce(func.sum(Upload.size), 0))
-                                .where(Upload.tenant == tenant)) or 0)
-
-    def upload_ids(self) -> set[str]:
-        with self.session() as s:
-            return set(s.scalars(select(Upload.id)).all())
-
-    def delete_upload(self, upload_id: str, tenant: str | None = None) -> Upload | None:
-        """Remove the record (the caller removes the file); None when there is none."""
-        if not plausible_id(upload_id):
-            return None
-        with self.session() as s:
-            row = s.get(Upload, upload_id)
-            if row is None or (tenant is not None and row.tenant != tenant):
-                return None
-            s.delete(row)
-            return row

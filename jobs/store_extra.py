@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from spartan_service.jobs.db import new_id, owned, page
 from spartan_service.jobs.models import Job, JobLog, Sweep, utcnow
 
 # A job's log is bounded: this many records, then only errors (a failure's traceback comes
@@ -30,12 +31,6 @@ class JobState(NamedTuple):
     finished_at: datetime | None
 
 
-def _new_id() -> str:
-    import uuid
-
-    return uuid.uuid4().hex
-
-
 class SweepsAndLogs:
     def session(self) -> AbstractContextManager[Session]:
         raise NotImplementedError
@@ -49,8 +44,8 @@ class SweepsAndLogs:
         """The sweep and one queued job per point (key, spec, queue, name, warnings), in one
         transaction: a sweep never exists with only some of its jobs."""
         now = utcnow()
-        sweep_id = sweep_id or _new_id()
-        jobs = [Job(id=_new_id(), tenant=tenant, name=job_name, status="queued", queue=queue,
+        sweep_id = sweep_id or new_id()
+        jobs = [Job(id=new_id(), tenant=tenant, name=job_name, status="queued", queue=queue,
                     spec=job_spec, progress={"step": 0, "total_steps": None}, metrics={},
                     warnings=warnings, attempts=0, cancel_requested=False, created_at=now,
                     updated_at=now)
@@ -65,10 +60,7 @@ class SweepsAndLogs:
 
     def get_sweep(self, sweep_id: str, tenant: str | None = None) -> Sweep | None:
         with self.session() as s:
-            row = s.get(Sweep, sweep_id)
-            if row is None or (tenant is not None and row.tenant != tenant):
-                return None
-            return row
+            return owned(s, Sweep, sweep_id, tenant)
 
     def list_sweeps(self, tenant: str | None = None, limit: int = 50, offset: int = 0
                     ) -> tuple[list[Sweep], int]:
@@ -76,10 +68,7 @@ class SweepsAndLogs:
         if tenant is not None:
             query = query.where(Sweep.tenant == tenant)
         with self.session() as s:
-            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = s.scalars(query.order_by(Sweep.created_at.desc(), Sweep.id)
-                             .limit(limit).offset(offset)).all()
-            return list(rows), int(count)
+            return page(s, query, Sweep.created_at.desc(), Sweep.id, limit=limit, offset=offset)
 
     def mark_sweep_cancelled(self, sweep_id: str) -> None:
         with self.session() as s:
@@ -152,6 +141,4 @@ class SweepsAndLogs:
         """Records with id > since, oldest first, and how many there are after `since`."""
         query = select(JobLog).where(JobLog.job_id == job_id, JobLog.id > since)
         with self.session() as s:
-            count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = s.scalars(query.order_by(JobLog.id).limit(limit)).all()
-            return list(rows), int(count)
+            return page(s, query, JobLog.id, limit=limit)
