@@ -127,6 +127,7 @@ class Settings(BaseSettings):
 
     @property
     def uploads_dir(self) -> Path:
+        """Where versions before the upload store kept uploads: adopted into it at start."""
         return self.data_dir.resolve() / "uploads"
 
     def roots(self) -> list[Path]:

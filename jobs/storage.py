@@ -4,7 +4,8 @@ Callers name a blob by (space, owner, name), e.g. ("artifacts", JOB_ID, "report.
 put, open, list or delete it; no caller ever sees a backend's path, so object storage is one
 more `Storage` class. Spaces:
 - `artifacts` (PUBLIC): what a job publishes, listed and downloadable through the API;
-- `checkpoints` (PRIVATE): a running job's resumable state, never listed or served.
+- `checkpoints` (PRIVATE): a running job's resumable state, never listed or served;
+- `uploads` (UPLOADS): the bytes of uploaded files, owner the upload id (jobs.upload_store).
 
 `FileStorage` keeps the public space at ROOT/OWNER/NAME (the layout earlier versions wrote,
 so existing data directories keep working) and every other space at ROOT/.SPACE/OWNER/NAME,
@@ -13,10 +14,12 @@ a folder no owner id can name (ids start with a letter or digit).
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,9 @@ from typing import BinaryIO
 
 PUBLIC = "artifacts"
 PRIVATE = "checkpoints"
-SPACES = (PUBLIC, PRIVATE)
+UPLOADS = "uploads"
+SPACES = (PUBLIC, PRIVATE, UPLOADS)
+PARTIAL_PREFIX = ".part-"  # a blob being written: never listed, swept after a crash
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -51,6 +56,29 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+class BlobWriter:
+    """A blob written as a stream: invisible until `commit` (then atomic, like `put`);
+    `abort`, or leaving a `with` block by an exception, discards it. Not thread-safe."""
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -69,7 +97,12 @@ class Storage(ABC):
         """Move a finished local file in (it is consumed: renamed, or copied and removed)."""
 
     @abstractmethod
-    def open(self, space: str, owner: str, name: str) -> BinaryIO: ...
+    def writer(self, space: str, owner: str, name: str) -> BlobWriter:
+        """Write a blob in chunks, in bounded memory (see BlobWriter)."""
+
+    @abstractmethod
+    def open(self, space: str, owner: str, name: str) -> BinaryIO:
+        """The blob for reading; seekable (file checks read a zip's end first)."""
 
     @abstractmethod
     def size(self, space: str, owner: str, name: str) -> int: ...
@@ -80,6 +113,12 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, space: str, owner: str, name: str | None = None) -> None:
         """One blob, or every blob of the owner in the space; missing ones are no error."""
+
+    @abstractmethod
+    def sweep(self, space: str, keep: set[str], older_than_s: float) -> builtins.list[str]:
+        """Delete what a crash left in the space: every owner not in `keep` untouched for
+        older_than_s (a writer in another process keeps its owner fresh), and partial blobs
+        that old. The owners deleted."""
 
     def read(self, space: str, owner: str, name: str) -> bytes:
         with self.open(space, owner, name) as f:
@@ -116,6 +155,9 @@ class FileStorage(Storage):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(source, target)  # a rename on the same filesystem
 
+    def writer(self, space: str, owner: str, name: str) -> BlobWriter:
+        return _FileWriter(self._file(space, owner, name))
+
     def open(self, space: str, owner: str, name: str) -> BinaryIO:
         path = self._file(space, owner, name)
         if not path.is_file():
@@ -140,3 +182,54 @@ class FileStorage(Storage):
             shutil.rmtree(self._folder(space, owner), ignore_errors=True)
         else:
             self._file(space, owner, name).unlink(missing_ok=True)
+
+    def sweep(self, space: str, keep: set[str], older_than_s: float) -> builtins.list[str]:
+        base = self._folder(space, "x").parent
+        cutoff = time.time() - older_than_s
+        removed: list[str] = []
+        for folder in sorted(base.iterdir()) if base.is_dir() else []:
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue  # another space's folder, or not an owner's
+            try:
+                files = [p for p in folder.iterdir() if p.is_file()]
+                times = [folder.stat().st_mtime, *(p.stat().st_mtime for p in files)]
+                if folder.name not in keep and max(times) < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder.name)
+                    continue
+                for p in files:
+                    if p.name.startswith(PARTIAL_PREFIX) and p.stat().st_mtime < cutoff:
+                        p.unlink(missing_ok=True)
+            except FileNotFoundError:  # removed meanwhile by another process
+                continue
+        return removed
+
+
+class _FileWriter(BlobWriter):
+    def __init__(self, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
+        self.target, self.tmp = target, Path(tmp)
+        self.f: BinaryIO | None = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        assert self.f is not None, "written after commit or abort"
+        self.f.write(data)
+
+    def commit(self) -> None:
+        assert self.f is not None, "committed twice or after abort"
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            self.f = None
+            os.replace(self.tmp, self.target)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.tmp.unlink(missing_ok=True)

@@ -21,10 +21,8 @@ import json
 import math
 import re
 import struct
-import time
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -45,7 +43,6 @@ NUMPY_DTYPES = {
 }
 CHUNK = 1 << 20
 MAX_NAME = 1000  # characters of a tensor's name
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EOCD = struct.Struct("<4s4H2LH")  # zip end-of-central-directory record
 _CENTRAL_ENTRY = 46  # bytes of a central directory entry before its name and extras
 
@@ -348,12 +345,6 @@ def inspect_file(
     return kind, tensors
 
 
-def inspect_path(filename: str, path: Path, limits: Limits = Limits()
-                 ) -> tuple[str, dict[str, Any]]:
-    with open(path, "rb") as f:
-        return inspect_file(filename, f, path.stat().st_size, limits)
-
-
 def inspect(filename: str, data: bytes, limits: Limits = Limits()) -> tuple[str, dict[str, Any]]:
     return inspect_file(filename, io.BytesIO(data), len(data), limits)
 
@@ -362,33 +353,3 @@ def summary(tensors: dict[str, Any], keep: int = 8) -> dict[str, Any]:
     """A bounded view of an upload's tensors for listings: the first few, and how many."""
     names = list(tensors)[:keep]
     return {name: tensors[name] for name in names}
-
-
-def upload_path(uploads_dir: Path, upload_id: str, kind: str) -> Path:
-    """Where an upload's bytes live: `<uploads_dir>/<id>.<kind>` (the API writes it there, the
-    worker reads it from there)."""
-    if not _ID.match(upload_id) or kind not in ("safetensors", "npz"):
-        raise UploadError(f"invalid upload id {upload_id!r} or kind {kind!r}")
-    return Path(uploads_dir) / f"{upload_id}.{kind}"
-
-
-def clean_partial(uploads_dir: Path, known_ids: set[str], older_than_s: float = 600.0
-                  ) -> list[Path]:
-    """Remove what a crash left in the uploads directory: partial files (`.part-*`, `.tmp-*`)
-    and files no upload record names, once untouched for older_than_s (an upload in progress
-    in another API process writes to its file all the while)."""
-    removed: list[Path] = []
-    folder = Path(uploads_dir)
-    if not folder.is_dir():
-        return removed
-    cutoff = time.time() - older_than_s
-    for path in folder.iterdir():
-        partial = path.name.startswith((".part-", ".tmp-"))
-        orphan = not partial and path.name.split(".", 1)[0] not in known_ids
-        try:
-            if (partial or orphan) and path.is_file() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed

@@ -13,7 +13,6 @@ from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
 from spartan_service.jobs.settings import Settings, get_settings
-from spartan_service.jobs.uploads import clean_partial
 from spartan_service.service import errors, openapi
 from spartan_service.service.limits import MULTIPART_SLACK, BodyLimitMiddleware
 from spartan_service.service.query import refuse_unknown_query
@@ -81,9 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception:
             log.exception("job store unavailable at startup; /readyz reports it")
         else:
-            removed = clean_partial(resources.settings.uploads_dir, resources.store.upload_ids())
+            known = resources.store.upload_ids()
+            resources.uploads.adopt(resources.settings.uploads_dir, known)
+            removed = resources.uploads.sweep(known)
             if removed:
-                log.warning("removed %d partial or orphaned upload files", len(removed))
+                log.warning("removed %d partial or orphaned uploads", len(removed))
         resources.celery  # noqa: B018
         yield
         resources.close()

@@ -1,4 +1,5 @@
-"""What one API process holds: its settings, the job store, the artifact store, the Celery app.
+"""What one API process holds: its settings, the job store, the artifact and upload stores,
+the Celery app.
 
 Built lazily (first request, or the app's startup) so that importing or creating the app
 touches neither the database nor the broker.
@@ -7,7 +8,6 @@ touches neither the database nor the broker.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 from celery import Celery
 
@@ -16,7 +16,7 @@ from spartan_service.jobs.queue import make_celery
 from spartan_service.jobs.results import ResultsCache
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
-from spartan_service.jobs.uploads import upload_path
+from spartan_service.jobs.upload_store import UploadStore
 from spartan_service.service.fitting import FitPool
 
 
@@ -24,6 +24,7 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.artifacts = ArtifactStore(settings.artifacts_dir)
+        self.uploads = UploadStore(self.artifacts.storage)
         self.results = ResultsCache(self.artifacts)
         self._lock = threading.Lock()
         self._store: JobStore | None = None
@@ -50,9 +51,6 @@ class Resources:
                 if self._celery is None:
                     self._celery = make_celery(self.settings)
         return self._celery
-
-    def upload_path(self, upload_id: str, kind: str) -> Path:
-        return upload_path(self.settings.uploads_dir, upload_id, kind)
 
     def close(self) -> None:
         with self._lock:

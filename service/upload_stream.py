@@ -1,36 +1,31 @@
-"""A multipart upload streamed straight to a file beside its final place, in bounded memory.
+"""A multipart upload streamed straight into the upload store, in bounded memory.
 
 Starlette's `request.form()` spools file parts to a temporary file of its own (under /tmp,
-which may be memory), to be copied again into the data dir. This reads the body as it comes
-with python-multipart's streaming parser, writes the `file` part into the uploads directory in
-chunks of about WRITE_CHUNK (writes and hashing in the threadpool, off the event loop) and
-stops at `limit` bytes: the process holds a few chunks, never the file.
+which may be memory), to be copied again into storage. This reads the body as it comes with
+python-multipart's streaming parser, hands the `file` part to a storage writer in chunks of
+about WRITE_CHUNK (writes and hashing in the threadpool, off the event loop) and stops at
+`limit` bytes: the process holds a few chunks, never the file, and never sees where it goes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
 
 from fastapi import HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from spartan_service.jobs.storage import BlobWriter
 from spartan_service.service.errors import field_error
 
 WRITE_CHUNK = 1 << 20
-PARTIAL_PREFIX = ".part-"
 FIELD = "file"
 
 
 @dataclass
 class Received:
     filename: str
-    path: Path
     size: int
     sha256: str
 
@@ -38,7 +33,7 @@ class Received:
 class _Sink:
     """The `file` part's bytes: buffered up to WRITE_CHUNK, then written and hashed."""
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: BlobWriter) -> None:
         self.f = f
         self.hash = hashlib.sha256()
         self.buffer = bytearray()
@@ -70,26 +65,16 @@ def too_large(message: str) -> HTTPException:
     return HTTPException(status_code=status.HTTP_413_CONTENT_TOO_LARGE, detail=message)
 
 
-async def receive_file(request: Request, directory: Path, limit: int, limit_message: str
+async def receive_file(request: Request, out: BlobWriter, limit: int, limit_message: str
                        ) -> Received:
-    """Stream the request's multipart `file` part into `directory` (a partial file, named
-    PARTIAL_PREFIX...; the caller renames or removes it). 413 with `limit_message` beyond
-    `limit` bytes; 422 on `["body", "file"]` when there is no such part."""
+    """Stream the request's multipart `file` part into `out` (the caller commits or aborts
+    it). 413 with `limit_message` beyond `limit` bytes; 422 on `["body", "file"]` when there
+    is no such part."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise field_error(["body", FIELD], "send the file as multipart/form-data, field 'file'")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=PARTIAL_PREFIX)
-    path = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            received = await _parse(request, boundary, _Sink(f), limit, limit_message)
-        received.path = path
-        return received
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    return await _parse(request, boundary, _Sink(out), limit, limit_message)
 
 
 async def _parse(request: Request, boundary: bytes, sink: _Sink, limit: int,
@@ -160,5 +145,5 @@ async def _parse(request: Request, boundary: bytes, sink: _Sink, limit: int,
     if sink.buffer:
         await run_in_threadpool(sink.flush_sync, bytes(sink.buffer))
         sink.buffer.clear()
-    return Received(filename=clean_filename(str(state["filename"])), path=Path(),
-                    size=sink.size, sha256=sink.hash.hexdigest())
+    return Received(filename=clean_filename(str(state["filename"])), size=sink.size,
+                    sha256=sink.hash.hexdigest())

@@ -19,7 +19,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from spartan_service.jobs import catalog, dataset_rules
+from spartan_service.jobs.upload_store import StoredUpload
 
 Shape = tuple[int, ...]
 
@@ -87,22 +87,21 @@ _BUILTINS: dict[str, Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]]] 
 }
 
 
-def read_upload(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_upload(upload: StoredUpload) -> tuple[np.ndarray, np.ndarray]:
     """`x` and `y` from an uploaded .npz or .safetensors file; never unpickles."""
-    if not path.is_file():
-        raise ValueError(f"uploaded data file {path.name} is missing from the upload store")
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files if k in ("x", "y")}
-        else:
-            from safetensors.numpy import load_file
+        with upload.open() as f:
+            if upload.kind == "npz":
+                with np.load(f, allow_pickle=False) as archive:
+                    arrays = {k: archive[k] for k in archive.files if k in ("x", "y")}
+            else:
+                from safetensors.numpy import load
 
-            arrays = {k: v for k, v in load_file(str(path)).items() if k in ("x", "y")}
+                arrays = {k: v for k, v in load(f.read()).items() if k in ("x", "y")}
     except Exception as exc:  # numpy / safetensors raise several types for a damaged file
         if "allow_pickle" in str(exc):
             raise ValueError("uploaded data holds pickled objects, which are refused") from None
-        raise ValueError(f"cannot read uploaded data {path.name}: {exc}") from None
+        raise ValueError(f"cannot read uploaded data {upload.id}: {exc}") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise ValueError(f"uploaded data needs arrays 'x' and 'y'; missing: {', '.join(missing)}")
@@ -137,7 +136,7 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
 
 
 def load_dataset(dataset: str, kwargs: dict[str, Any], val_fraction: float, seed: int,
-                 upload: Path | None = None, task: str = "classification") -> Dataset:
+                 upload: StoredUpload | None = None, task: str = "classification") -> Dataset:
     """Build, split and standardise a dataset. `upload` is the file of dataset 'upload'."""
     catalog.check_dataset(dataset)
     kw = catalog.dataset_kwargs(dataset, kwargs)

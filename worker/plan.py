@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from spartan_service.jobs.models import Job
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.spec import JobSpec, TrainingSpec
 from spartan_service.jobs.store import JobStore
-from spartan_service.jobs.uploads import upload_path
+from spartan_service.jobs.upload_store import StoredUpload, UploadStore
 from spartan_service.worker.batches import Batches, ShardedBatches, TensorBatches
 from spartan_service.worker.costs import CostPlan, plan_costs
 from spartan_service.worker.data import load_dataset
@@ -118,9 +117,9 @@ def make_sparsifier(spec: JobSpec, model: nn.Module, costs: CostPlan, total_step
     return Sparsifier(model, config, total_steps, costs.costs)
 
 
-def resolve_upload(store: JobStore, uploads_dir: Path, job: Job, upload_id: str | None,
-                   kind: str | None) -> Path | None:
-    """The file of one of the job's tenant's uploads; ValueError when it is not there."""
+def resolve_upload(store: JobStore, settings: Settings, job: Job, upload_id: str | None,
+                   kind: str | None) -> StoredUpload | None:
+    """One of the job's tenant's uploads, to open; ValueError when it is not there."""
     if not upload_id:
         return None
     row = store.get_upload(upload_id, tenant=job.tenant)
@@ -128,10 +127,10 @@ def resolve_upload(store: JobStore, uploads_dir: Path, job: Job, upload_id: str 
         raise ValueError(f"upload '{upload_id}' not found")
     if kind is not None and row.kind != kind:
         raise ValueError(f"upload '{upload_id}' is a .{row.kind} file; a .{kind} is needed")
-    path = upload_path(uploads_dir, upload_id, row.kind)
-    if not path.is_file():
+    uploads = UploadStore(settings.artifacts_dir)
+    if not uploads.exists(upload_id):
         raise ValueError(f"the file of upload '{upload_id}' is missing from the upload store")
-    return path
+    return StoredUpload(uploads, upload_id, row.kind)
 
 
 def load_data(spec: JobSpec, job: Job, store: JobStore, settings: Settings,
@@ -150,7 +149,7 @@ def load_data(spec: JobSpec, job: Job, store: JobStore, settings: Settings,
         example, mask = example_inputs(stream.batches(t.batch_size, t.seed, device))
         return info, stream.batches(t.batch_size, t.seed, device, t.loader_workers,
                                     ranks.rank, ranks.world), example, mask
-    upload = resolve_upload(store, settings.uploads_dir, job, d.upload, None)
+    upload = resolve_upload(store, settings, job, d.upload, None)
     data = load_dataset(d.dataset, d.kwargs, d.val_fraction, t.seed, upload=upload,
                         task=t.task).to(device)
     info = DataInfo(data.input_shape, data.num_classes, len(data.y_train), len(data.y_val),
@@ -191,10 +190,11 @@ def make_plan(job: Job, store: JobStore, settings: Settings, ranks: Ranks = SING
     model = build_model(spec.model.arch, spec.model.kwargs, data.input_shape, data.outputs,
                         t.task, data.text, roots,
                         None if tokenizer is None else tokenizer.pad_token_id)
-    weights = resolve_upload(store, settings.uploads_dir, job, spec.model.weights,
+    weights = resolve_upload(store, settings, job, spec.model.weights,
                              "safetensors")
     if weights is not None:
-        load_weights(model, weights)
+        with weights.open() as f:
+            load_weights(model, f)
     model.to(device)
     baseline = spec.resolved_baseline()
     twin = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from spartan_service.jobs.models import CostModel, Job
 from spartan_service.jobs.profile_spec import ProfileSpec
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
+from spartan_service.jobs.upload_store import StoredUpload
 from spartan_service.worker.lease import Lease, finite
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,10 @@ class ProfileRun:
         self.job, self.store, self.artifacts, self.settings = job, store, artifacts, settings
         self.lease = lease
 
-    def upload(self, upload_id: str | None, kind: str | None) -> Path | None:
+    def upload(self, upload_id: str | None, kind: str | None) -> StoredUpload | None:
         from spartan_service.worker.plan import resolve_upload
 
-        return resolve_upload(self.store, self.settings.uploads_dir, self.job, upload_id, kind)
+        return resolve_upload(self.store, self.settings, self.job, upload_id, kind)
 
     def run(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from spartan_service.worker.data import load_dataset
@@ -55,7 +55,8 @@ class ProfileRun:
                             data.num_classes)
         weights = self.upload(spec.model.weights, "safetensors")
         if weights is not None:
-            load_weights(model, weights)
+            with weights.open() as f:
+                load_weights(model, f)
         model.eval()
         done = {row.batch: row for row in self.store.profile_job_cost_models(self.job.id)}
         results: list[dict[str, Any]] = []

@@ -10,10 +10,10 @@ import logging
 from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 from torch import nn
 
 from spartan_service.jobs import catalog
@@ -100,11 +100,12 @@ def _hub_model(source: str, name: str, kwargs: dict[str, Any], input_shape: Shap
     return model
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load initial weights from a safetensors file: every name and shape must match the
-    model's state_dict exactly (a clear ValueError lists the differences)."""
+def load_weights(model: nn.Module, source: Path | BinaryIO) -> None:
+    """Load initial weights from a safetensors file (a path, or a file open for reading):
+    every name and shape must match the model's state_dict exactly (a clear ValueError lists
+    the differences)."""
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(source)) if isinstance(source, Path) else load(source.read())
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"cannot read the weights file: {exc}") from None
     expected = model.state_dict()
@@ -123,4 +124,4 @@ def load_weights(model: nn.Module, path: Path) -> None:
             raise ValueError(f"initial weights: {key} is {tensors[key].dtype}, "
                              f"the model holds {value.dtype}")
     model.load_state_dict(tensors, strict=True)
-    log.info("loaded %d initial tensors from %s", len(tensors), path.name)
+    log.info("loaded %d initial tensors", len(tensors))

@@ -1,22 +1,21 @@
 """Uploads: tensor files (.safetensors weights, .npz/.safetensors data) that jobs refer to by id.
 
-The body is streamed to a partial file in the uploads directory (service.upload_stream), in
-bounded memory and stopped at the size limit or the tenant's quota; the file is then checked
-by jobs.uploads (bounded headers, exact byte ranges, streamed decompression; never unpickled)
-and renamed to `{uploads_dir}/{id}.{kind}`.
+The body is streamed into the upload store (jobs.upload_store, through service.upload_stream),
+in bounded memory and stopped at the size limit or the tenant's quota; the stored file is then
+checked by jobs.uploads (bounded headers, exact byte ranges, streamed decompression; never
+unpickled), and deleted when refused. The API names files by upload id only, never by path.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from spartan_service.jobs.store import new_id
-from spartan_service.jobs.uploads import Limits, UploadError, inspect_path, kind_of
+from spartan_service.jobs.upload_store import UploadStore
+from spartan_service.jobs.uploads import Limits, UploadError, inspect_file, kind_of
 from spartan_service.service.deps import CurrentTenant, ResourcesDep, StoreDep
 from spartan_service.service.errors import MAX_OFFSET, field_error, not_found, responses
 from spartan_service.service.schemas import UploadDetail, UploadPublic, UploadsPublic
@@ -44,6 +43,12 @@ def _limit(resources: Resources, used: int) -> tuple[int, str]:
                                        f"{settings.max_upload_bytes} bytes")
 
 
+def _inspect(uploads: UploadStore, upload_id: str, filename: str, limits: Limits
+             ) -> tuple[str, dict[str, Any]]:
+    with uploads.open(upload_id) as f:
+        return inspect_file(filename, f, uploads.size(upload_id), limits)
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -60,24 +65,28 @@ async def create_upload(
 ) -> UploadDetail:
     used = await run_in_threadpool(store.upload_bytes, tenant)
     limit, message = _limit(resources, used)
-    uploads_dir = resources.settings.uploads_dir
-    received = await receive_file(request, uploads_dir, limit, message)
+    uploads, upload_id = resources.uploads, new_id()
+    writer = await run_in_threadpool(uploads.writer, upload_id)
+    try:
+        received = await receive_file(request, writer, limit, message)
+        await run_in_threadpool(writer.commit)
+    except BaseException:
+        writer.abort()
+        raise
     try:
         try:
             kind_of(received.filename)
             limits = Limits(max_unpacked_bytes=resources.settings.max_unpacked_bytes)
             kind, tensors = await run_in_threadpool(
-                inspect_path, received.filename, received.path, limits)
+                _inspect, uploads, upload_id, received.filename, limits)
         except UploadError as exc:
             raise field_error(["body", FIELD], str(exc)) from None
         # Uploads racing each other were each under the quota when they began.
         used = await run_in_threadpool(store.upload_bytes, tenant)
         if used + received.size > resources.settings.tenant_quota_bytes:
             raise too_large(_limit(resources, used)[1])
-        upload_id = new_id()
-        os.replace(received.path, resources.upload_path(upload_id, kind))
     except BaseException:
-        received.path.unlink(missing_ok=True)
+        await run_in_threadpool(uploads.delete, upload_id)
         raise
     row = await run_in_threadpool(store.create_upload, tenant, received.filename, kind,
                                   received.size, received.sha256, tensors, upload_id)
@@ -113,5 +122,5 @@ def delete_upload(upload_id: str, resources: ResourcesDep, store: StoreDep,
     row = store.delete_upload(upload_id, tenant)
     if row is None:
         raise not_found("upload")
-    Path(resources.upload_path(row.id, row.kind)).unlink(missing_ok=True)
+    resources.uploads.delete(row.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -16,6 +16,7 @@ from spartan_service.jobs.dataset_rules import (
     check_values,
     count_classes,
 )
+from spartan_service.jobs.upload_store import StoredUpload, UploadStore
 from spartan_service.jobs.uploads import UploadError, inspect
 from spartan_service.worker.data import load_dataset
 
@@ -46,10 +47,11 @@ def test_upload_and_worker_refuse_the_same_arrays_alike(
     data = npz(**arrays)
     with pytest.raises(UploadError) as at_upload:
         inspect("d.npz", data)
-    path = tmp_path / "d.npz"
-    path.write_bytes(data)
+    uploads = UploadStore(tmp_path)
+    with uploads.writer("d") as w:
+        w.write(data)
     with pytest.raises(DatasetError) as at_worker:
-        load_dataset("upload", {}, 0.2, 0, upload=path)
+        load_dataset("upload", {}, 0.2, 0, upload=StoredUpload(uploads, "d", "npz"))
     assert words in str(at_upload.value) and words in str(at_worker.value)
     assert str(at_upload.value) == f"data: {at_worker.value}"
 

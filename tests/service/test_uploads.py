@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from spartan_service.jobs.upload_store import UploadStore
+from tests.memory_storage import MemoryStorage
 from tests.service.conftest import MakeClient
 from tests.service.factories import (
     dataset_npz,
@@ -23,6 +25,19 @@ from tests.service.factories import (
 
 WEIGHTS = safetensors_bytes({"layers.0.weight": np.ones((4, 3), np.float32),
                              "head.bias": np.zeros(2, np.float32)})
+
+
+def uploads_of(client: TestClient) -> UploadStore:
+    store = client.app.state.resources.uploads  # type: ignore[attr-defined]
+    assert isinstance(store, UploadStore)
+    return store
+
+
+def on_memory(client: TestClient) -> MemoryStorage:
+    """Uploads of this client go to a storage backend without paths."""
+    memory = MemoryStorage()
+    client.app.state.resources.uploads = UploadStore(memory)  # type: ignore[attr-defined]
+    return memory
 
 
 def upload(client: TestClient, name: str, data: bytes) -> httpx.Response:
@@ -38,9 +53,9 @@ def test_safetensors_upload_is_checked_and_stored(client: TestClient, tmp_path: 
     assert body["sha256"] == hashlib.sha256(WEIGHTS).hexdigest()
     assert body["tensors"] == {"layers.0.weight": {"dtype": "F32", "shape": [4, 3]},
                                "head.bias": {"dtype": "F32", "shape": [2]}}
-    stored = tmp_path / "uploads" / f"{body['id']}.safetensors"
-    assert stored.read_bytes() == WEIGHTS
-    assert not [p for p in stored.parent.iterdir() if p.name.startswith(".tmp")]
+    with uploads_of(client).open(body["id"]) as f:
+        assert f.read() == WEIGHTS
+    assert not list(tmp_path.rglob(".part-*"))  # nothing left of the streamed write
     assert client.get(f"/v1/uploads/{body['id']}").json() == body
     listed = {k: v for k, v in body.items() if k != "tensors"}
     assert body["tensor_count"] == 2
@@ -94,8 +109,9 @@ def test_missing_file_field_is_422(client: TestClient) -> None:
     assert locs(response) == [["body", "file"]]
 
 
-def test_upload_over_the_limit_is_413(make_client: MakeClient, tmp_path: Path) -> None:
+def test_upload_over_the_limit_is_413(make_client: MakeClient) -> None:
     client = make_client(max_upload_bytes=1000)
+    memory = on_memory(client)
     big = safetensors_bytes({"w": np.zeros(500, np.float32)})  # 2 kB: checked while reading
     response = upload(client, "w.safetensors", big)
     assert response.status_code == 413
@@ -104,7 +120,7 @@ def test_upload_over_the_limit_is_413(make_client: MakeClient, tmp_path: Path) -
     response = upload(client, "w.safetensors", huge)
     assert response.status_code == 413
     assert client.get("/v1/uploads").json()["count"] == 0
-    assert not list(tmp_path.glob("uploads/*"))
+    assert not memory.blobs and not memory.writing
 
 
 def test_unknown_upload_is_404(client: TestClient) -> None:
@@ -150,8 +166,7 @@ def test_streamed_upload_over_the_limit_is_413(make_client: MakeClient) -> None:
     assert "limit" in response.json()["detail"]
 
 
-def test_uploads_are_paginated_summarised_and_deletable(make_client: MakeClient,
-                                                         tmp_path: Path) -> None:
+def test_uploads_are_paginated_summarised_and_deletable(make_client: MakeClient) -> None:
     client = make_client()
     many = safetensors_bytes({f"t{i}": np.zeros(1, np.float32) for i in range(50)})
     ids = [upload(client, f"w{i}.safetensors", many).json()["id"] for i in range(3)]
@@ -163,7 +178,7 @@ def test_uploads_are_paginated_summarised_and_deletable(make_client: MakeClient,
     assert len(client.get(f"/v1/uploads/{ids[0]}").json()["tensors"]) == 50
 
     assert client.delete(f"/v1/uploads/{ids[0]}").status_code == 204
-    assert not (tmp_path / "uploads" / f"{ids[0]}.safetensors").exists()
+    assert not uploads_of(client).exists(ids[0]) and uploads_of(client).exists(ids[1])
     assert client.get(f"/v1/uploads/{ids[0]}").status_code == 404
     assert client.delete(f"/v1/uploads/{ids[0]}").status_code == 404
     assert client.get("/v1/uploads").json()["count"] == 2
@@ -181,15 +196,15 @@ def test_uploads_are_deleted_only_by_their_tenant(make_client: MakeClient) -> No
     assert client.delete(f"/v1/uploads/{upload_id}", headers=as_a).status_code == 204
 
 
-def test_tenant_quota_counts_uploads_and_deleting_frees_it(make_client: MakeClient,
-                                                            tmp_path: Path) -> None:
+def test_tenant_quota_counts_uploads_and_deleting_frees_it(make_client: MakeClient) -> None:
     client = make_client(tenant_quota_bytes=2 * len(WEIGHTS) + 10)
+    memory = on_memory(client)
     first = upload(client, "a.safetensors", WEIGHTS).json()["id"]
     assert upload(client, "b.safetensors", WEIGHTS).status_code == 201
     over = upload(client, "c.safetensors", WEIGHTS)
     assert over.status_code == 413
     assert "quota" in over.json()["detail"] and "delete uploads" in over.json()["detail"]
-    assert not [p for p in (tmp_path / "uploads").iterdir() if p.name.startswith(".")]
+    assert len(memory.blobs) == 2 and not memory.writing  # the refused one is gone
     assert client.delete(f"/v1/uploads/{first}").status_code == 204
     assert upload(client, "c.safetensors", WEIGHTS).status_code == 201
 
@@ -203,3 +218,23 @@ def test_malformed_multipart_and_odd_ids_are_4xx(client: TestClient) -> None:
     assert response.status_code == 422 and locs(response) == [["body", "file"]]
     assert client.get("/v1/uploads/a%00b").status_code == 404
     assert client.delete("/v1/uploads/..%2F..").status_code == 404
+
+
+def test_the_api_never_sees_a_path(client: TestClient, tmp_path: Path) -> None:
+    """Uploads go through the storage interface only: on a backend without paths, upload,
+    check, list, use in a job and delete all work, and no file of the upload is on disk."""
+    memory = on_memory(client)
+    data = dataset_npz(n=10, dim=4)
+    created = upload(client, "d.npz", data)
+    assert created.status_code == 201, created.text
+    upload_id = created.json()["id"]
+    assert memory.blobs == {("uploads", upload_id, "file"): data}
+    job = client.post("/v1/jobs", json=spec(data={"dataset": "upload", "upload": upload_id}))
+    assert job.status_code == 202, job.text
+    for response in (created, job, client.get(f"/v1/uploads/{upload_id}"),
+                     client.get("/v1/uploads")):
+        assert str(tmp_path) not in response.text and "/uploads/" not in response.text
+    assert not [p for p in tmp_path.rglob("*") if upload_id in p.name]
+    assert not list(tmp_path.rglob("*.npz"))
+    assert client.delete(f"/v1/uploads/{upload_id}").status_code == 204
+    assert not memory.blobs and not memory.writing

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
+from spartan_service.jobs.upload_store import StoredUpload, UploadStore
 from spartan_service.worker.data import load_dataset, split
 
 
@@ -56,9 +57,19 @@ def test_split_is_seeded_disjoint_and_standardised() -> None:
     assert torch.isfinite(data.x_val).all()  # constant pixels are not divided by zero
 
 
-def npz_file(path: Path, **arrays: Any) -> Path:
-    np.savez(path, **arrays)
-    return path
+def stored(tmp_path: Path, kind: str, data: bytes) -> StoredUpload:
+    """An upload as the worker gets it: in the upload store, with its kind."""
+    store = UploadStore(tmp_path / "store")
+    upload_id = f"u{len(list(tmp_path.rglob('file')))}"
+    with store.writer(upload_id) as w:
+        w.write(data)
+    return StoredUpload(store, upload_id, kind)
+
+
+def npz_file(path: Path, **arrays: Any) -> StoredUpload:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return stored(path.parent, "npz", buffer.getvalue())
 
 
 def test_uploaded_npz_and_safetensors(tmp_path: Path) -> None:
@@ -66,9 +77,9 @@ def test_uploaded_npz_and_safetensors(tmp_path: Path) -> None:
     x, y = rng.normal(size=(50, 3, 4)), rng.integers(0, 4, 50)
     data = load_dataset("upload", {}, 0.2, 0, upload=npz_file(tmp_path / "d.npz", x=x, y=y))
     assert data.input_shape == (3, 4) and data.num_classes == 4 and len(data.y_val) == 10
-    st = tmp_path / "d.safetensors"
-    save_file({"x": x.astype(np.float32), "y": y.astype(np.int64)}, str(st))
-    assert load_dataset("upload", {}, 0.2, 0, upload=st).num_classes == 4
+    st = save({"x": x.astype(np.float32), "y": y.astype(np.int64)})
+    assert load_dataset("upload", {}, 0.2, 0,
+                        upload=stored(tmp_path, "safetensors", st)).num_classes == 4
 
 
 @pytest.mark.parametrize(("arrays", "needle"), [
@@ -93,13 +104,12 @@ def test_pickles_are_never_loaded(tmp_path: Path) -> None:
     obj = npz_file(tmp_path / "o.npz", x=np.array([Evil()], dtype=object), y=np.array([0]))
     with pytest.raises(ValueError, match="pickled objects"):
         load_dataset("upload", {}, 0.2, 0, upload=obj)
-    raw = tmp_path / "p.npz"
-    raw.write_bytes(pickle.dumps({"x": Evil(), "y": 1}))
+    raw = stored(tmp_path, "npz", pickle.dumps({"x": Evil(), "y": 1}))
     with pytest.raises(ValueError):
         load_dataset("upload", {}, 0.2, 0, upload=raw)
     assert not Path("/tmp/spartan-worker-pickle-was-run").exists()
-    (tmp_path / "t.safetensors").write_bytes(io.BytesIO(b"\x05" * 12).getvalue())
     with pytest.raises(ValueError, match="cannot read uploaded data"):
-        load_dataset("upload", {}, 0.2, 0, upload=tmp_path / "t.safetensors")
+        load_dataset("upload", {}, 0.2, 0, upload=stored(tmp_path, "safetensors", b"\x05" * 12))
+    gone = StoredUpload(UploadStore(tmp_path / "store"), "gone", "npz")
     with pytest.raises(ValueError, match="missing from the upload store"):
-        load_dataset("upload", {}, 0.2, 0, upload=tmp_path / "gone.npz")
+        load_dataset("upload", {}, 0.2, 0, upload=gone)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from sqlalchemy import update
 
 from spartan_service.jobs.artifacts import ArtifactStore
@@ -20,6 +21,7 @@ from spartan_service.jobs.models import Job, utcnow
 from spartan_service.jobs.report import Report
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
+from spartan_service.jobs.upload_store import UploadStore
 from spartan_service.worker import checkpoint, objectives, training
 from spartan_service.worker.lease import Lease
 from spartan_service.worker.runner import run_job
@@ -256,11 +258,15 @@ def test_uploaded_data_and_initial_weights(submit: Submit, store: JobStore,
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
-    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(settings.uploads_dir / "data1.npz", x=x, y=y)
+    uploads = UploadStore(artifacts.storage)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    with uploads.writer("data1") as w:
+        w.write(buffer.getvalue())
     store.create_upload("t1", "d.npz", "npz", 1, "0" * 64, {}, upload_id="data1")
     model = build_model("mlp", {"hidden": [8]}, (6,), 2)
-    save_file(model.state_dict(), str(settings.uploads_dir / "w1.safetensors"))
+    with uploads.writer("w1") as w:
+        w.write(save(model.state_dict()))
     store.create_upload("t1", "w.safetensors", "safetensors", 1, "0" * 64, {}, upload_id="w1")
     spec = {**TINY, "model": {"arch": "mlp", "kwargs": {"hidden": [8]}, "weights": "w1"},
             "data": {"dataset": "upload", "upload": "data1"}}
