@@ -16,7 +16,9 @@ have a huge value / cost and are kept, at no budget.
 
 Budget: the model's predicted cost is fixed + variable, where
     fixed = overhead + intercepts of the masked layers + full cost (intercept + slope x all
-            blocks) of cost-model layers left dense (not maskable, or outside `prefixes`),
+            blocks, capped at the layer's dense latency: fit.piecewise) of cost-model layers
+            left dense (not maskable, outside `prefixes`, or chosen dense by
+            costmodels.dense_choice, which handles the cap in the allocation),
     variable = sum over masked layers of slope x blocks (the `block_costs` total).
 "At most X of dense" means a target of X x (fixed + variable); "at most T ms" a target of T.
 The Sparsifier's budget fraction is (target - fixed) / variable, refused (ValueError) when the
@@ -46,7 +48,8 @@ def _model(cost_model: Mapping[str, Any] | CostModel) -> CostModel:
     return validate_cost_model(dict(cost_model))
 
 
-def _key(cm: CostModel, pname: str) -> str | None:
+def layer_key(cm: CostModel, pname: str) -> str | None:
+    """The cost-model layer that costs parameter `pname` (module doc), or None."""
     for key in (layer_name(pname), pname):
         if key in cm.layers:
             return key
@@ -85,13 +88,13 @@ def block_costs(cost_model: Mapping[str, Any] | CostModel, model: nn.Module,
 
     cm, block = _model(cost_model), check_block(block)
     params = maskable_weights(model, prefixes)
-    missing = [p for p in params if _key(cm, p) is None]
+    missing = [p for p in params if layer_key(cm, p) is None]
     if missing:
         raise ValueError(f"the cost model has no cost for maskable layer(s) "
                          f"{', '.join(missing)} (cost-model layers: {', '.join(cm.layers)})")
     slopes: dict[str, tuple[float, tuple[int, int]]] = {}
     for pname, p in params.items():
-        key = _key(cm, pname)
+        key = layer_key(cm, pname)
         assert key is not None
         lay = cm.layers[key]
         _check_shape(key, lay, p)
@@ -116,7 +119,7 @@ def _dense_layers_cost(cm: CostModel, model: nn.Module, masked: Iterable[str]) -
     from spartan.layout import block_grid, plain_name
 
     params = {plain_name(n): p for n, p in model.named_parameters()}
-    used = {_key(cm, p) for p in masked}
+    used = {layer_key(cm, p) for p in masked}
     total = 0.0
     for key, lay in cm.layers.items():
         if key in used:
@@ -129,7 +132,7 @@ def _dense_layers_cost(cm: CostModel, model: nn.Module, masked: Iterable[str]) -
         if grid is None:
             raise ValueError(f"cost-model layer {key!r}: block {list(lay.block)} does not "
                              f"divide {list(p.shape)}")
-        total += lay.intercept + lay.slope * grid[0] * grid[1]
+        total += piecewise(lay, grid[0] * grid[1])
     return total
 
 
@@ -142,10 +145,27 @@ class CostSplit:
     costs: dict[str, Tensor]
     fixed: float
     variable: float
+    dense_layers: tuple[str, ...] = ()  # maskable weights left dense (costmodels.dense_choice)
 
     @property
     def dense(self) -> float:
         return self.fixed + self.variable
+
+    @property
+    def capped_variable(self) -> float:
+        """The masked layers' variable cost when dense, each capped at its dense latency less
+        its intercept where the profile measured it (fit.piecewise): fixed + this is the dense
+        model's predicted cost."""
+        total = 0.0
+        for pname, c in self.costs.items():
+            key = layer_key(self.cost_model, pname)
+            assert key is not None
+            lay = self.cost_model.layers[key]
+            line = float(c.sum(dtype=torch.float64))
+            cap = (lay.model_extra or {}).get("dense_latency")
+            total += min(line, float(cap) - lay.intercept) if isinstance(cap, (int, float)) \
+                else line
+        return total
 
     def fraction(self, budget: float, unit: str = "fraction") -> float:
         """The Sparsifier's `budget` (fraction of the total maskable cost) for "at most `budget`
@@ -189,7 +209,7 @@ def split_costs(cost_model: Mapping[str, Any] | CostModel, model: nn.Module,
     """Validate the cost model and compute the block costs once; see CostSplit."""
     cm = _model(cost_model)
     costs = block_costs(cm, model, block, prefixes)
-    intercepts = sum(cm.layers[k].intercept for k in {_key(cm, p) for p in costs} if k)
+    intercepts = sum(cm.layers[k].intercept for k in {layer_key(cm, p) for p in costs} if k)
     fixed = (cm.overhead or 0.0) + intercepts + _dense_layers_cost(cm, model, costs)
     variable = float(sum(float(c.sum(dtype=torch.float64)) for c in costs.values()))
     return CostSplit(cm, costs, fixed, variable)

@@ -47,6 +47,9 @@ class CostPlan:
     source: dict[str, Any] | None = None
     points: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # for the job's record and report
+    # maskable weights left dense because their dense latency is the better buy: the
+    # Sparsifier masks the others only (costmodels.dense_choice)
+    dense_layers: tuple[str, ...] = ()
 
     def budget_cost(self, variable_total: float) -> float:
         """The budget in `unit`, given the masked layers' total (variable) cost."""
@@ -149,15 +152,18 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
     budget: float | None
     if dense:
         fraction, budget = 1.0, budget_ms
-    elif budget_ms is not None:
-        fraction, budget = split.fraction(budget_ms, unit="ms"), budget_ms
-    elif kind == "fitted":
-        fraction, budget = split.fraction(s.budget, unit="fraction"), s.budget * split.dense
+    elif budget_ms is not None or kind == "fitted":
+        # piecewise latency: a layer may be better left dense than masked (dense_choice)
+        from spartan_service.costmodels.dense_choice import piecewise_split
+
+        amount, unit = (budget_ms, "ms") if budget_ms is not None else (s.budget, "fraction")
+        split, fraction, target = piecewise_split(split, model, amount, unit, s.allocation)
+        budget = budget_ms if budget_ms is not None else target
     else:
         fraction, budget = s.budget, None
     return CostPlan(kind, split.cost_model.unit, float(fraction), costs=split.costs,
                     fixed=split.fixed, budget=budget, model=split.cost_model, source=source,
-                    points=points, warnings=warnings)
+                    points=points, warnings=warnings, dense_layers=split.dense_layers)
 
 
 def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobStore,

@@ -110,11 +110,20 @@ def make_sparsifier(spec: JobSpec, model: nn.Module, costs: CostPlan, total_step
         method=s.method, budget=costs.budget_fraction, block=(s.block[0], s.block[1]),
         allocation=s.allocation, beta_init=s.beta_init, beta_final=s.beta_final,
         warmup_frac=s.warmup_frac, finetune_frac=s.finetune_frac, schedule=s.schedule,
-        prefixes=tuple(s.prefixes) if s.prefixes else None, structure=s.structure,
+        prefixes=_prefixes(spec, costs), structure=s.structure,
         min_keep=s.min_keep)
     if s.structure == "channels":
         return Sparsifier(model, config, total_steps, costs.costs, example_inputs=example)
     return Sparsifier(model, config, total_steps, costs.costs)
+
+
+def _prefixes(spec: JobSpec, costs: CostPlan) -> tuple[str, ...] | None:
+    """The weights to mask: the spec's prefixes, less the layers the cost plan keeps dense."""
+    s = spec.sparsity
+    if costs.dense_layers:
+        assert costs.costs is not None
+        return tuple(costs.costs)  # exactly the weights the plan costs
+    return tuple(s.prefixes) if s.prefixes else None
 
 
 def resolve_upload(store: JobStore, settings: Settings, job: Job, upload_id: str | None,
