@@ -151,21 +151,23 @@ class CostSplit:
     def dense(self) -> float:
         return self.fixed + self.variable
 
-    @property
-    def capped_variable(self) -> float:
-        """The masked layers' variable cost when dense, each capped at its dense latency less
-        its intercept where the profile measured it (fit.piecewise): fixed + this is the dense
-        model's predicted cost."""
-        total = 0.0
+    def capped(self) -> tuple[float, float]:
+        """(floor, dense) under the piecewise cost (fit.piecewise): the lowest cost any masks
+        reach (a masked layer costs min(intercept, dense latency) with nothing kept) and the
+        dense model's cost (each masked layer min(line at all blocks, dense latency))."""
+        floor = dense = self.fixed
         for pname, c in self.costs.items():
             key = layer_key(self.cost_model, pname)
             assert key is not None
             lay = self.cost_model.layers[key]
             line = float(c.sum(dtype=torch.float64))
             cap = (lay.model_extra or {}).get("dense_latency")
-            total += min(line, float(cap) - lay.intercept) if isinstance(cap, (int, float)) \
-                else line
-        return total
+            if isinstance(cap, (int, float)):  # the intercepts are in self.fixed
+                floor += min(0.0, float(cap) - lay.intercept)
+                dense += min(line, float(cap) - lay.intercept)
+            else:
+                dense += line
+        return floor, dense
 
     def fraction(self, budget: float, unit: str = "fraction") -> float:
         """The Sparsifier's `budget` (fraction of the total maskable cost) for "at most `budget`

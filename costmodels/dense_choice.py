@@ -12,8 +12,11 @@ sparse layers share what is left of the budget as the allocation would share it 
 knapsack by value / cost for "global", the same kept fraction per layer otherwise). A layer is
 made dense when that raises the kept value, so a layer whose line at its share would sit above
 D (dense is both cheaper and keeps more) is always dense, and one whose dense premium buys more
-value elsewhere stays sparse. Each layer's values are sketched as at most SKETCH chunks of
-equal-valued blocks (sorted), so one score costs O(layers x SKETCH), whatever the model size.
+value elsewhere stays sparse; no choice may leave the masked layers under MIN_SPARSE of their
+line cost (the |w| proxy would starve a small layer to keep a large one whole). Each layer's
+values are sketched as at most SKETCH chunks of equal-valued blocks (sorted), so one score
+costs O(layers x SKETCH), whatever the model size. The choice is made once, at planning, on
+the starting weights (random or pretrained); the Sparsifier then masks the sparse layers only.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from spartan_service.costmodels.schema import CostLayer
 
 log = logging.getLogger("spartan_service.costmodels.dense_choice")
 SKETCH = 256
+# A dense choice must leave the masked layers at least this fraction of their line cost: the
+# |w| value does not see that a layer left with (nearly) no weights breaks the model.
+MIN_SPARSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,10 @@ def _kept_value(sparse: Sequence[_Option], budget: float, allocation: str) -> fl
 def _score(options: Sequence[_Option], dense: set[str], budget: float,
            allocation: str) -> float | None:
     """Kept value with `dense` layers dense and `budget` (fixed part removed) for the lines;
-    None when the dense layers alone overspend it or no layer is left to mask."""
+    None when no layer is left to mask or the masked ones get under MIN_SPARSE of their cost."""
     sparse = [o for o in options if o.name not in dense]
     left = budget - sum(o.extra for o in options if o.name in dense)
-    if not sparse or left <= 0:
+    if not sparse or left < MIN_SPARSE * sum(o.slope * o.blocks for o in sparse):
         return None
     return sum(o.value for o in options if o.name in dense) + _kept_value(sparse, left,
                                                                           allocation)
@@ -157,13 +163,15 @@ def piecewise_split(split: CostSplit, model: nn.Module, budget: float, unit: str
                     allocation: str = "global") -> tuple[CostSplit, float, float]:
     """(split, fraction, target): the split with the layers best left dense unmasked, the
     Sparsifier's budget fraction of the rest, and the target cost, for "at most `budget`" (in
-    `unit`, as CostSplit.fraction, but of the dense model's capped cost). ValueError as there."""
+    `unit`, as CostSplit.fraction, but between the piecewise floor and dense cost:
+    CostSplit.capped). ValueError as there, or when the target leaves the masked layers
+    nothing."""
     from spartan_service.costmodels.bridge import fraction_of_variable
 
-    capped = split.capped_variable
-    fraction = fraction_of_variable(split.cost_model.unit, split.fixed, capped, budget, unit,
-                                    "overhead, intercepts and layers left dense")
-    target = split.fixed + fraction * capped
+    floor, dense = split.capped()
+    what = "overhead, intercepts (or dense latencies where lower) and layers left dense"
+    f = fraction_of_variable(split.cost_model.unit, floor, dense - floor, budget, unit, what)
+    target = floor + f * (dense - floor)
     if allocation in ("global", "uniform", "erk"):  # N:M: the pattern fixes the density
         chosen = with_dense(split, choose_dense(split, model, target, allocation))
     else:
@@ -171,4 +179,10 @@ def piecewise_split(split: CostSplit, model: nn.Module, budget: float, unit: str
     if chosen.dense_layers:
         log.info("layers kept dense (their dense latency is the better buy): %s",
                  ", ".join(chosen.dense_layers))
-    return chosen, min(1.0, (target - chosen.fixed) / chosen.variable), target
+    fraction = (target - chosen.fixed) / chosen.variable
+    if fraction <= 0:
+        unit_name = split.cost_model.unit
+        raise ValueError(f"budget {target:.6g} {unit_name} leaves nothing for the masked layers: "
+                         f"their intercepts and the layers best left dense cost "
+                         f"{chosen.fixed:.6g} {unit_name}")
+    return chosen, min(1.0, fraction), target

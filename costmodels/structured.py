@@ -4,9 +4,11 @@ For every layer whose width can change (spartan.channels: Linear, Conv2d, attent
 dense module of the kept shape runs on the layer's own input (captured by a probe forward,
 sliced to the kept inputs) at a grid of (kept_in, kept_out) fractions: both sides where both
 can shrink, one side otherwise (a depthwise conv shrinks both together; a grouped conv keeps
-multiples of its groups; attention keeps whole heads). Every shape is timed round-robin
-(costmodels.timing). A sample records kept_in, kept_out and, as nnz_blocks, the input-output
-pairs its weight connects (so the file stays a valid weights profile, DESIGN.md).
+multiples of its groups; attention keeps whole heads). Every shape of every layer, the whole
+model and the calibration models are timed in one round robin (spartan.timing), so that load
+drifting during the profile hits all samples alike. A sample records kept_in, kept_out and,
+as nnz_blocks, the input-output pairs its weight connects (so the file stays a valid weights
+profile, DESIGN.md).
 
 Calibration: the whole model, shrunk uniformly to a few fractions of every layer group's items
 (spartan.shrink.apply_plan), is timed too. The fit (costmodels.fit) puts the time the layers do
@@ -21,6 +23,7 @@ import copy
 import logging
 import math
 import sys
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -38,6 +41,7 @@ FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 QUICK_FRACTIONS = (0.25, 0.5, 1.0)
 CALIBRATION = (1.0, 0.75, 0.5, 0.3)
 QUICK_CALIBRATION = (1.0, 0.5, 0.3)
+INTERLEAVE_BYTES = 256 * 2**20  # shaped layer copies held at once for one round robin
 
 
 def _capture(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
@@ -115,13 +119,17 @@ def pairs_of(lay: Any, kin: int, kout: int) -> int:
     return kin * kout // g
 
 
-def _profile_layer(lay: Any, x: Tensor, fractions: tuple[float, ...],
-                   timing: dict[str, Any]) -> dict[str, Any]:
+def _layer_fns(lay: Any, x: Tensor, fractions: tuple[float, ...]
+               ) -> tuple[list[tuple[int, int]], list[Callable[[], Any]]]:
+    """The shapes to time for one layer and a callable per shape."""
     shapes = _grid(lay, fractions)
     mods = [_module_at(lay, i, o, lay.weight).eval() for i, o in shapes]
-    fns = [partial(_call, lay, m, _slice_in(lay, x, i)) for m, (i, o) in zip(mods, shapes,
-                                                                              strict=True)]
-    results = time_round_robin(fns, device=x.device, **timing)
+    return shapes, [partial(_call, lay, m, _slice_in(lay, x, i))
+                    for m, (i, o) in zip(mods, shapes, strict=True)]
+
+
+def _layer_entry(lay: Any, shapes: list[tuple[int, int]],
+                 results: list[tuple[float, float]]) -> dict[str, Any]:
     samples = [{"kept_in": i, "kept_out": o, "nnz_blocks": pairs_of(lay, i, o),
                 "latency": med, "spread": iqr}
                for (i, o), (med, iqr) in zip(shapes, results, strict=True)]
@@ -145,8 +153,8 @@ def _uniform_drop(graph: Any, fraction: float) -> Tensor:
     return drop
 
 
-def _calibrate(model: nn.Module, graph: Any, x: Tensor, fractions: tuple[float, ...],
-               timing: dict[str, Any]) -> list[dict[str, Any]]:
+def _calibration_models(model: nn.Module, graph: Any, fractions: tuple[float, ...]
+                        ) -> tuple[list[nn.Module], list[dict[str, Any]]]:
     from spartan.channel_costs import widths
     from spartan.shrink import apply_plan, shrink_plan
 
@@ -161,10 +169,7 @@ def _calibrate(model: nn.Module, graph: Any, x: Tensor, fractions: tuple[float, 
         act = sum(graph.layers[n].positions * w[n][1] for n in w) / dense_act
         models.append(small)
         rows.append({"keep_fraction": f, "widths": w, "activation_fraction": act})
-    results = time_round_robin([partial(m, x) for m in models], device=x.device, **timing)
-    for row, (med, iqr) in zip(rows, results, strict=True):
-        row["latency"], row["spread"] = med, iqr
-    return rows
+    return models, rows
 
 
 def profile_channels(
@@ -179,9 +184,13 @@ def profile_channels(
     progress: bool = True,
     calibrate: bool = True,
     stable_memory: bool = True,
+    alongside: Sequence[Callable[[], Any]] = (),
 ) -> dict[str, Any]:
     """A validated structured profile of `model` (module doc). Raises ValueError.
 
+    alongside: callables timed in the same round robin as the profile (a deployment check:
+    the models whose latency the cost model predicts, measured under the same load); their
+    (median, IQR) ms are the profile's "alongside" list.
     example_input: one batch as the model takes it; `batch` repeats its rows to that size.
     quick: 3 widths per side, few repeats (for tests, not for decisions).
     """
@@ -208,15 +217,16 @@ def profile_channels(
         if not graph.layers:
             raise ValueError("no layer of this model can lose channels (see spartan.channels)")
         inputs = _capture(model, x, list(graph.layers))
-        layers = []
-        for name, lay in tqdm(graph.layers.items(), desc="profiling", unit="layer",
-                              file=sys.stderr, disable=not progress):
-            if name not in inputs:
-                raise ValueError(f"layer {name!r} was not called in the probe forward pass")
-            layers.append(_profile_layer(lay, inputs[name], fr, timing))
-        (dense, _), = time_round_robin([partial(model, x)], device=dev, **timing)
-        calibration = _calibrate(model, graph, x, QUICK_CALIBRATION if quick else CALIBRATION,
-                                 timing) if calibrate else []
+        missing = [name for name in graph.layers if name not in inputs]
+        if missing:
+            raise ValueError(f"layer {missing[0]!r} was not called in the probe forward pass")
+        cal_models, calibration = _calibration_models(
+            model, graph, QUICK_CALIBRATION if quick else CALIBRATION) if calibrate else ([], [])
+        whole = [partial(model, x)] + [partial(m, x) for m in cal_models] + list(alongside)
+        layers, whole_times = _time_all(graph, inputs, fr, whole, dev, timing, progress)
+    dense = whole_times[0][0]
+    for row, (med, iqr) in zip(calibration, whole_times[1:], strict=False):
+        row["latency"], row["spread"] = med, iqr
     overhead = max(0.0, dense - sum(lay["dense_latency"] for lay in layers))
     machine = machine_info(dev) | {"kernel": "dense", "batch": int(x.shape[0]),
                                    "input_shape": list(x.shape), "keep_freed_memory": kept,
@@ -225,5 +235,36 @@ def profile_channels(
                "machine": machine, "overhead": overhead, "dense_model_latency": dense,
                "layers": layers, "calibration": calibration,
                "fallbacks": graph.fallbacks}
+    if alongside:
+        profile["alongside"] = [{"latency": med, "spread": iqr}
+                                for med, iqr in whole_times[1 + len(calibration):]]
     validate_profile(profile)
     return profile
+
+
+def _time_all(graph: Any, inputs: dict[str, Tensor], fractions: tuple[float, ...],
+              whole: list[Callable[[], Any]], dev: torch.device, timing: dict[str, Any],
+              progress: bool) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
+    """Every layer shape and every whole-model callable timed in one round robin, so that the
+    machine's load drifts alike over all samples (timings drifted 2x between layers profiled
+    minutes apart); per layer, as before, where the shaped copies would hold more than
+    INTERLEAVE_BYTES of weights at once."""
+    bound = sum(len(_grid(lay, fractions)) * lay.weight.numel() * lay.weight.element_size()
+                for lay in graph.layers.values())  # every shape at full size: an upper bound
+    if bound <= INTERLEAVE_BYTES:
+        jobs = [(lay, *_layer_fns(lay, inputs[name], fractions))
+                for name, lay in graph.layers.items()]
+        fns = [fn for _, _, layer_fns in jobs for fn in layer_fns] + whole
+        results = time_round_robin(fns, device=dev, **timing)
+        layers, at = [], 0
+        for lay, shapes, layer_fns in jobs:
+            layers.append(_layer_entry(lay, shapes, results[at:at + len(layer_fns)]))
+            at += len(layer_fns)
+        return layers, results[at:]
+    layers = []
+    for name, lay in tqdm(graph.layers.items(), desc="profiling", unit="layer",
+                          file=sys.stderr, disable=not progress):
+        shapes, layer_fns = _layer_fns(lay, inputs[name], fractions)
+        layers.append(_layer_entry(lay, shapes, time_round_robin(layer_fns, device=dev,
+                                                                 **timing)))
+    return layers, time_round_robin(whole, device=dev, **timing)

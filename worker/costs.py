@@ -50,6 +50,8 @@ class CostPlan:
     # maskable weights left dense because their dense latency is the better buy: the
     # Sparsifier masks the others only (costmodels.dense_choice)
     dense_layers: tuple[str, ...] = ()
+    dense: float | None = None  # the dense model's predicted cost, when it is not fixed + all
+    # the masked cost (a fitted latency capped at each layer's dense latency)
 
     def budget_cost(self, variable_total: float) -> float:
         """The budget in `unit`, given the masked layers' total (variable) cost."""
@@ -148,6 +150,7 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
         cost_model = row.data
         points = _points(store, row.id)
     split = bridge.split_costs(cost_model, model, block, prefixes=prefixes)
+    capped = split.capped()[1]  # the dense model's predicted cost
     budget_ms = spec.cost_model.budget_ms
     budget: float | None
     if dense:
@@ -163,7 +166,8 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
         fraction, budget = s.budget, None
     return CostPlan(kind, split.cost_model.unit, float(fraction), costs=split.costs,
                     fixed=split.fixed, budget=budget, model=split.cost_model, source=source,
-                    points=points, warnings=warnings, dense_layers=split.dense_layers)
+                    points=points, warnings=warnings, dense_layers=split.dense_layers,
+                    dense=capped)
 
 
 def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobStore,

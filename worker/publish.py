@@ -77,7 +77,8 @@ def cost_section(plan: CostPlan, cost: float, predicted: float) -> r.CostSection
     budget = plan.budget_cost(cost)
     return r.CostSection(
         kind=plan.kind, unit=plan.unit, budget_fraction=plan.budget_fraction, budget=budget,
-        predicted=predicted, dense=plan.fixed + cost, fixed=plan.fixed,
+        predicted=predicted, dense=plan.dense if plan.dense is not None else plan.fixed + cost,
+        fixed=plan.fixed,
         within_budget=predicted <= budget * (1 + 1e-4),
         predicted_vs_budget=predicted / budget if budget else None,
         cost_model=finite(plan.source) if plan.source is not None else None)

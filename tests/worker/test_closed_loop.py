@@ -44,8 +44,10 @@ def elsewhere(store: JobStore, row: CostModel, **changes: Any) -> CostModel:
 
 def train(submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings,
           cost_model: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    # CSR on this tiny MLP barely beats dense: its intercepts and overhead are ~85% of the
+    # dense latency, so 95% of dense needs high sparsity; uniform keeps every layer some weights.
     job_id = submit(model=MLP, cost_model={"kind": "fitted", **cost_model},
-                    sparsity={"budget": 0.9})
+                    sparsity={"budget": 0.95, "allocation": "uniform"})
     run_job(job_id, store, artifacts, settings)
     job = store.get_job(job_id)
     assert job is not None
@@ -124,6 +126,8 @@ def test_refit_lowers_the_error_on_the_stored_points(
     for lay in data["layers"].values():
         lay["intercept"] *= 3
         lay["slope"] *= 3
+        if "dense_latency" in lay:  # the whole curve, its dense cap too
+            lay["dense_latency"] *= 3
     data["overhead"] = 3 * (data.get("overhead") or 0.01) + 0.05
     wrong = store.create_cost_model(profiled.tenant, data, profiled.profile, "wrong",
                                     hardware=profiled.hardware,
