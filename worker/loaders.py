@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from spartan_service.jobs import datapaths
+from spartan_service.jobs import data_arrays
 
 Inputs = Tensor | dict[str, Tensor]
 Batch = tuple[Any, Tensor]  # (inputs: a tensor or a dict of tensors, targets)
@@ -57,7 +57,7 @@ class NpyArray:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.shape, self.dtype, fortran, self.offset = datapaths.npy_header(path)
+        self.shape, self.dtype, fortran, self.offset = data_arrays.npy_header(path)
         if fortran and len(self.shape) > 1:
             raise ValueError(f"{path.name} is stored in Fortran order; save it C-contiguous "
                              "(np.ascontiguousarray) so that rows can be read one by one")
@@ -134,7 +134,7 @@ class NpyShards:
 
 def open_array(path: Path) -> NpyArray | NpyShards:
     """An .npy file, or a folder of .npy shards."""
-    files = datapaths.npy_files(path)
+    files = data_arrays.npy_files(path)
     return NpyShards(path, files) if path.is_dir() else NpyArray(files[0])
 
 

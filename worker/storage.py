@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spartan_service.jobs import catalog, datapaths, dataset_rules
+from spartan_service.jobs import catalog, data_arrays, datapaths, dataset_rules
 from spartan_service.worker.arrays import NpySource, fashion_mnist, feature_stats
 from spartan_service.worker.data import split
 from spartan_service.worker.images import ImageSource, list_images
@@ -132,7 +132,7 @@ def _classes(arrays: list[Array | None], given: int | None) -> int:
     for arr in arrays:
         if arr is None:
             continue
-        findings = datapaths.label_findings(arr.path)
+        findings = data_arrays.label_findings(arr.path)
         try:
             dataset_rules.check_values(findings, "classification", given, arr.path.name)
         except dataset_rules.DatasetError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spartan_service.jobs import datapaths, dataset_rules
+from spartan_service.jobs import data_tables, dataset_rules
 from spartan_service.worker.loaders import Batch
 
 IGNORE = -100  # target of padding tokens (cross_entropy's ignore_index)
@@ -37,7 +37,7 @@ def _datasets() -> Any:
 def open_table(path: Path, split: str | None, cache_dir: Path | None, field: str) -> Any:
     """A datasets.Dataset from a saved folder (its `split`) or table files."""
     datasets = _datasets()
-    kind = datapaths.saved_kind(path) if path.is_dir() else None
+    kind = data_tables.saved_kind(path) if path.is_dir() else None
     try:
         if kind == "dict":
             table = datasets.load_from_disk(str(path))
@@ -48,11 +48,11 @@ def open_table(path: Path, split: str | None, cache_dir: Path | None, field: str
             return table[name]
         if kind == "dataset":
             return datasets.load_from_disk(str(path))
-        files = datapaths.table_files(path)
+        files = data_tables.table_files(path)
         if not files:
             raise ValueError(f"data.kwargs.{field}: {path} is neither a saved dataset nor "
                              "parquet / CSV / JSON files")
-        return datasets.load_dataset(datapaths.table_format(files[0]),
+        return datasets.load_dataset(data_tables.table_format(files[0]),
                                      data_files=[str(f) for f in files], split="train",
                                      cache_dir=str(cache_dir) if cache_dir else None)
     except ValueError:

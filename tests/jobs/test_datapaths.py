@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spartan_service.jobs import catalog, datapaths, model_dirs
+from spartan_service.jobs import catalog, data_arrays, data_tables, datapaths, model_dirs
 from spartan_service.jobs.spec import JobSpec
 
 
@@ -75,16 +75,16 @@ def test_table_columns_and_splits(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": ["a b"], "label": [1]}), tmp_path / "t.parquet")
     (tmp_path / "t.csv").write_text("sentence,label\nhello,1\n")
     kw = {"text_column": "text", "label_column": "label", "split": None, "val_split": None}
-    datapaths.check_table({"data.kwargs.path": tmp_path / "t.parquet"}, kw, "classification")
+    data_tables.check_table({"data.kwargs.path": tmp_path / "t.parquet"}, kw, "classification")
     with pytest.raises(datapaths.PathError) as info:
-        datapaths.check_table({"data.kwargs.path": tmp_path / "t.csv"}, kw, "classification")
+        data_tables.check_table({"data.kwargs.path": tmp_path / "t.csv"}, kw, "classification")
     assert info.value.loc == ["data", "kwargs", "text_column"]
     assert "columns: sentence, label" in info.value.msg
     # causal_lm needs no label column
     pq.write_table(pa.table({"text": ["a"]}), tmp_path / "lm.parquet")
-    datapaths.check_table({"data.kwargs.path": tmp_path / "lm.parquet"}, kw, "causal_lm")
+    data_tables.check_table({"data.kwargs.path": tmp_path / "lm.parquet"}, kw, "causal_lm")
     with pytest.raises(datapaths.PathError) as info:
-        datapaths.check_table({"data.kwargs.path": tmp_path / "lm.parquet"}, kw,
+        data_tables.check_table({"data.kwargs.path": tmp_path / "lm.parquet"}, kw,
                               "classification")
     assert info.value.loc == ["data", "kwargs", "label_column"]
     # a saved DatasetDict: its splits and each split's features, from its JSON files
@@ -93,14 +93,14 @@ def test_table_columns_and_splits(tmp_path: Path) -> None:
     (saved / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
     (saved / "train" / "dataset_info.json").write_text(json.dumps(
         {"features": {"text": {}, "label": {}}}))
-    datapaths.check_table({"data.kwargs.path": saved}, kw, "classification")
+    data_tables.check_table({"data.kwargs.path": saved}, kw, "classification")
     with pytest.raises(datapaths.PathError) as info:
-        datapaths.check_table({"data.kwargs.path": saved}, kw | {"val_split": "test"},
+        data_tables.check_table({"data.kwargs.path": saved}, kw | {"val_split": "test"},
                               "classification")
     assert info.value.loc == ["data", "kwargs", "val_split"] and "splits: train" in info.value.msg
     (tmp_path / "junk").mkdir()
     with pytest.raises(datapaths.PathError) as info:
-        datapaths.check_table({"data.kwargs.path": tmp_path / "junk"}, kw, "classification")
+        data_tables.check_table({"data.kwargs.path": tmp_path / "junk"}, kw, "classification")
     assert "neither a saved dataset" in info.value.msg
 
 
@@ -120,7 +120,7 @@ def test_npy_headers_shapes_and_labels(tmp_path: Path) -> None:
         s = spec("npy", arch="hf:org/m" if task == "causal_lm" else "mlp", task=task, **args)
         paths = {k: v for k, v in datapaths.resolved_paths(s, roots).items()
                  if k.startswith("data.")}
-        datapaths.check_arrays(paths, s.data.kwargs | {"num_classes": kw.get("num_classes")},
+        data_arrays.check_arrays(paths, s.data.kwargs | {"num_classes": kw.get("num_classes")},
                                task)
 
     check("x.npy", "y.npy")
