@@ -3,7 +3,8 @@
 For each maskable weight (spartan.layout.maskable_weights) the layer's own input, captured by
 one probe forward pass, runs through the inference kernel a deployment would use
 (spartan.kernels) with random block masks at each density; every (kernel, density) is
-timed round-robin (spartan_service.costmodels.timing) with warm-up, repeats, median and IQR.
+timed round-robin with warm-up, repeats, median and IQR, in the quietest of a few rounds
+(costmodels.timing.time_quietest, as the deployed models are measured).
 
 kernel="auto" times every kernel that applies and records ONE kernel per layer, so that the
 layer's samples lie on one line: the sparse kernel (csr / bsr / semi) with the lowest total
@@ -45,9 +46,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from spartan.kernels import KERNELS, candidate_kernels, layer_module, replace_module
-from spartan.timing import time_round_robin
 from spartan_service.costmodels.schema import MIN_DENSITIES, validate_profile
-from spartan_service.costmodels.timing import device_label, keep_freed_memory, machine_info
+from spartan_service.costmodels.timing import (
+    ROUNDS,
+    device_label,
+    keep_freed_memory,
+    machine_info,
+    time_quietest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +168,7 @@ def _profile_layer(pname: str, w: Tensor, module: nn.Module, inp: Tensor,
         fns += [partial(m, inp) for m in mods]
         keys += [k] * len(mods)
     fns.append(partial(layer_module(module, attr, w, "dense", block), inp))
-    results = time_round_robin(fns, device=w.device, **timing)
+    results = time_quietest(fns, device=w.device, **timing)
     lat: dict[str, list[float]] = {}
     spread: dict[str, list[float]] = {}
     for k, (med, iqr) in zip(keys, results[:-1], strict=True):
@@ -203,8 +209,8 @@ def _overhead(model: nn.Module, work: nn.Module, x: Tensor, owners: list[str],
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             module.forward = (lambda *a, _o=out, **k: _o)  # type: ignore[method-assign]
             replayed.add(mname)
-    (rest, _), (dense, _) = time_round_robin([partial(replay, x), partial(model, x)],
-                                             device=x.device, **timing)
+    (rest, _), (dense, _) = time_quietest([partial(replay, x), partial(model, x)],
+                                          device=x.device, **timing)
     # E.g. attention projections: still inside the replayed model, and fitted on their own.
     taken = {lay["name"]: float(lay["dense_latency"]) for lay in layers
              if lay["param"].rpartition(".")[0] not in replayed}
@@ -255,7 +261,7 @@ def profile_model(
         raise ValueError(f"densities must lie in (0, 1], got {list(dens)}")
     timing = {"repeats": repeats or (5 if quick else 25),
               "warmup": warmup if warmup is not None else (1 if quick else 3),
-              "min_time": 5e-5 if quick else 2e-4}
+              "min_time": 5e-5 if quick else 2e-4, "rounds": 1 if quick else ROUNDS}
     kept = keep_freed_memory() if stable_memory else False
     model = copy.deepcopy(model).to(dev).eval()
     x = example_input.to(dev)

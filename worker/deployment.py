@@ -7,7 +7,8 @@ Whole-model times at batch 1 and the training batch are the speedup section's (w
 the same model, median of repeats; not timed twice); each cost-model layer is timed here, on
 the input it gets inside the deployed model, at those batch sizes and at the cost model's own
 batch (the one its prediction is for; the whole model too when that batch is another),
-round-robin (spartan.timing: warm-up, repeats, median). The prediction for the same model is
+round-robin (warm-up, repeats, median; the quietest of a few rounds, as the profile:
+costmodels.timing.time_quietest). The prediction for the same model is
 the cost model's overhead plus, per layer, intercept + slope x its nonzero blocks (counted in
 the cost model's block), or for a structured cost model the layer's bilinear fit at the kept
 widths (costmodels.fit_channels.layer_latency); costmodels.deployment turns the stored points
@@ -125,14 +126,14 @@ def _layer_inputs(runner: nn.Module, names: list[str], x: Tensor) -> dict[str, C
 def measure(runner: nn.Module, names: list[str], x: Tensor, device: torch.device,
             whole: bool, repeats: int = REPEATS) -> tuple[float | None, dict[str, float]]:
     """(whole-model median ms when `whole`, per-layer median ms) of `runner` on batch `x`."""
-    from spartan.timing import time_round_robin
+    from spartan_service.costmodels.timing import time_quietest
 
     inputs = _layer_inputs(runner, names, x)
     layers = {n: runner.get_submodule(n) for n in names if n in inputs}
     fns = ([partial(runner, x)] if whole else []) + [
         partial(m, *inputs[n][0], **inputs[n][1]) for n, m in layers.items()]
     with torch.no_grad():
-        results = time_round_robin(fns, repeats=repeats, warmup=WARMUP, device=device)
+        results = time_quietest(fns, repeats=repeats, warmup=WARMUP, device=device)
     total = results.pop(0)[0] if whole else None
     return total, {n: r[0] for n, r in zip(layers, results, strict=True)}
 
@@ -146,6 +147,9 @@ def measure_deployment(runner: nn.Module, model: nn.Module, example: Tensor,
     layer at each batch, the whole model taken from `whole_ms` (batch -> ms, the speedup
     section's) or timed here, and at the cost model's batch beside the prediction."""
     from spartan_service.costmodels.deployment import ERROR_THRESHOLD, predict_point
+    from spartan_service.costmodels.timing import ROUNDS, keep_freed_memory
+
+    keep_freed_memory()  # the allocator the profile was measured with (costmodels.timing)
 
     runner = runner.eval()
     layers = layer_rows(model, example, cost_model, kernels or {})
@@ -171,7 +175,8 @@ def measure_deployment(runner: nn.Module, model: nn.Module, example: Tensor,
     error = abs(predicted - whole) / whole
     return {
         "unit": "ms", "device": device.type, "batch_size": cost_batch,
-        "statistic": f"median of {REPEATS} round-robin repeats (layers)",
+        "statistic": f"median of {REPEATS} round-robin repeats, the quietest of {ROUNDS} "
+                     "rounds (layers; the whole model as the speedup section)",
         "predicted": predicted, "measured": whole, "error": error,
         "within_tolerance": error <= ERROR_THRESHOLD, "tolerance": ERROR_THRESHOLD,
         "layers": layers, "batches": rows,

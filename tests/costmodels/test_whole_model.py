@@ -64,13 +64,13 @@ def test_attention_projections_counted_once(monkeypatch: pytest.MonkeyPatch) -> 
     # The projections run inside the replayed model (they are not Linear modules it can skip),
     # so their dense time is taken off the overhead once, and the fit predicts them once.
     timed: list[Any] = []
-    original = profiler.time_round_robin
+    original = profiler.time_quietest
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         timed.append(original(*args, **kwargs))
         return timed[-1]
 
-    monkeypatch.setattr(profiler, "time_round_robin", spy)
+    monkeypatch.setattr(profiler, "time_quietest", spy)
     torch.manual_seed(0)
     prof = profile_model(_Attention(64), torch.randn(8, 4, 64), kernel="dense", quick=True,
                          progress=False)
