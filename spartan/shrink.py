@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spartan.channel_sparsifier import _out_proj_weight, _row_col_sq
+from spartan.channel_weights import out_proj_weight, row_col_sq
 from spartan.channels import ChannelGraph, trace_channels
 from spartan.kernels import replace_module
 
@@ -37,10 +37,10 @@ def removable_items(graph: ChannelGraph) -> Tensor:
         for lay in graph.layers.values():
             if lay.kind == "attention":
                 h = lay.out_items.numel()
-                cols = _out_proj_weight(lay.module).detach().square().sum(0).view(h, -1).sum(1)
+                cols = out_proj_weight(lay.module).detach().square().sum(0).view(h, -1).sum(1)
                 idx = torch.where(lay.out_items >= 0, lay.out_items, n).cpu()
             else:
-                _, maybe = _row_col_sq(lay)
+                _, maybe = row_col_sq(lay)
                 if maybe is None:
                     continue
                 cols = maybe

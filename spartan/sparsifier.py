@@ -78,19 +78,12 @@ class Sparsifier:
         process_group: ProcessGroup | None = None,
         example_inputs: Any = None,
     ) -> None:
-        if not isinstance(config, SparsifierConfig):
-            raise ValueError(f"config must be a SparsifierConfig, got {type(config).__name__}")
-        _dist.refuse_sharded(model)
-        self._pg = _dist.available_group(process_group)
-        self.adopted = 0  # steps at which this rank's own masks differed from rank 0's
-        self.model, self.config = model, config
-        self.schedule = Schedule(config, total_steps)
+        self._setup(model, config, total_steps, process_group)
         self._layers = build_layers(model, config, costs)
         self._groups = build_groups(self._layers, config.allocation)
         if config.nm is not None:
             nm_groups(self._groups, config.nm[1])
         self._where = {lay.name: (g, i) for g in self._groups for i, lay in enumerate(g.layers)}
-        self._step, self._frozen, self._finalized = 0, False, False
         self._stash: dict[str, Tensor] = {}
         self._param_order = {id(lay.module): list(lay.module._parameters) for lay in self._layers}
         for layer in self._layers:
@@ -99,6 +92,26 @@ class Sparsifier:
         self._hooks = [model.register_forward_pre_hook(self._begin_forward),
                        model.register_forward_hook(self._end_forward)]
         self._refresh()
+
+    def _setup(self, model: nn.Module, config: SparsifierConfig, total_steps: int,
+               process_group: ProcessGroup | None) -> None:
+        """What every Sparsifier holds (weights and channels alike)."""
+        if not isinstance(config, SparsifierConfig):
+            raise ValueError(f"config must be a SparsifierConfig, got {type(config).__name__}")
+        _dist.refuse_sharded(model)
+        self._pg = _dist.available_group(process_group)
+        self.adopted = 0  # steps at which this rank's own masks differed from rank 0's
+        self.model, self.config = model, config
+        self.schedule = Schedule(config, total_steps)
+        self._step, self._frozen, self._finalized = 0, False, False
+
+    def _check_state(self, state: Mapping[str, Any], **expect: Any) -> None:
+        """ValueError unless a state_dict was saved with this config, schedule and `expect`."""
+        expect = {"config": self.config.to_dict(), "total_steps": self.schedule.total_steps,
+                  **expect}
+        for key, value in expect.items():
+            if state.get(key) != value:
+                raise ValueError(f"state {key} {state.get(key)!r} does not match {value!r}")
 
     # -- training -------------------------------------------------------------------------
     @property
@@ -325,11 +338,7 @@ class Sparsifier:
         self._check_live()
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported Sparsifier state version {state.get('version')!r}")
-        expect = {"config": self.config.to_dict(), "total_steps": self.schedule.total_steps,
-                  "layers": [lay.name for lay in self._layers]}
-        for key, value in expect.items():
-            if state.get(key) != value:
-                raise ValueError(f"state {key} {state.get(key)!r} does not match {value!r}")
+        self._check_state(state, layers=[lay.name for lay in self._layers])
         if len(state["groups"]) != len(self._groups):
             raise ValueError("state has a different number of budget groups")
         for g, gs in zip(self._groups, state["groups"], strict=True):
