@@ -10,6 +10,9 @@ from typing import Any
 
 from torch import fx
 
+Shape = tuple[int, ...]
+MAX_MERGED = 1 << 22  # elements of a merged dim tracked one by one (beyond: pinned)
+
 
 @dataclass
 class Track:
@@ -45,20 +48,31 @@ def flatten(x: Track | None, node: fx.Node, start: int, end: int) -> Track | Non
         return x
     if x.dim > e:
         return Track(x.elems, x.dim - (e - s))
-    others = [in_shape[i] for i in range(s, e + 1) if i != x.dim]
-    if math.prod(others) == 1:
-        return Track(x.elems, s)
-    raise Pin
+    return Track(merged(x, in_shape, s, e), s)
+
 
 def reshape(x: Track | None, node: fx.Node, shape: Any) -> Track | None:
     if x is None:
         return None
     in_shape = meta(node.args[0])
-    before = math.prod(in_shape[:x.dim])
-    for k in range(len(shape)):
-        if math.prod(shape[:k]) == before and shape[k] == in_shape[x.dim]:
-            return Track(x.elems, k)
+    for a in range(x.dim, -1, -1):  # the output dim covering input dims a..b around x.dim
+        for k in range(len(shape)):
+            if math.prod(shape[:k]) != math.prod(in_shape[:a]):
+                continue
+            for b in range(x.dim, len(in_shape)):
+                if shape[k] == math.prod(in_shape[a:b + 1]):
+                    return Track(merged(x, in_shape, a, b), k)
     raise Pin
+
+
+def merged(x: Track, in_shape: Shape, s: int, e: int) -> list[int]:
+    """The elements of input dims s..e (x.dim among them) merged into one dim, row-major: each
+    channel repeated over the positions it spans (a Linear after a flatten reads channel c of
+    a (C, H, W) map at features c H W ... (c + 1) H W - 1, so those columns are its item's)."""
+    outer, inner = math.prod(in_shape[s:x.dim]), math.prod(in_shape[x.dim + 1:e + 1])
+    if outer * inner * len(x.elems) > MAX_MERGED:
+        raise Pin
+    return [el for _ in range(outer) for el in x.elems for _ in range(inner)]
 
 def permute(x: Track | None, node: fx.Node, name: str, shape: Any) -> Track | None:
     if x is None:
@@ -71,6 +85,7 @@ def permute(x: Track | None, node: fx.Node, name: str, shape: Any) -> Track | No
         return Track(x.elems, order.index(x.dim))
     a, b = (int(rest[0]) % nd, int(rest[1]) % nd)  # type: ignore[arg-type]
     return Track(x.elems, b if x.dim == a else a if x.dim == b else x.dim)
+
 
 def reduce(x: Track | None, node: fx.Node, shape: Any) -> Track | None:
     if x is None:
@@ -86,6 +101,7 @@ def reduce(x: Track | None, node: fx.Node, shape: Any) -> Track | None:
     if x.dim in dims:
         raise Pin
     return Track(x.elems, x.dim if keep else x.dim - sum(d < x.dim for d in dims))
+
 
 def index(x: Track | None, node: fx.Node, shape: Any) -> Track | None:
     if x is None:

@@ -9,8 +9,9 @@ together join them:
 - a concatenation (each input's channels join their slice of the output's),
 - a depthwise conv (output channel j joins input channel j // multiplier) and a grouped conv
   (channel j of every group joins channel j of the others, so every group keeps as many),
-- a BatchNorm, activation, pooling, dropout, a mean over other dims, a flatten / reshape /
-  permute that keeps the channel dim whole (they pass the channels through).
+- a BatchNorm, activation, pooling, dropout, a mean over other dims, a permute, a flatten or
+  reshape that keeps the channel dim whole or merges it with others (a Linear after a flatten:
+  its input features are channel x position blocks, each block read as its channel).
 
 A connected set of elements is one *item*, which `structure="channels"` keeps or removes as a
 whole. Elements that reach something not understood (a LayerNorm or GroupNorm, whose

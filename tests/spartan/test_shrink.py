@@ -78,10 +78,12 @@ def _built(name: str) -> tuple[nn.Module, Tensor]:
     return model, torch.randn(6, *spec["input_shape"])
 
 
-def _pruned(model: nn.Module, x: Tensor, method: str = "spartan") -> tuple[nn.Module, Tensor]:
+def _pruned(model: nn.Module, x: Tensor, method: str = "spartan", allocation: str = "global"
+            ) -> tuple[nn.Module, Tensor]:
     """Train a few steps to 40% of the parameters; the masked model's eval outputs."""
     config = SparsifierConfig(method=method, structure="channels", budget=0.4,
-                              warmup_frac=0.5, finetune_frac=0.2, min_keep=0.1)
+                              warmup_frac=0.5, finetune_frac=0.2, min_keep=0.1,
+                              allocation=allocation)
     s = Sparsifier(model, config, 6, example_inputs=x)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(6):
@@ -183,3 +185,36 @@ def test_a_plain_model_with_zero_columns_shrinks() -> None:
     assert small.layers[0].out_features == 12 and small.layers[1].in_features == 12
     with torch.no_grad():
         torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-6)
+
+
+class FlatNet(nn.Module):
+    """Linear layers on flattened conv maps: channels first (flatten) and channels last
+    (permute + reshape), so a channel spans 16 consecutive, or every 5th, features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(6 * 16, 8), nn.Linear(5 * 16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = torch.relu(self.bn(self.conv(x)))
+        b = torch.relu(self.conv2(a))
+        h = self.fc1(a.flatten(1)) + self.fc2(b.permute(0, 2, 3, 1).reshape(x.shape[0], -1))
+        return self.head(torch.relu(h))
+
+
+def test_linear_after_flatten_reads_whole_channels() -> None:
+    from spartan.channels import trace_channels
+
+    model, x = FlatNet(), torch.randn(4, 3, 4, 4)
+    graph = trace_channels(model, x)
+    conv, conv2 = graph.layers["conv"].out_items, graph.layers["conv2"].out_items
+    assert bool((conv >= 0).all()) and bool((conv2 >= 0).all())  # no longer pinned
+    assert torch.equal(graph.layers["fc1"].in_items, conv.repeat_interleave(16))
+    assert torch.equal(graph.layers["fc2"].in_items, conv2.repeat(16))
+    model, masked = _pruned(model, x, allocation="uniform")  # every layer group loses some
+    small = _check(model, masked, x)
+    assert small.fc1.in_features == 16 * small.conv.out_channels < 6 * 16
+    assert small.fc2.in_features == 16 * small.conv2.out_channels < 5 * 16
