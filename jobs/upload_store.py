@@ -73,3 +73,6 @@ class StoredUpload:
         except FileNotFoundError:
             raise ValueError(f"the file of upload '{self.id}' is missing from the upload "
                              "store") from None
+
+    def size(self) -> int:
+        return self.store.size(self.id)

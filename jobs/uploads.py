@@ -119,7 +119,7 @@ def _json_depth(raw: bytes) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
-def _safetensors_header(f: IO[bytes], size: int, limits: Limits) -> tuple[int, dict[str, Any]]:
+def safetensors_header(f: IO[bytes], size: int, limits: Limits) -> tuple[int, dict[str, Any]]:
     head = f.read(8)
     if len(head) < 8:
         raise UploadError("safetensors file is truncated: no header length")
@@ -152,7 +152,7 @@ def inspect_safetensors_file(
 ) -> tuple[dict[str, Any], Findings]:
     """({name: {"dtype", "shape"}}, x/y value findings) for a well-formed file, else
     UploadError. `size` is the file's length in bytes."""
-    n, header = _safetensors_header(f, size, limits)
+    n, header = safetensors_header(f, size, limits)
     entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
     if len(entries) > limits.max_tensors:
         raise UploadError(f"safetensors file holds {len(entries)} tensors; at most "

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from spartan_service.jobs import catalog, dataset_rules
+from spartan_service.jobs.tensor_reader import numpy_arrays
 from spartan_service.jobs.upload_store import StoredUpload
 
 Shape = tuple[int, ...]
@@ -95,9 +96,7 @@ def read_upload(upload: StoredUpload) -> tuple[np.ndarray, np.ndarray]:
                 with np.load(f, allow_pickle=False) as archive:
                     arrays = {k: archive[k] for k in archive.files if k in ("x", "y")}
             else:
-                from safetensors.numpy import load
-
-                arrays = {k: v for k, v in load(f.read()).items() if k in ("x", "y")}
+                arrays = numpy_arrays(f, upload.size(), ("x", "y"))
     except Exception as exc:  # numpy / safetensors raise several types for a damaged file
         if "allow_pickle" in str(exc):
             raise ValueError("uploaded data holds pickled objects, which are refused") from None

@@ -202,8 +202,7 @@ def make_plan(job: Job, store: JobStore, settings: Settings, ranks: Ranks = SING
     weights = resolve_upload(store, settings, job, spec.model.weights,
                              "safetensors")
     if weights is not None:
-        with weights.open() as f:
-            load_weights(model, f)
+        load_weights(model, weights)
     model.to(device)
     baseline = spec.resolved_baseline()
     twin = None

@@ -55,8 +55,7 @@ class ProfileRun:
                             data.num_classes)
         weights = self.upload(spec.model.weights, "safetensors")
         if weights is not None:
-            with weights.open() as f:
-                load_weights(model, f)
+            load_weights(model, weights)
         model.eval()
         done = {row.batch: row for row in self.store.profile_job_cost_models(self.job.id)}
         results: list[dict[str, Any]] = []

@@ -10,13 +10,17 @@ import logging
 from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file
-from torch import nn
+from safetensors.torch import load_file
+from torch import Tensor, nn
 
 from spartan_service.jobs import catalog
+from spartan_service.jobs.tensor_reader import read_safetensors
+from spartan_service.jobs.upload_store import StoredUpload
+from spartan_service.jobs.uploads import UploadError
 from spartan_service.zoo.builtins import BUILTINS
 
 log = logging.getLogger(__name__)
@@ -100,13 +104,30 @@ def _hub_model(source: str, name: str, kwargs: dict[str, Any], input_shape: Shap
     return model
 
 
-def load_weights(model: nn.Module, source: Path | BinaryIO) -> None:
-    """Load initial weights from a safetensors file (a path, or a file open for reading):
-    every name and shape must match the model's state_dict exactly (a clear ValueError lists
-    the differences)."""
+# safetensors dtypes as torch's (all little-endian, as the format and these machines are)
+TORCH_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
+    "U16": torch.uint16, "F16": torch.float16, "BF16": torch.bfloat16, "I32": torch.int32,
+    "U32": torch.uint32, "F32": torch.float32, "I64": torch.int64, "U64": torch.uint64,
+    "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def read_weights(upload: StoredUpload) -> dict[str, Tensor]:
+    """An uploaded safetensors file's tensors, each read into its own buffer (the file is
+    never held whole beside them)."""
+    with upload.open() as f:
+        return {name: torch.from_numpy(raw).view(TORCH_DTYPES[dtype]).reshape(shape)
+                for name, dtype, shape, raw in read_safetensors(f, upload.size())}
+
+
+def load_weights(model: nn.Module, source: Path | StoredUpload) -> None:
+    """Load initial weights from a safetensors file (a path, or an upload): every name and
+    shape must match the model's state_dict exactly (a clear ValueError lists the
+    differences)."""
     try:
-        tensors = load_file(str(source)) if isinstance(source, Path) else load(source.read())
-    except (SafetensorError, OSError) as exc:
+        tensors = load_file(str(source)) if isinstance(source, Path) else read_weights(source)
+    except (SafetensorError, OSError, UploadError) as exc:
         raise ValueError(f"cannot read the weights file: {exc}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))

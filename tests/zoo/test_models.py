@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 from torch import nn
 
 from spartan.layout import maskable_weights
 from spartan_service.jobs import catalog
+from spartan_service.jobs.upload_store import StoredUpload, UploadStore
 from spartan_service.zoo import build as models
 from spartan_service.zoo import build_model, load_weights
+from spartan_service.zoo.build import read_weights
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("mlp", {}), ("mlp", {"hidden": [7, 5, 3]}),
@@ -103,6 +105,29 @@ def test_initial_weights_load_strictly(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"\x01\x00")
     with pytest.raises(ValueError, match="cannot read the weights file"):
         load_weights(target, tmp_path / "bad.safetensors")
+
+
+def test_uploaded_weights_are_read_tensor_by_tensor(tmp_path: Path) -> None:
+    """From the upload store (no path): every dtype torch keeps, bfloat16 included, bit for
+    bit as the safetensors library reads them."""
+    tensors = {"a": torch.randn(3, 4).to(torch.bfloat16), "b": torch.arange(5),
+               "c": torch.randn(2, 2, dtype=torch.float16), "d": torch.tensor([True, False])}
+    store = UploadStore(tmp_path)
+    with store.writer("w") as w:
+        w.write(save(tensors))
+    got = read_weights(StoredUpload(store, "w", "safetensors"))
+    for name, tensor in tensors.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    source = build_model("mlp", {"hidden": [8]}, (4,), 3)
+    with store.writer("m") as w:
+        w.write(save(source.state_dict()))
+    target = build_model("mlp", {"hidden": [8]}, (4,), 3)
+    load_weights(target, StoredUpload(store, "m", "safetensors"))
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in source.state_dict().items())
+    with store.writer("bad") as w:
+        w.write(b"\x01\x00")
+    with pytest.raises(ValueError, match="cannot read the weights file"):
+        load_weights(target, StoredUpload(store, "bad", "safetensors"))
 
 
 def test_hub_models_are_built_without_pretrained_downloads(monkeypatch: pytest.MonkeyPatch
