@@ -1,7 +1,7 @@
 """Profile a model for structured (channel) sparsity: each layer's latency at kept widths.
 
-For every layer whose width can change (spartan.channels: Linear, Conv2d, attention heads) a
-dense module of the kept shape runs on the layer's own input (captured by a probe forward,
+For every layer whose width can change (spartan.channels: Linear, Conv1d / Conv2d, attention
+heads) a dense module of the kept shape runs on the layer's own input (captured by a probe forward,
 sliced to the kept inputs) at a grid of (kept_in, kept_out) fractions: both sides where both
 can shrink, one side otherwise (a depthwise conv shrinks both together; a grouped conv keeps
 multiples of its groups; attention keeps whole heads). Every shape of every layer, the whole
@@ -91,7 +91,7 @@ def _module_at(lay: Any, kin: int, kout: int, like: Tensor) -> nn.Module:
         return nn.Linear(kin, kout, bias=mod.bias is not None, **kw)
     if lay.kind == "conv":
         groups = kin if lay.depthwise else mod.groups
-        return nn.Conv2d(kin, kout, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+        return type(mod)(kin, kout, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
                          groups, mod.bias is not None, mod.padding_mode, **kw)
     batch_first = getattr(mod, "batch_first", True)
     bias = mod.in_proj_bias is not None if isinstance(mod, nn.MultiheadAttention) else \

@@ -40,10 +40,13 @@ _BINARY_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, ope
 _BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_", "pow", "sub_"}
 _REDUCE = {"mean", "sum", "amax", "amin"}
 _META_METHODS = {"size", "dim", "numel", "type", "get_device"}
+POOLS = (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.MaxPool2d,
+         nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+POOL_FUNCS = (F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d,
+              F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
 _PASS_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Dropout2d,
                  nn.Identity, nn.LeakyReLU, nn.Hardswish, nn.ReLU6, nn.ELU, nn.Mish,
-                 nn.Softplus, nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                 nn.AdaptiveMaxPool2d)
+                 nn.Softplus, nn.Hardtanh) + POOLS
 
 
 
@@ -93,7 +96,7 @@ class Analysis:
         x = self._track(node.args[0]) if node.args else None
         if isinstance(mod, nn.Linear):
             return self._linear(name, mod, node, x, shape)
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             return self._conv(name, mod, node, x, shape)
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if x is None or x.dim != 1 or len(x.elems) != mod.num_features:
@@ -107,8 +110,7 @@ class Analysis:
         if isinstance(mod, _PASS_MODULES):
             if x is None:
                 return None
-            if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                                nn.AdaptiveMaxPool2d)) and x.dim != 1:
+            if isinstance(mod, POOLS) and x.dim != 1:
                 raise Pin
             return x
         if isinstance(mod, nn.Flatten):
@@ -155,7 +157,7 @@ class Analysis:
         out = self._layer_once(name, "linear", in_elems, mod.out_features, shape)
         return Track(out, len(shape) - 1)
 
-    def _conv(self, name: str, mod: nn.Conv2d, node: fx.Node, x: Track | None,
+    def _conv(self, name: str, mod: nn.Conv1d | nn.Conv2d, node: fx.Node, x: Track | None,
               shape: Any) -> Track:
         cin, cout, g = mod.in_channels, mod.out_channels, mod.groups
         in_elems = None
@@ -229,7 +231,7 @@ class Analysis:
             return permute(x, node, fn.__name__, shape)
         if fn in (torch.mean, torch.sum, torch.amax, torch.amin):
             return reduce(x, node, shape)
-        if fn in (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        if fn in POOL_FUNCS:
             if x is None or x.dim != 1 or len(tracked) > 1:
                 raise Pin
             return x

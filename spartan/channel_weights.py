@@ -98,7 +98,7 @@ def row_col(lay: Layer, f: Any) -> tuple[Tensor, Tensor | None]:
     if lay.kind == "linear":
         rows, cols = fw.sum(1), fw.sum(0)
     else:
-        w2 = fw.sum((2, 3))  # (out, in / groups)
+        w2 = fw.sum(tuple(range(2, fw.dim())))  # (out, in / groups): over the kernel
         rows = w2.sum(1)
         g = mod.groups
         cout, per = w2.shape
@@ -119,7 +119,7 @@ def scale_columns(lay: Layer, scale: Tensor) -> None:
     cout, per = w.shape[:2]
     # input channel gi * per + j is read by rows gi * cout/g ... at column j
     s = scale.view(g, 1, per).expand(g, cout // g, per).reshape(cout, per)
-    w.mul_(s.view(cout, per, 1, 1).to(w.dtype))
+    w.mul_(s.view(cout, per, *([1] * (w.dim() - 2))).to(w.dtype))
 
 
 def zero_items(lay: Layer, drop: Tensor, n: int) -> None:

@@ -98,7 +98,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
                 replace_module(model, name, _shrink_attention(mod, entry["heads"]))
             elif isinstance(mod, nn.Linear):
                 replace_module(model, name, _shrink_linear(mod, entry["in"], entry["out"]))
-            elif isinstance(mod, nn.Conv2d):
+            elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
                 replace_module(model, name, _shrink_conv(mod, entry["in"], entry["out"]))
             else:
                 raise ValueError(f"{name} is a {type(mod).__name__}, the plan says "
@@ -132,8 +132,8 @@ def _shrink_linear(mod: nn.Linear, k_in: list[int] | None, k_out: list[int] | No
     return new
 
 
-def _shrink_conv(mod: nn.Conv2d, k_in: list[int] | None, k_out: list[int] | None
-                 ) -> nn.Conv2d:
+def _shrink_conv(mod: nn.Conv1d | nn.Conv2d, k_in: list[int] | None, k_out: list[int] | None
+                 ) -> nn.Module:
     cin, cout, g = mod.in_channels, mod.out_channels, mod.groups
     i, o = _idx(k_in, cin), _idx(k_out, cout)
     w = mod.weight[o]
@@ -145,7 +145,7 @@ def _shrink_conv(mod: nn.Conv2d, k_in: list[int] | None, k_out: list[int] | None
         per = cin // g
         cols = torch.tensor(sorted({int(c) % per for c in i.tolist()}), dtype=torch.long)
         w, groups = w[:, cols], g
-    new = nn.Conv2d(len(i), len(o), mod.kernel_size, mod.stride,  # type: ignore[arg-type]
+    new = type(mod)(len(i), len(o), mod.kernel_size, mod.stride,  # type: ignore[arg-type]
                     mod.padding, mod.dilation, groups,  # type: ignore[arg-type]
                     mod.bias is not None, mod.padding_mode, **_like(mod))
     with torch.no_grad():

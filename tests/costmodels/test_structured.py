@@ -163,3 +163,21 @@ def test_builtin_params_model_is_the_default_cost() -> None:
     assert variable == sum(p.numel() for p in model.parameters())  # every weight and bias
     flops = channel_cost_model(model, x, "flops")
     assert flops["layers"]["layers.0"]["slope"] == 2.0
+
+
+def test_conv1d_profile_and_alongside_timing() -> None:
+    """A Conv1d model profiles at kept widths; callables passed alongside are timed in the
+    same round robin and reported in order."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(),
+                          nn.Conv1d(8, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                          nn.Flatten(), nn.Linear(6, 3))
+    x = torch.randn(4, 2, 12)
+    prof = profile_channels(model, x, quick=True, repeats=2, warmup=0, progress=False,
+                            alongside=[lambda: model(x), lambda: None])
+    first = prof["layers"][0]
+    assert first["name"] == "0" and first["kind"] == "conv"
+    assert {s["kept_out"] for s in first["samples"]} == {2, 4, 8}
+    assert [row["latency"] > 0 for row in prof["alongside"]] == [True, True]
+    cm = fit_profile(prof)
+    assert set(cm["layers"]) == {lay["name"] for lay in prof["layers"]}

@@ -218,3 +218,34 @@ def test_linear_after_flatten_reads_whole_channels() -> None:
     small = _check(model, masked, x)
     assert small.fc1.in_features == 16 * small.conv.out_channels < 6 * 16
     assert small.fc2.in_features == 16 * small.conv2.out_channels < 5 * 16
+
+
+class Conv1dNet(nn.Module):
+    """A 1-d CNN (sequences, audio): Conv1d + BatchNorm1d, a depthwise Conv1d, pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv1d(2, 8, 5, padding=2), nn.BatchNorm1d(8)
+        self.dw = nn.Conv1d(8, 8, 3, padding=1, groups=8)
+        self.conv2 = nn.Conv1d(8, 12, 3, padding=1)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = nn.functional.max_pool1d(torch.relu(self.bn(self.conv(x))), 2)
+        b = torch.relu(self.conv2(torch.relu(self.dw(a))))
+        return self.head(nn.functional.adaptive_avg_pool1d(b, 1).flatten(1))
+
+
+@pytest.mark.parametrize("method", ["spartan", "imp"])
+def test_conv1d_shrinks_to_the_masked_outputs(method: str) -> None:
+    from spartan.channels import trace_channels
+
+    model, x = Conv1dNet(), torch.randn(4, 2, 16)
+    graph = trace_channels(model, x)
+    assert {"conv", "dw", "conv2", "head"} <= set(graph.layers)
+    assert torch.equal(graph.layers["dw"].out_items, graph.layers["conv"].out_items)  # coupled
+    model, masked = _pruned(model, x, method, allocation="uniform")
+    small = _check(model, masked, x)
+    assert isinstance(small.conv, nn.Conv1d) and small.conv.out_channels < 8
+    assert small.dw.groups == small.dw.in_channels == small.conv.out_channels
+    assert small.conv2.out_channels < 12
