@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from spartan_service.jobs import catalog, dataset_rules
-from spartan_service.jobs.tensor_reader import numpy_arrays
+from spartan_service.jobs.safetensors_file import numpy_arrays
 from spartan_service.jobs.upload_store import StoredUpload
 
 Shape = tuple[int, ...]

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from spartan_service.jobs import catalog
-from spartan_service.jobs.tensor_reader import read_safetensors
+from spartan_service.jobs.safetensors_file import read_safetensors
 from spartan_service.jobs.upload_store import StoredUpload
 from spartan_service.jobs.uploads import UploadError
 from spartan_service.zoo.builtins import BUILTINS

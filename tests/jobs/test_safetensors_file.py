@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load, save
 
-from spartan_service.jobs.tensor_reader import numpy_arrays, read_safetensors
+from spartan_service.jobs.safetensors_file import numpy_arrays, read_safetensors
 from spartan_service.jobs.uploads import UploadError
 
 RNG = np.random.default_rng(0)
