@@ -83,7 +83,7 @@ def _grid(lay: Any, fractions: tuple[float, ...]) -> list[tuple[int, int]]:
 
 
 def _module_at(lay: Any, kin: int, kout: int, like: Tensor) -> nn.Module:
-    from spartan.shrink import ShrunkAttention
+    from spartan.shrink import ShrunkAttention, conv_like
 
     mod = lay.module
     kw: dict[str, Any] = {"device": like.device, "dtype": like.dtype}
@@ -91,8 +91,7 @@ def _module_at(lay: Any, kin: int, kout: int, like: Tensor) -> nn.Module:
         return nn.Linear(kin, kout, bias=mod.bias is not None, **kw)
     if lay.kind == "conv":
         groups = kin if lay.depthwise else mod.groups
-        return type(mod)(kin, kout, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                         groups, mod.bias is not None, mod.padding_mode, **kw)
+        return conv_like(mod, kin, kout, groups, **kw)
     batch_first = getattr(mod, "batch_first", True)
     bias = mod.in_proj_bias is not None if isinstance(mod, nn.MultiheadAttention) else \
         mod.q_proj.bias is not None

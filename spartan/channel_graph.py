@@ -38,7 +38,8 @@ def attention_heads(module: nn.Module) -> tuple[int, int] | None:
 # -- the result ---------------------------------------------------------------------------
 @dataclass
 class Layer:
-    """A Linear, Conv1d / Conv2d or attention module with at least one side whose channels can go.
+    """A Linear, Conv1d / Conv2d (transposed too) or attention module with at least one
+    side whose channels can go.
 
     in_items / out_items: the item of each input / output channel, -1 where pinned; for
     attention, out_items has one entry per head and in_items is all -1.
@@ -90,7 +91,8 @@ def layer_weight(module: nn.Module) -> Tensor:
     if isinstance(module, nn.MultiheadAttention):
         w = module.in_proj_weight if module._qkv_same_embed_dim else module.q_proj_weight
         return w
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d,
+                           nn.ConvTranspose2d)):
         return module.weight
     return module.q_proj.weight  # type: ignore[union-attr, return-value]
 

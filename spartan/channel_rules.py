@@ -40,6 +40,8 @@ _BINARY_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, ope
 _BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_", "pow", "sub_"}
 _REDUCE = {"mean", "sum", "amax", "amin"}
 _META_METHODS = {"size", "dim", "numel", "type", "get_device"}
+CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 POOLS = (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.MaxPool2d,
          nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 POOL_FUNCS = (F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d,
@@ -96,7 +98,9 @@ class Analysis:
         x = self._track(node.args[0]) if node.args else None
         if isinstance(mod, nn.Linear):
             return self._linear(name, mod, node, x, shape)
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(mod, CONVS):
+            if isinstance(mod, TRANSPOSED) and mod.groups != 1:
+                raise Pin  # its weight is (in, out / groups, ...): followed with one group
             return self._conv(name, mod, node, x, shape)
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if x is None or x.dim != 1 or len(x.elems) != mod.num_features:
@@ -157,7 +161,7 @@ class Analysis:
         out = self._layer_once(name, "linear", in_elems, mod.out_features, shape)
         return Track(out, len(shape) - 1)
 
-    def _conv(self, name: str, mod: nn.Conv1d | nn.Conv2d, node: fx.Node, x: Track | None,
+    def _conv(self, name: str, mod: Any, node: fx.Node, x: Track | None,
               shape: Any) -> Track:
         cin, cout, g = mod.in_channels, mod.out_channels, mod.groups
         in_elems = None

@@ -83,6 +83,15 @@ def row_col_sq(lay: Layer) -> tuple[Tensor, Tensor | None]:
     return row_col(lay, torch.square)
 
 
+def out_in(mod: nn.Module) -> Tensor:
+    """The weight as (out, in / groups, ...): a transposed conv's (in, out, ...) weight as a
+    view (writes reach the weight)."""
+    w = mod.weight
+    assert isinstance(w, Tensor)
+    return w.transpose(0, 1) if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d)) \
+        else w
+
+
 def row_col(lay: Layer, f: Any) -> tuple[Tensor, Tensor | None]:
     """Per output channel (head) and per input channel: sums of f(weight) (f = abs: L1)."""
     mod = lay.module
@@ -92,7 +101,7 @@ def row_col(lay: Layer, f: Any) -> tuple[Tensor, Tensor | None]:
             0 if b is None else f(b).view(h, -1).sum(1)) for w, b in _qkv(mod))
         rows = rows + f(out_proj_weight(mod)).sum(0).view(h, -1).sum(1)
         return rows, None  # type: ignore[return-value]
-    w = mod.weight
+    w = out_in(mod)
     bias = getattr(mod, "bias", None)
     fw = f(w)
     if lay.kind == "linear":
@@ -111,7 +120,7 @@ def row_col(lay: Layer, f: Any) -> tuple[Tensor, Tensor | None]:
 def scale_columns(lay: Layer, scale: Tensor) -> None:
     """Multiply the weight entries reading each input channel by scale[channel]."""
     mod = lay.module
-    w = mod.weight
+    w = out_in(mod)
     if lay.kind == "linear":
         w.mul_(scale.view(1, -1).to(w.dtype))
         return
@@ -133,7 +142,7 @@ def zero_items(lay: Layer, drop: Tensor, n: int) -> None:
                 b[rows] = 0.0
         out_proj_weight(mod)[:, rows] = 0.0
         return
-    mod.weight[d_out] = 0.0
+    out_in(mod)[d_out] = 0.0
     if getattr(mod, "bias", None) is not None:
         mod.bias[d_out] = 0.0
     d_in = drop[torch.where(lay.in_items >= 0, lay.in_items, n)]
@@ -155,7 +164,7 @@ def weight_masks(lay: Layer, keep: Tensor, n: int) -> dict[str, Tensor]:
             masks[pre + "in_proj_weight"] = rows.repeat(3).view(-1, 1).expand(
                 mod.in_proj_weight.shape).clone()
         return masks
-    w = mod.weight
+    w = out_in(mod)
     m = k_out.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
     k_in = keep[torch.where(lay.in_items >= 0, lay.in_items, n)]
     if lay.kind == "linear":
@@ -165,4 +174,6 @@ def weight_masks(lay: Layer, keep: Tensor, n: int) -> dict[str, Tensor]:
         cout, per = w.shape[:2]
         s = k_in.view(g, 1, per).expand(g, cout // g, per).reshape(cout, per)
         m &= s.view(cout, per, *([1] * (w.dim() - 2)))
+    if w is not mod.weight:  # transposed conv: back to its (in, out, ...) layout
+        m = m.transpose(0, 1).contiguous()
     return {(lay.name + "." if lay.name else "") + "weight": m}

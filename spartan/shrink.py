@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spartan.channel_weights import out_proj_weight, row_col_sq
+from spartan.channel_weights import out_in, out_proj_weight, row_col_sq
 from spartan.channels import ChannelGraph, trace_channels
 from spartan.kernels import replace_module
 
+CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 PLAN_ATTR = "spartan_shrink_plan"
 
 
@@ -98,7 +100,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
                 replace_module(model, name, _shrink_attention(mod, entry["heads"]))
             elif isinstance(mod, nn.Linear):
                 replace_module(model, name, _shrink_linear(mod, entry["in"], entry["out"]))
-            elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            elif isinstance(mod, CONVS):
                 replace_module(model, name, _shrink_conv(mod, entry["in"], entry["out"]))
             else:
                 raise ValueError(f"{name} is a {type(mod).__name__}, the plan says "
@@ -132,11 +134,18 @@ def _shrink_linear(mod: nn.Linear, k_in: list[int] | None, k_out: list[int] | No
     return new
 
 
-def _shrink_conv(mod: nn.Conv1d | nn.Conv2d, k_in: list[int] | None, k_out: list[int] | None
-                 ) -> nn.Module:
+def conv_like(mod: Any, cin: int, cout: int, groups: int, **kw: Any) -> nn.Module:
+    """A conv of `mod`'s type and settings with other widths (transposed ones too)."""
+    extra = {"output_padding": mod.output_padding} if isinstance(mod, TRANSPOSED) else {}
+    return type(mod)(cin, cout, kernel_size=mod.kernel_size, stride=mod.stride,
+                     padding=mod.padding, dilation=mod.dilation, groups=groups,
+                     bias=mod.bias is not None, padding_mode=mod.padding_mode, **extra, **kw)
+
+
+def _shrink_conv(mod: Any, k_in: list[int] | None, k_out: list[int] | None) -> nn.Module:
     cin, cout, g = mod.in_channels, mod.out_channels, mod.groups
     i, o = _idx(k_in, cin), _idx(k_out, cout)
-    w = mod.weight[o]
+    w = out_in(mod)[o]
     if g == 1:
         w, groups = w[:, i], 1
     elif g == cin:  # depthwise: one group per kept input
@@ -145,13 +154,11 @@ def _shrink_conv(mod: nn.Conv1d | nn.Conv2d, k_in: list[int] | None, k_out: list
         per = cin // g
         cols = torch.tensor(sorted({int(c) % per for c in i.tolist()}), dtype=torch.long)
         w, groups = w[:, cols], g
-    new = type(mod)(len(i), len(o), mod.kernel_size, mod.stride,  # type: ignore[arg-type]
-                    mod.padding, mod.dilation, groups,  # type: ignore[arg-type]
-                    mod.bias is not None, mod.padding_mode, **_like(mod))
+    new = conv_like(mod, len(i), len(o), groups, **_like(mod))
     with torch.no_grad():
-        new.weight.copy_(w)
+        out_in(new).copy_(w)
         if mod.bias is not None:
-            new.bias.copy_(mod.bias[o])  # type: ignore[union-attr]
+            new.bias.copy_(mod.bias[o])  # type: ignore[operator]
     new.train(mod.training)
     return new
 

@@ -249,3 +249,33 @@ def test_conv1d_shrinks_to_the_masked_outputs(method: str) -> None:
     assert isinstance(small.conv, nn.Conv1d) and small.conv.out_channels < 8
     assert small.dw.groups == small.dw.in_channels == small.conv.out_channels
     assert small.conv2.out_channels < 12
+
+
+class UpNet(nn.Module):
+    """A small encoder-decoder: strided conv down, ConvTranspose2d (with BatchNorm) back up,
+    a 1x1 conv head; the transposed conv's weight is (in, out, kH, kW)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down, self.bn = nn.Conv2d(2, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)
+        self.up = nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1)
+        self.bn2, self.head = nn.BatchNorm2d(6), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.down(x)))
+        return self.head(torch.relu(self.bn2(self.up(h))))
+
+
+@pytest.mark.parametrize("method", ["spartan", "imp"])
+def test_transposed_conv_shrinks_to_the_masked_outputs(method: str) -> None:
+    from spartan.channels import trace_channels
+
+    model, x = UpNet(), torch.randn(4, 2, 8, 8)
+    graph = trace_channels(model, x)
+    assert bool((graph.layers["up"].in_items >= 0).all())
+    assert bool((graph.layers["up"].out_items >= 0).all())
+    model, masked = _pruned(model, x, method, allocation="uniform")
+    small = _check(model, masked, x)
+    assert isinstance(small.up, nn.ConvTranspose2d) and small.up.output_padding == (1, 1)
+    assert small.up.in_channels == small.down.out_channels < 8
+    assert small.up.out_channels == small.head.in_channels < 6
