@@ -23,9 +23,12 @@ from spartan import Sparsifier, SparsifierConfig
 
 DATASETS: dict[str, dict[str, Any]] = {"digits": {}, "mnist1d": {"num_samples": 5000}}
 # Fashion-MNIST from Debian's dataset-fashion-mnist package, its own 10k test set held out;
-# "fashion-quick" is its first 6000 training and 2000 test images.
+# "fashion-quick" is its first 6000 training and 2000 test images. "fashion:N" trains on the
+# first N training images (test set held out); "fashion-tune:N" trains on the first N and
+# validates on the last TUNE_HOLDOUT training images, for tuning that never sees the test set.
 FASHION: dict[str, dict[str, Any]] = {"fashion": {},
                                       "fashion-quick": {"limit": 6000, "val_limit": 2000}}
+TUNE_HOLDOUT = 10000
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("mlp", {"hidden": [256, 256]}),
     "cnn": ("cnn", {"channels": [32, 64]}),
@@ -90,21 +93,31 @@ def dataset(name: str) -> Any:
 
     if name in FASHION:
         return fashion(**FASHION[name])
+    base, _, size = name.partition(":")
+    if base in ("fashion", "fashion-tune") and size.isdigit():
+        return fashion(limit=int(size), holdout=TUNE_HOLDOUT if base == "fashion-tune" else None)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}, "
                          f"{', '.join(FASHION)}")
     return load_dataset(name, DATASETS[name], TEST_FRACTION, SPLIT_SEED)
 
 
-def fashion(limit: int | None = None, val_limit: int | None = None) -> Any:
+def fashion(limit: int | None = None, val_limit: int | None = None,
+            holdout: int | None = None) -> Any:
     """Fashion-MNIST through the worker's streaming source, gathered into tensors (60k x 784
-    floats: 188 MB), standardised with the training set's pixel mean and std."""
+    floats: 188 MB), standardised with the training set's pixel mean and std. With `holdout`,
+    the last `holdout` training images are the validation set and the test set is not read."""
     from spartan_service.worker.data import Dataset
     from spartan_service.worker.storage import open_storage
 
-    data = open_storage("fashion-mnist", {"limit": limit, "val_limit": val_limit},
+    data = open_storage("fashion-mnist", {"limit": None if holdout else limit,
+                                          "val_limit": val_limit},
                         "classification", TEST_FRACTION, SPLIT_SEED, [])
     x, y = data.train.fetch(data.train_index, None)
+    if holdout:
+        n = len(y) - holdout
+        keep = n if limit is None else min(limit, n)
+        return Dataset(x[:keep], y[:keep], x[n:], y[n:], (1, 28, 28), 10)
     xv, yv = data.val.fetch(data.val_index, None)
     return Dataset(x, y, xv, yv, (1, 28, 28), 10)
 

@@ -63,12 +63,16 @@ class NpySource:
         if self.task == "causal_lm":
             ids = torch.from_numpy(xb.astype(np.int64))
             return ids, ids  # the loss shifts the targets by one token
-        x = xb.astype(np.float32)
-        if not np.all(np.isfinite(x)):
+        # take() returned a copy: float32 rows are used as they are and standardised in place,
+        # and one float64 sum finds a NaN or infinity (each makes it non-finite) without a
+        # mask the size of the batch; the batch costs the copy a plain loop makes, no more.
+        x = xb if xb.dtype == np.float32 else xb.astype(np.float32)
+        if not np.isfinite(x.sum(dtype=np.float64)):
             row = int(index[np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0]])
             raise ValueError(f"{self.x.path.name}: row {row} holds NaN or infinite values")
         if self.x_stats is not None:
-            x = (x - self.x_stats[0]) / self.x_stats[1]
+            x -= self.x_stats[0]
+            x /= self.x_stats[1]
         assert self.y is not None
         yb = self.y.take(index)
         if self.task == "classification":

@@ -185,7 +185,7 @@ class Loop:
                     loss = self.task.loss(out, yb) if len(yb) else out.sum() * 0.0
                 if world > 1 and i == 0:
                     loss = self.shard_loss(out, loss, len(yb))
-                track.precision.backward(loss / len(micro))
+                track.precision.backward(loss / len(micro) if len(micro) > 1 else loss)
                 if i == 0:
                     sparse_loss = loss.detach()
                     with torch.no_grad():

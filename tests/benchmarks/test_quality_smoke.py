@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -76,3 +78,32 @@ def test_fashion_interval_and_one_run() -> None:
     need_fashion_mnist()
     res = train(Setting("fashion-quick", "lenet300", "spartan", 0.9, epochs=1))
     assert res.accuracy > 50 and res.density == pytest.approx(0.1, abs=0.01)
+
+
+def test_fashion_verdicts_need_the_intervals_apart() -> None:
+    from benchmarks.quality_fashion import verdicts
+
+    def row(method: str, mean: float, ci: float) -> dict[str, Any]:
+        return {"model": "m", "method": method, "sparsity": 0.95,
+                "accuracy": {"mean": mean, "ci95": ci}}
+
+    apart = verdicts([row("spartan", 85.0, 0.5), row("dual_averaging", 83.0, 0.5),
+                      row("imp", 82.0, 1.0)])
+    assert apart == [{"model": "m", "sparsity": 0.95, "ahead": True, "outside_interval": True}]
+    overlap = verdicts([row("spartan", 85.0, 1.5), row("dual_averaging", 83.0, 1.0),
+                        row("imp", 82.0, 1.0)])
+    assert overlap[0]["ahead"] and not overlap[0]["outside_interval"]
+
+
+def test_fashion_tuning_split_never_reads_the_test_set() -> None:
+    from benchmarks.quality_train import TUNE_HOLDOUT, dataset
+    from tests.workloads import need_fashion_mnist
+
+    need_fashion_mnist()
+    tune = dataset("fashion-tune:3000")
+    assert len(tune.y_train) == 3000 and len(tune.y_val) == TUNE_HOLDOUT
+    full = dataset("fashion:3000")
+    assert len(full.y_train) == 3000 and len(full.y_val) == 10000
+    # The tuning validation images are the last training images, not the test images.
+    assert not torch.equal(tune.x_val[:5], full.x_val[:5])
+    assert torch.equal(tune.y_train, full.y_train)
