@@ -11,52 +11,30 @@ where ordinary least squares moves it several-fold. No torch here.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.linear_model import HuberRegressor, LinearRegression, RANSACRegressor
-from sklearn.metrics import mean_absolute_percentage_error, r2_score
-from sklearn.model_selection import KFold
+from sklearn.linear_model import HuberRegressor, LinearRegression
+from sklearn.metrics import r2_score
 
+from spartan_service.costmodels.robust import RobustFitter, check_y, held_out_mape
 from spartan_service.costmodels.schema import Profile, validate_cost_model, validate_profile
 
 log = logging.getLogger(__name__)
 
 
-def _relative_error(y_true: NDArray[np.float64], y_pred: NDArray[np.float64]
-                    ) -> NDArray[np.float64]:
-    scale = np.maximum(np.abs(y_pred), 1e-12 * (np.abs(y_true).max() + 1e-300))
-    return np.asarray(np.abs(y_true - y_pred) / scale)
-
-
-class LinearCostFitter(RegressorMixin, BaseEstimator):  # type: ignore[misc]
-    """y = intercept_ + slope_ * x with slope_ >= 0, fitted robustly (scikit-learn estimator).
-
-    robust: RANSAC with a relative residual threshold (see module doc); False: plain
-        non-negative least squares.
-    residual_threshold: relative deviation from a candidate line beyond which a sample is an
-        outlier (robust fit only).
-    max_trials, random_state: RANSAC's; the default seed makes fits reproducible.
+class LinearCostFitter(RobustFitter):
+    """y = intercept_ + slope_ * x with slope_ >= 0, fitted robustly (scikit-learn estimator;
+    hyperparameters: robust.RobustFitter).
 
     Learned: intercept_, slope_, coef_ (= [slope_]), inlier_mask_, n_features_in_.
     """
 
-    def __init__(self, robust: bool = True, residual_threshold: float = 0.5,
-                 max_trials: int = 200, random_state: int | None = 0) -> None:
-        self.robust = robust
-        self.residual_threshold = residual_threshold
-        self.max_trials = max_trials
-        self.random_state = random_state
-
     def fit(self, X: ArrayLike, y: ArrayLike) -> LinearCostFitter:
         x, yv = _check_xy(X, y)
-        if self.residual_threshold <= 0:
-            raise ValueError(f"residual_threshold must be > 0, got {self.residual_threshold}")
+        self._check_params()
         self.n_features_in_ = 1
         self.inlier_mask_ = np.ones(len(x), dtype=bool)
         if len(np.unique(x)) < 2:  # no slope to see: a constant
@@ -75,20 +53,13 @@ class LinearCostFitter(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             ls = LinearRegression(positive=True).fit(xs, y)
             return float(ls.intercept_), float(ls.coef_[0])
         try:
-            with warnings.catch_warnings():  # candidate sets of one inlier: "R^2 undefined"
-                warnings.simplefilter("ignore", UndefinedMetricWarning)
-                ransac = RANSACRegressor(
-                    LinearRegression(positive=True), min_samples=2,
-                    residual_threshold=self.residual_threshold, loss=_relative_error,
-                    max_trials=self.max_trials, random_state=self.random_state).fit(xs, y)
+            est, self.inlier_mask_ = self._ransac(xs, y, min_samples=2)
         except ValueError as exc:  # no consensus set at all: fall back to Huber
             log.warning("RANSAC found no consensus (%s); using a Huber fit", exc)
             hub = HuberRegressor(alpha=0.0, max_iter=1000).fit(xs, y)
             if hub.coef_[0] >= 0:
                 return float(hub.intercept_), float(hub.coef_[0])
             return float(np.median(y)), 0.0
-        self.inlier_mask_ = np.asarray(ransac.inlier_mask_, dtype=bool)
-        est = ransac.estimator_
         return float(est.intercept_), max(0.0, float(est.coef_[0]))
 
     def predict(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -109,25 +80,14 @@ def _as_column(X: ArrayLike) -> NDArray[np.float64]:
 
 def _check_xy(X: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     x = _as_column(X)
-    yv = np.asarray(y, dtype=np.float64)
-    if yv.ndim != 1 or len(yv) != len(x):
-        raise ValueError(f"y must have shape ({len(x)},), got {yv.shape}")
-    if len(x) < 2:
-        raise ValueError(f"need at least 2 samples, got {len(x)}")
-    if not (np.isfinite(x).all() and np.isfinite(yv).all()):
-        raise ValueError("X and y must be finite")
-    return x, yv
+    return x, check_y(x, y)
 
 
 def cross_val_mape(fitter: LinearCostFitter, X: ArrayLike, y: ArrayLike, n_splits: int = 5,
                    random_state: int = 0) -> float:
     """MAPE of held-out predictions, KFold over the samples (every sample held out once)."""
     x, yv = _check_xy(X, y)
-    folds = KFold(n_splits=min(n_splits, len(x)), shuffle=True, random_state=random_state)
-    pred = np.empty_like(yv)
-    for train, test in folds.split(x):
-        pred[test] = clone(fitter).fit(x[train], yv[train]).predict(x[test])
-    return float(mean_absolute_percentage_error(yv, pred))
+    return held_out_mape(fitter, x, yv, n_splits, random_state)
 
 
 def fit_profile(profile: dict[str, Any] | Profile, robust: bool = True,

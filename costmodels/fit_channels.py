@@ -19,62 +19,42 @@ whole-model MAPE over those samples is reported as "whole_model_mape". No torch 
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.linear_model import LinearRegression, RANSACRegressor
+from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_percentage_error, r2_score
-from sklearn.model_selection import KFold
 
+from spartan_service.costmodels.robust import RobustFitter, check_y, held_out_mape
 from spartan_service.costmodels.schema import ProfileLayer
 
 FEATURES = ("pairs", "kept_out", "kept_in")
 _RANSAC_MIN = 8
 
 
-class BilinearCostFitter(RegressorMixin, BaseEstimator):  # type: ignore[misc]
-    """y = intercept_ + coef_ . [pairs, kept_out, kept_in], coef_ >= 0 (scikit-learn estimator).
+class BilinearCostFitter(RobustFitter):
+    """y = intercept_ + coef_ . [pairs, kept_out, kept_in], coef_ >= 0 (scikit-learn estimator;
+    hyperparameters: robust.RobustFitter, RANSAC only with >= 8 samples).
 
-    robust: RANSAC with a relative residual threshold when there are >= 8 samples.
     Learned: intercept_, coef_ (3,), inlier_mask_, n_features_in_.
     """
 
-    def __init__(self, robust: bool = True, residual_threshold: float = 0.5,
-                 max_trials: int = 200, random_state: int | None = 0) -> None:
-        self.robust = robust
-        self.residual_threshold = residual_threshold
-        self.max_trials = max_trials
-        self.random_state = random_state
-
     def fit(self, X: ArrayLike, y: ArrayLike) -> BilinearCostFitter:
         x, yv = _check(X, y)
-        if self.residual_threshold <= 0:
-            raise ValueError(f"residual_threshold must be > 0, got {self.residual_threshold}")
+        self._check_params()
         self.n_features_in_ = 3
         self.inlier_mask_ = np.ones(len(x), dtype=bool)
         scale = np.maximum(np.abs(x).max(0), 1e-12)
         xs = x / scale
-        est: Any = LinearRegression(positive=True)
+        est: Any = None
         if self.robust and len(x) >= _RANSAC_MIN:
-            from spartan_service.costmodels.fit import _relative_error
-
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UndefinedMetricWarning)
-                    r = RANSACRegressor(LinearRegression(positive=True), min_samples=4,
-                                        residual_threshold=self.residual_threshold,
-                                        loss=_relative_error, max_trials=self.max_trials,
-                                        random_state=self.random_state).fit(xs, yv)
-                self.inlier_mask_ = np.asarray(r.inlier_mask_, dtype=bool)
-                est = r.estimator_
-            except ValueError:
-                est = LinearRegression(positive=True).fit(xs, yv)
-        else:
-            est = est.fit(xs, yv)
+                est, self.inlier_mask_ = self._ransac(xs, yv, min_samples=4)
+            except ValueError:  # no consensus set: plain least squares
+                est = None
+        if est is None:
+            est = LinearRegression(positive=True).fit(xs, yv)
         self.coef_ = np.maximum(np.asarray(est.coef_, dtype=np.float64), 0.0) / scale
         self.intercept_ = float(est.intercept_)
         return self
@@ -90,16 +70,9 @@ class BilinearCostFitter(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
 def _check(X: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     x = np.asarray(X, dtype=np.float64)
-    yv = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 3:
         raise ValueError(f"X must have shape (n, 3) [pairs, kept_out, kept_in], got {x.shape}")
-    if yv.ndim != 1 or len(yv) != len(x):
-        raise ValueError(f"y must have shape ({len(x)},), got {yv.shape}")
-    if len(x) < 2:
-        raise ValueError(f"need at least 2 samples, got {len(x)}")
-    if not (np.isfinite(x).all() and np.isfinite(yv).all()):
-        raise ValueError("X and y must be finite")
-    return x, yv
+    return x, check_y(x, y)
 
 
 def features(lay: ProfileLayer) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -117,15 +90,6 @@ def features(lay: ProfileLayer) -> tuple[NDArray[np.float64], NDArray[np.float64
     return np.array(rows), np.array(y)
 
 
-def _cv_mape(fitter: BilinearCostFitter, x: NDArray[np.float64], y: NDArray[np.float64],
-             random_state: int) -> float:
-    folds = KFold(n_splits=min(5, len(x)), shuffle=True, random_state=random_state)
-    pred = np.empty_like(y)
-    for train, test in folds.split(x):
-        pred[test] = clone(fitter).fit(x[train], y[train]).predict(x[test])
-    return float(mean_absolute_percentage_error(y, pred))
-
-
 def fit_channel_layer(lay: ProfileLayer, robust: bool = True, random_state: int = 0
                       ) -> dict[str, Any]:
     """One cost-model layer entry from a structured profile layer."""
@@ -137,7 +101,7 @@ def fit_channel_layer(lay: ProfileLayer, robust: bool = True, random_state: int 
         "slope_out": float(fitter.coef_[1]), "slope_in": float(fitter.coef_[2]),
         "block": list(lay.block), "structure": "channels",
         "r2": float(r2_score(y, fitter.predict(x))) if len(set(y.tolist())) > 1 else 1.0,
-        "mape": _cv_mape(fitter, x, y, random_state), "shape": list(lay.shape),
+        "mape": held_out_mape(fitter, x, y, random_state=random_state), "shape": list(lay.shape),
         "n_samples": len(y), "inliers": int(fitter.inlier_mask_.sum()),
     }
     for key in ("kind", "groups", "depthwise", "head_dim", "positions", "full"):

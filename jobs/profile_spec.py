@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from spartan_service.jobs.fields import Name
-from spartan_service.jobs.spec import ALLOWED_BLOCKS, DataSpec, ModelSpec, _Strict
+from spartan_service.jobs.spec import Block, DataSpec, ModelSpec, _Strict
 
 PROFILE_KERNELS = ("auto", "dense", "csr", "bsr", "semi")
 MIN_POINTS = 3  # distinct densities per layer: two fix a line, a third checks it
@@ -35,7 +35,7 @@ class ProfileSpec(_Strict):
     data: DataSpec = Field(
         default_factory=DataSpec, description="Gives the input shape and the example batch.")
     structure: Literal["weights", "channels"] = "weights"
-    block: tuple[int, int] = (1, 1)
+    block: Block = (1, 1)
     kernels: list[str] = Field(
         default_factory=lambda: ["auto"], min_length=1, max_length=len(PROFILE_KERNELS),
         description="'auto' (time every kernel that applies and keep the fastest per layer), "
@@ -57,14 +57,6 @@ class ProfileSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     queue: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="'auto': gpu when device is 'cuda', else cpu.")
-
-    @field_validator("block")
-    @classmethod
-    def _known_block(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if tuple(value) not in ALLOWED_BLOCKS:
-            allowed = ", ".join(f"[{r}, {c}]" for r, c in sorted(ALLOWED_BLOCKS))
-            raise ValueError(f"block {list(value)} is not supported; use one of {allowed}")
-        return value
 
     @field_validator("kernels")
     @classmethod

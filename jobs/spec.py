@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,6 +19,17 @@ from spartan_service.jobs import catalog
 from spartan_service.jobs.fields import INT_MAX, FiniteFloat, JsonDict, Name, Prefix, Ref, Tag, Text
 
 ALLOWED_BLOCKS = {(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32)}
+
+
+def known_block(value: tuple[int, int]) -> tuple[int, int]:
+    if tuple(value) not in ALLOWED_BLOCKS:
+        allowed = ", ".join(f"[{r}, {c}]" for r, c in sorted(ALLOWED_BLOCKS))
+        raise ValueError(f"block {list(value)} is not supported; use one of {allowed}")
+    return value
+
+
+# A sparsity block (rows, columns), for training and profile jobs alike.
+Block = Annotated[tuple[int, int], AfterValidator(known_block)]
 
 
 class _Strict(BaseModel):
@@ -82,7 +94,7 @@ class SparsitySpec(_Strict):
         description="Fraction of the total cost the final model keeps (0.05 = 95% sparse with "
         "the default per-weight cost).",
     )
-    block: tuple[int, int] = (1, 1)
+    block: Block = (1, 1)
     allocation: Text = Field(
         default="global",
         description="'global' (one budget over all layers), 'uniform', 'erk', or 'N:M' "
@@ -109,14 +121,6 @@ class SparsitySpec(_Strict):
         description="With structure 'channels': the fraction of each layer's channels always "
         "kept (at least one).",
     )
-
-    @field_validator("block")
-    @classmethod
-    def _known_block(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if tuple(value) not in ALLOWED_BLOCKS:
-            allowed = ", ".join(f"[{r}, {c}]" for r, c in sorted(ALLOWED_BLOCKS))
-            raise ValueError(f"block {list(value)} is not supported; use one of {allowed}")
-        return value
 
     @field_validator("allocation")
     @classmethod
