@@ -249,7 +249,17 @@ const Spartan = (() => {
     return { node, update };
   }
 
-  document.addEventListener("DOMContentLoaded", setupTokenForm);
+  // Every page has the same header (_header.html); the link to the page shown is marked.
+  function markCurrentPage() {
+    for (const link of document.querySelectorAll("header.top a[data-nav]")) {
+      if (link.pathname === location.pathname) link.setAttribute("aria-current", "page");
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    markCurrentPage();
+    setupTokenForm();
+  });
 
   return {
     AuthError, api, getJSON, poll, download, cancelButton, el, notice, statusBadge, progressBar,

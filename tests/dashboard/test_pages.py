@@ -309,3 +309,14 @@ def test_job_page_says_when_the_latency_promise_was_missed(page: Any, served: Se
     expect(box).to_have_class("warning-box")
     expect(page.locator("#report-table")).to_contain_text("1 ms (missed)")
     expect(page.locator("#report-table")).to_contain_text("95.5%")  # dense vs sparse accuracy
+
+
+def test_the_header_marks_the_page_shown(page: Any, served: Served) -> None:
+    nav = page.locator("header.top")
+    for path, current in (("/", "All jobs"), ("/profiles", "Profiles"), ("/compare", None)):
+        page.goto(path)
+        marked = nav.locator('[aria-current="page"]')
+        if current is None:
+            expect(marked).to_have_count(0)
+        else:
+            expect(marked).to_have_text(current)

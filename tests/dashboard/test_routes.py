@@ -115,6 +115,20 @@ def test_pages_are_served_with_a_strict_policy(
     assert "script-src 'self'" in csp and "default-src 'none'" in csp
 
 
+@pytest.mark.parametrize("path", ["/", "/jobs/abc", "/sweeps/abc", "/compare", "/profiles",
+                                  "/cost-models/abc"])
+def test_every_page_has_the_shared_head_header_and_sign_in(
+    env: tuple[TestClient, JobStore, ArtifactStore], path: str,
+) -> None:
+    client, _, _ = env
+    html = client.get(path).text
+    assert "<!-- include" not in html
+    assert html.index('<meta charset="utf-8">') < html.index("<title>")
+    for part in ('href="/static/dashboard.css"', 'src="/static/common.js"', 'id="sign-out"',
+                 'href="/profiles" data-nav', 'id="token-form"'):
+        assert html.count(part) == 1, part
+
+
 def test_static_files(env: tuple[TestClient, JobStore, ArtifactStore]) -> None:
     client, _, _ = env
     for name, kind in (("charts.js", "text/javascript"), ("dashboard.css", "text/css"),
