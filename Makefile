@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS := $(VENV)/.extras
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-quick lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ lint: setup
 
 test: lint $(EXTRAS)
 	$(BIN)/pytest -q -ra
+
+# While working: lint, then the tests that need neither Redis/PostgreSQL nor ~10 s or more each.
+test-quick: lint $(EXTRAS)
+	$(BIN)/pytest -q -ra -m "not slow and not distributed"
 
 clean:
 	rm -rf $(VENV) spartan-data .pytest_cache .mypy_cache .ruff_cache .typecheck

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import REPO, base_env
 
 
+@pytest.mark.slow
 def test_demo_trains_and_prints_where_results_are(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "spartan_service.cli", "demo", "--exit", "--port", "0"],

@@ -22,6 +22,8 @@ import pytest
 
 from tests.e2e.conftest import REPO, Serve, base_env, stop_process, wait_for
 
+pytestmark = pytest.mark.distributed
+
 REDIS_URL = os.environ.get("SPARTAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_URL = os.environ.get("SPARTAN_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")

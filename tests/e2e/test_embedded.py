@@ -114,6 +114,7 @@ def test_embedded_workers_run_niced(serve: Serve) -> None:
     assert all(nice(pid) == 10 for pid in workers)
 
 
+@pytest.mark.slow
 def test_store_survives_an_api_restart(serve: Serve) -> None:
     assert serve.client is not None
     early = serve.client.submit({**SPEC, "name": "cancelled before the restart"})["id"]

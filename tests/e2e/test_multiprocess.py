@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from spartan_service.cli.client import Client
 from tests.e2e.conftest import Serve, base_env, stop_process, wait_for
 from tests.e2e.test_distributed import real_backends, start_worker, wait_ready
@@ -33,6 +35,7 @@ def check_two_ranks(client: Client) -> None:
     assert {"model.safetensors", "masks.safetensors", "report.json"} <= set(names)
 
 
+@pytest.mark.slow
 def test_two_process_job_on_the_embedded_default(tmp_path: Path) -> None:
     serve = Serve(base_env(tmp_path / "data"), tmp_path, workers=1)
     try:
@@ -51,6 +54,7 @@ def test_two_process_job_on_the_embedded_default(tmp_path: Path) -> None:
         serve.stop()  # asserts that no rank process is left behind
 
 
+@pytest.mark.distributed
 def test_two_process_job_on_redis_and_postgres(tmp_path: Path) -> None:
     with real_backends() as (broker_url, database_url):
         env = base_env(tmp_path / "data", SPARTAN_BROKER_URL=broker_url,

@@ -55,6 +55,7 @@ def check_hardware(profile: dict[str, Any], threads: int = 1) -> None:
     assert hw["torch"] and hw["cores"]
 
 
+@pytest.mark.slow
 def test_profile_job_through_the_cli_and_the_loop_closed(serve: Serve, tmp_path: Path) -> None:
     assert serve.client is not None
     out = tmp_path / "profile.json"
@@ -135,6 +136,7 @@ def test_structured_profile_job_and_the_loop_closed(serve: Serve) -> None:
     assert client.cost_model(model_id)["id"] == model_id
 
 
+@pytest.mark.distributed
 def test_profile_job_on_redis_and_postgresql(tmp_path: Path) -> None:
     with real_backends() as (broker_url, database_url):
         env = base_env(tmp_path / "data", SPARTAN_BROKER_URL=broker_url,

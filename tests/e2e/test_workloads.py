@@ -16,6 +16,8 @@ from spartan_service.cli.client import ClientError
 from tests import workloads
 from tests.e2e.conftest import Serve, base_env, wait_for
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -177,6 +177,7 @@ def redis_and_postgres(tmp_path: Path) -> Iterator[Settings]:
         yield make_settings(tmp_path, broker_url=broker_url, database_url=database_url)
 
 
+@pytest.mark.distributed
 def test_redis_restart_without_persistence_loses_nothing(
         redis_and_postgres: Settings) -> None:
     import redis

@@ -14,8 +14,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import TERMINAL, wait_for
 from tests.reliability.cluster import LONG_SPEC, MAX_ATTEMPTS, Cluster
+
+pytestmark = pytest.mark.distributed
 
 SHORT_SPEC = {**LONG_SPEC, "training": {"epochs": 1}}
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.service.factories import profile
 from tests.service.served import children, cpu_seconds, served
@@ -19,6 +20,7 @@ def pool_cpu(pid: int) -> float:
     return sum(cpu_seconds(child) for child in children(pid))
 
 
+@pytest.mark.slow
 def test_large_fit_runs_in_the_pool_while_healthz_answers(tmp_path: Path) -> None:
     with served(tmp_path, SPARTAN_MAX_BODY_BYTES=str(8 << 20)) as (url, proc):
         small = httpx.post(f"{url}/v1/cost-models", json={"profile": profile(2)}, timeout=120)

@@ -48,6 +48,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> list[list[dict[str, An
     return run_ranks(tmp_path_factory.mktemp("ddp"), CASES, fsdp=True)
 
 
+@pytest.mark.slow
 def test_masks_identical_on_every_rank_at_every_step(
         straight: list[list[dict[str, Any]]]) -> None:
     for case, *per_rank in zip(CASES, *[r[:len(CASES)] for r in straight], strict=True):
@@ -66,6 +67,7 @@ def test_masks_identical_on_every_rank_at_every_step(
     assert straight[1][0]["adopted"] > 0
 
 
+@pytest.mark.slow
 def test_fsdp_is_refused(straight: list[list[dict[str, Any]]]) -> None:
     """fully_shard before attaching, or after: both refused on every rank, not trained wrong."""
     for per_rank in straight:
@@ -74,6 +76,7 @@ def test_fsdp_is_refused(straight: list[list[dict[str, Any]]]) -> None:
         assert "was replaced after the Sparsifier was attached" in fsdp["attached_then_sharded"]
 
 
+@pytest.mark.slow
 def test_state_saved_on_rank_0_resumes_on_every_rank(
         tmp_path: Path, straight: list[list[dict[str, Any]]]) -> None:
     """Rank 0 alone loads the checkpoint taken mid-warmup; `broadcast` gives every rank its

@@ -23,6 +23,8 @@ from spartan_service.worker.runner import run_job
 from tests.files import artifact_file, private_file
 from tests.worker.conftest import TINY, Submit, merged
 
+pytestmark = pytest.mark.slow
+
 
 def report(artifacts: ArtifactStore, job_id: str) -> dict[str, Any]:
     return dict(json.loads(artifact_file(artifacts, job_id, "report.json").read_text()))

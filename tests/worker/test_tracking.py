@@ -131,6 +131,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_group(proc)
 
 
+@pytest.mark.slow
 def test_mlflow_run_read_back_from_the_server(mlflow_server: str, submit: Submit,
                                               store: JobStore, artifacts: ArtifactStore,
                                               settings: Settings) -> None:

@@ -102,6 +102,7 @@ def test_eval_every_and_max_steps(submit: Submit, store: JobStore, artifacts: Ar
     assert report["accuracy"]["baseline"] == "none" and report["accuracy"]["dense"] is None
 
 
+@pytest.mark.slow
 def test_two_ranks_stream_npy_as_one_process_does(
         store: JobStore, artifacts: ArtifactStore, settings: Settings, tmp_path: Path) -> None:
     """A streamed dataset across two ranks (gloo): each takes half of every global batch, so
