@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -86,16 +86,33 @@ def test_dense_job_reports_every_weight_kept(submit: Submit, store: JobStore,
     assert report.cost.predicted == report.cost.dense  # every weight kept
 
 
+def on_steps(monkeypatch: pytest.MonkeyPatch, hook: Callable[[int], None]) -> None:
+    """Call hook(n) before the n-th training step (n from 1)."""
+    lr_at = training.lr_at
+    calls = 0
+
+    def counted(*args: Any) -> float:
+        nonlocal calls
+        calls += 1
+        hook(calls)
+        return lr_at(*args)
+
+    monkeypatch.setattr(training, "lr_at", counted)
+
+
 def test_progress_is_written_while_training(submit: Submit, store: JobStore,
                                             artifacts: ArtifactStore, settings: Settings,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
+    stored = threading.Event()  # a heartbeat has stored progress
     heartbeat = store.heartbeat
 
     def spy(job_id: str, progress: dict[str, Any] | None = None, **kw: Any) -> bool:
+        stop = heartbeat(job_id, progress, **kw)
         if progress is not None:
             seen.append(progress)
-        return heartbeat(job_id, progress, **kw)
+            stored.set()
+        return stop
 
     monkeypatch.setattr(store, "heartbeat", spy)
     phases: list[str] = []
@@ -106,7 +123,13 @@ def test_progress_is_written_while_training(submit: Submit, store: JobStore,
         update(self, progress, metrics)
 
     monkeypatch.setattr(Lease, "update", spy_update)
-    slow(monkeypatch, 0.01)
+
+    def wait_for_a_beat(step: int) -> None:
+        if step % 10 == 0:  # steps 10, 20, 30, 40 of 46: each waits until a beat stored one
+            stored.clear()
+            assert stored.wait(60), "no heartbeat while training"
+
+    on_steps(monkeypatch, wait_for_a_beat)
     run_job(submit(training={"epochs": 2}), store, artifacts, settings)
     # 46 steps: budget anneals over the first 20%, masks are frozen for the last 20%.
     assert phases[0] == "warmup" and phases[-1] == "finetune" and "train" in phases
@@ -117,17 +140,6 @@ def test_progress_is_written_while_training(submit: Submit, store: JobStore,
     assert 0 <= p["accuracy"] <= 1 and p["eta_s"] > 0 and p["steps_per_s"] > 0
     assert 0.25 <= p["budget_fraction"] <= 1 and p["beta"] > 0
     assert any(q["val_accuracy"] is not None for q in mid)  # after the first epoch
-
-
-def slow(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Make each training step take at least `seconds`."""
-    lr_at = training.lr_at
-
-    def sleepy(*args: Any) -> float:
-        time.sleep(seconds)
-        return lr_at(*args)
-
-    monkeypatch.setattr(training, "lr_at", sleepy)
 
 
 def test_a_raising_model_factory_fails_the_job(submit: Submit, store: JobStore,
@@ -187,19 +199,27 @@ def test_cuda_requested_without_a_gpu_fails_clearly(submit: Submit, store: JobSt
 
 
 def test_cancel_stops_a_running_job(submit: Submit, store: JobStore,
-                                                   artifacts: ArtifactStore, settings: Settings,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    slow(monkeypatch, 0.02)
+                                    artifacts: ArtifactStore, settings: Settings,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     job_id = submit(training={"epochs": 50})
-    thread = threading.Thread(target=run_job, args=(job_id, store, artifacts, settings))
-    thread.start()
-    deadline = time.monotonic() + 30
-    while (store.get_job(job_id).progress.get("step") or 0) < 3:  # type: ignore[union-attr]
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.02)
-    store.request_cancel(job_id)
-    thread.join(timeout=120)  # a hang guard; how fast a cancel lands is benchmarks' business
-    assert not thread.is_alive()
+    told = threading.Event()  # a heartbeat has answered "stop"
+    heartbeat = store.heartbeat
+
+    def spy(*args: Any, **kw: Any) -> bool:
+        stop = heartbeat(*args, **kw)
+        if stop:
+            told.set()
+        return stop
+
+    monkeypatch.setattr(store, "heartbeat", spy)
+
+    def cancel_at_step_3(step: int) -> None:
+        if step == 3:  # a cancel arrives mid-job; the step ends once the worker has heard it
+            store.request_cancel(job_id)
+            assert told.wait(60), "no heartbeat answered stop"
+
+    on_steps(monkeypatch, cancel_at_step_3)
+    run_job(job_id, store, artifacts, settings)
     job = store.get_job(job_id)
     assert job is not None and job.status == "cancelled" and job.finished_at is not None
     assert job.progress["step"] < job.progress["total_steps"]  # stopped, not run to the end
