@@ -81,41 +81,33 @@ def label_findings(path: Path) -> dataset_rules.Findings:
 def check_arrays(paths: dict[str, Path], kw: dict[str, Any], task: str) -> None:
     pairs = [("x", "y")] + ([("val_x", "val_y")] if "data.kwargs.val_x" in paths else [])
     for xk, yk in pairs:
+        loc: dict[str, Loc] = {"x": ["data", "kwargs", xk], "y": ["data", "kwargs", yk]}
         x_path = paths[f"data.kwargs.{xk}"]
-        readable(x_path, ["data", "kwargs", xk])
+        readable(x_path, loc["x"])
         try:
             x_shape, x_dtype = array_header(x_path)
         except ValueError as exc:
-            raise PathError(["data", "kwargs", xk], str(exc)) from None
-        if task == "causal_lm":
-            if x_dtype.kind not in "iu" or len(x_shape) != 2:
-                raise PathError(["data", "kwargs", xk], f"causal_lm needs token ids: an integer "
-                                f"array (N, L), got {x_dtype} {list(x_shape)}")
-        elif len(x_shape) < 2:
-            raise PathError(["data", "kwargs", xk], f"x must be (N, features...), got shape "
-                            f"{list(x_shape)}")
-        if f"data.kwargs.{yk}" not in paths:
-            if task != "causal_lm":
-                raise PathError(["data", "kwargs", yk], f"task '{task}' needs labels or "
-                                "targets: kwargs.y")
-            continue
-        y_path = paths[f"data.kwargs.{yk}"]
-        readable(y_path, ["data", "kwargs", yk])
+            raise PathError(loc["x"], str(exc)) from None
+        if task == "causal_lm" and x_dtype.kind not in "iu":
+            raise PathError(loc["x"], f"causal_lm needs token ids: an integer array (N, L), "
+                            f"got {x_dtype} {list(x_shape)}")
+        y_path = paths.get(f"data.kwargs.{yk}")
+        y_shape = None
+        if y_path is not None:
+            readable(y_path, loc["y"])
+            try:
+                y_shape, _ = array_header(y_path)
+            except ValueError as exc:
+                raise PathError(loc["y"], str(exc)) from None
         try:
-            y_shape, _ = array_header(y_path)
-        except ValueError as exc:
-            raise PathError(["data", "kwargs", yk], str(exc)) from None
-        if not y_shape or y_shape[0] != x_shape[0]:
-            raise PathError(["data", "kwargs", yk], f"y has shape {list(y_shape)}, x has "
-                            f"{x_shape[0]} examples")
-        if task == "classification":
-            check_labels(y_path, y_shape, kw["num_classes"], ["data", "kwargs", yk])
+            dataset_rules.check_shapes(x_shape, y_shape, task, 2 if xk == "x" else 1)
+        except dataset_rules.DatasetError as exc:
+            raise PathError(loc[exc.field], str(exc)) from None
+        if task == "classification" and y_path is not None:
+            check_labels(y_path, kw["num_classes"], loc["y"])
 
 
-def check_labels(path: Path, shape: tuple[int, ...], num_classes: int | None, loc: Loc) -> None:
-    if len(shape) != 1:
-        raise PathError(loc, f"class labels must be one per example (shape (N,)), got "
-                        f"{list(shape)}")
+def check_labels(path: Path, num_classes: int | None, loc: Loc) -> None:
     try:
         dataset_rules.check_values(label_findings(path), "classification", num_classes,
                                    path.name)

@@ -2,11 +2,14 @@
 
 The API checks an uploaded file against them chunk by chunk as it reads it (jobs.uploads, for
 classification: an upload's task is not known yet, and classification is the default), the
-worker checks the arrays it loads for the job's task (worker.data); both call these functions.
+worker checks the arrays it loads for the job's task (worker.data), and .npy datasets on shared
+storage are checked by their headers and label scans (jobs.data_arrays at submit and on the
+worker, worker.storage when loading); all call these functions.
 - x: numeric, shape (N, ...) with N >= 2 examples, finite values;
 - classification: y numeric, shape (N,), whole numbers >= 0 and below num_classes when it is
   given (float labels are cast);
-- regression: y numeric, shape (N,) or (N, outputs), finite values.
+- regression: y numeric, shape (N,) or (N, outputs...), finite values;
+- causal_lm (arrays of token ids): x of shape (N, L), no y needed.
 """
 
 from __future__ import annotations
@@ -21,28 +24,41 @@ NUMERIC_KINDS = "biuf"  # numpy dtype kinds: bool, signed, unsigned, float
 
 
 class DatasetError(ValueError):
-    """The arrays break one of the rules; the message says which."""
+    """The arrays break one of the rules; the message says which, `field` ("x" or "y") which
+    array it is about."""
+
+    def __init__(self, msg: str, field: str = "y") -> None:
+        super().__init__(msg)
+        self.field = field
 
 
 def check_dtype(name: str, dtype: np.dtype) -> None:
     if dtype.kind not in NUMERIC_KINDS:
-        raise DatasetError(f"{name} must be numeric, got {dtype}")
+        raise DatasetError(f"{name} must be numeric, got {dtype}", name)
 
 
-def check_shapes(x_shape: Sequence[int], y_shape: Sequence[int],
-                 task: str = "classification") -> None:
-    xs, ys = list(x_shape), list(y_shape)
+def check_shapes(x_shape: Sequence[int], y_shape: Sequence[int] | None,
+                 task: str = "classification", min_examples: int = 2) -> None:
+    """x (N, ...) (causal_lm: token ids (N, L)); y per task, None only for causal_lm; the
+    same N in both, at least `min_examples` (a separate validation set may hold fewer)."""
+    xs = list(x_shape)
+    if task == "causal_lm" and len(xs) != 2:
+        raise DatasetError(f"causal_lm needs token ids of shape (N, L), got {xs}", "x")
     if len(xs) < 2:
-        raise DatasetError(f"x must have shape (N, ...) with N examples, got {xs}")
-    if task == "regression":
-        if len(ys) not in (1, 2):
-            raise DatasetError(f"y must have shape (N,) or (N, outputs), got {ys}")
-    elif len(ys) != 1:
-        raise DatasetError(f"y must be 1-D (one class label per example), got shape {ys}")
-    if xs[0] != ys[0]:
-        raise DatasetError(f"{xs[0]} examples in x but {ys[0]} labels in y")
-    if ys[0] < 2:
-        raise DatasetError(f"need at least 2 examples, got {ys[0]}")
+        raise DatasetError(f"x must have shape (N, ...) with N examples, got {xs}", "x")
+    if y_shape is None:
+        if task != "causal_lm":
+            raise DatasetError(f"task '{task}' needs labels or targets: y")
+    else:
+        ys = list(y_shape)
+        if task == "regression" and not ys:
+            raise DatasetError(f"y must have shape (N,) or (N, outputs...), got {ys}")
+        if task == "classification" and len(ys) != 1:
+            raise DatasetError(f"y must be 1-D (one class label per example), got shape {ys}")
+        if xs[0] != ys[0]:
+            raise DatasetError(f"{xs[0]} examples in x but {ys[0]} labels in y")
+    if xs[0] < min_examples:
+        raise DatasetError(f"need at least {min_examples} examples, got {xs[0]}", "x")
 
 
 @dataclass
@@ -76,7 +92,7 @@ def check_values(findings: Findings, task: str = "classification",
     """The value rules; for classification, labels below `num_classes` when it is given.
     `y_name` names the labels in messages (a file, a column)."""
     if findings.x_nonfinite:
-        raise DatasetError("x holds NaN or infinite values")
+        raise DatasetError("x holds NaN or infinite values", "x")
     if task == "regression":
         if findings.y_nonfinite:
             raise DatasetError("y holds NaN or infinite values")

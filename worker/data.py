@@ -156,6 +156,7 @@ def load_dataset(dataset: str, kwargs: dict[str, Any], val_fraction: float, seed
     std[std < 1e-8] = 1.0  # constant features (digits' border pixels) stay at zero
     x = (x - mean) / std
     if task == "regression":  # targets standardised too; num_classes counts the outputs
+        y = y.reshape(len(y), -1) if y.ndim > 2 else y
         y_std = y[train].std(axis=0)
         y = (y - y[train].mean(axis=0)) / np.where(y_std < 1e-8, 1.0, y_std)
         return Dataset(torch.from_numpy(x[train]), torch.from_numpy(y[train]),

@@ -88,21 +88,14 @@ def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed:
          ) -> StreamData:
     x = open_array(path("x"))
     y = open_array(path("y")) if kw["y"] else None
-    if y is None and task != "causal_lm":
-        raise ValueError(f"data.kwargs.y: task '{task}' needs labels or targets")
-    for arr in (x, y):
-        if arr is not None and len(arr) < 2:
-            raise ValueError(f"{arr.path.name}: need at least 2 examples, got {len(arr)}")
-    if y is not None and len(y) != len(x):
-        raise ValueError(f"data.kwargs.y: {len(y)} rows, x has {len(x)}")
+    _check_shapes(x, y, task, "x", "y")
     if kw["val_x"]:
         vx = open_array(path("val_x"))
         vy = open_array(path("val_y")) if kw["val_y"] else None
         if vx.shape[1:] != x.shape[1:]:
             raise ValueError(f"data.kwargs.val_x: examples of shape {list(vx.shape[1:])}, x's "
                              f"are {list(x.shape[1:])}")
-        if vy is not None and len(vy) != len(vx):
-            raise ValueError(f"data.kwargs.val_y: {len(vy)} rows, val_x has {len(vx)}")
+        _check_shapes(vx, vy, task, "val_x", "val_y", min_examples=1)
         train_index, val_index = np.arange(len(x)), np.arange(len(vx))
     else:
         vx, vy = x, y
@@ -123,6 +116,14 @@ def _npy(kw: dict[str, Any], path: _Paths, task: str, val_fraction: float, seed:
 
     return StreamData(make(x, y), train_index, make(vx, vy), val_index, tuple(x.shape[1:]),
                       outputs, False)
+
+
+def _check_shapes(x: Array, y: Array | None, task: str, xk: str, yk: str,
+                  min_examples: int = 2) -> None:
+    try:
+        dataset_rules.check_shapes(x.shape, None if y is None else y.shape, task, min_examples)
+    except dataset_rules.DatasetError as exc:
+        raise ValueError(f"data.kwargs.{xk if exc.field == 'x' else yk}: {exc}") from None
 
 
 def _classes(arrays: list[Array | None], given: int | None) -> int:

@@ -125,7 +125,7 @@ def test_npy_headers_shapes_and_labels(tmp_path: Path) -> None:
 
     check("x.npy", "y.npy")
     check("x.npy", "y.npy", num_classes=3)
-    cases = [(("x.npy", "y5.npy"), "y", "x has 6 examples"),
+    cases = [(("x.npy", "y5.npy"), "y", "6 examples in x but 5 labels in y"),
              (("x.npy", "neg.npy"), "y", "class labels must be >= 0"),
              (("cut.npy", "y.npy"), "x", "truncated"),
              (("text.npy", "y.npy"), "x", "not a readable .npy"),

@@ -13,6 +13,7 @@ from spartan_service.jobs.dataset_rules import (
     DatasetError,
     Findings,
     check_arrays,
+    check_shapes,
     check_values,
     count_classes,
 )
@@ -60,8 +61,23 @@ def test_regression_admits_real_and_two_dimensional_targets() -> None:
     check_arrays(X, np.linspace(-1, 1, 12).reshape(6, 2), "regression")
     with pytest.raises(DatasetError, match="y holds NaN"):
         check_arrays(X, np.array([0.5, np.nan, 1, 2, 3, 4]), "regression")
-    with pytest.raises(DatasetError, match=r"y must have shape \(N,\) or \(N, outputs\)"):
-        check_arrays(X, np.zeros((6, 1, 1)), "regression")
+    check_arrays(X, np.zeros((6, 2, 2)), "regression")  # outputs flattened by the loaders
+    with pytest.raises(DatasetError, match=r"y must have shape \(N,\) or \(N, outputs\.\.\.\)"):
+        check_shapes([6, 3], [], "regression")
+
+
+def test_shape_errors_say_which_array_and_causal_lm_needs_no_labels() -> None:
+    check_shapes([4, 16], None, "causal_lm")
+    cases = [(([4], [4]), "x"), (([4, 2], [3]), "y"), (([1, 2], [1]), "x"),
+             (([4, 2], None), "y"), (([4, 2], [4, 2]), "y")]
+    for (xs, ys), field in cases:
+        with pytest.raises(DatasetError) as info:
+            check_shapes(xs, ys)
+        assert info.value.field == field, (xs, ys)
+    with pytest.raises(DatasetError, match=r"token ids of shape \(N, L\)") as info:
+        check_shapes([4, 2, 2], None, "causal_lm")
+    assert info.value.field == "x"
+    check_shapes([1, 2], [1], min_examples=1)  # a validation set of one
 
 
 def test_non_numeric_arrays_are_refused() -> None:
