@@ -169,7 +169,10 @@ def pruned(dense: nn.Module, data: tuple[Tensor, ...], epochs: int, seed: int,
     rep = sp.finalize()
     small = shrink(model.eval(), x).eval()
     params = sum(p.numel() for p in small.parameters())
-    return {"model": small, "graph": graph, "keep": keep,
+    from spartan.channel_costs import widths
+
+    kept = {n: [int(w) for w in widths(lay, keep)] for n, lay in graph.layers.items()}
+    return {"model": small, "graph": graph, "keep": keep, "widths": kept,
             "accuracy": accuracy(small, data[2], data[3]), "predicted": pred,
             "params": params, "kept_cost_fraction": rep.kept_cost_fraction}
 

@@ -162,6 +162,10 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
         amount, unit = (budget_ms, "ms") if budget_ms is not None else (s.budget, "fraction")
         split, fraction, target = piecewise_split(split, model, amount, unit, s.allocation)
         budget = budget_ms if budget_ms is not None else target
+        if split.dense_layers:
+            warnings.append(f"kept dense with all their weights: {', '.join(split.dense_layers)} "
+                            "(under the fitted piecewise latency their dense kernel buys more "
+                            "than masking them; the other layers share the budget)")
     else:
         fraction, budget = s.budget, None
     return CostPlan(kind, split.cost_model.unit, float(fraction), costs=split.costs,

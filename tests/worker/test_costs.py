@@ -89,3 +89,25 @@ def test_a_job_validates_its_cost_model_and_computes_block_costs_once(
     run(submit, store, artifacts, settings, sparsity={"budget": 0.5},
         cost_model={"kind": "fitted", "id": model_id})
     assert calls == {"validate": 1, "block_costs": 1}
+
+
+def test_a_layer_best_left_dense_keeps_all_its_weights(
+        submit: Submit, store: JobStore, artifacts: ArtifactStore, settings: Settings) -> None:
+    # layers.0's sparse line reaches its dense latency (0.02 ms) at 100 of 2048 weights: at 70%
+    # of the dense latency it is better kept dense and head masked harder (dense_choice).
+    piecewise = json.loads(json.dumps(LATENCY))
+    piecewise["layers"]["layers.0"]["dense_latency"] = 0.02
+    model_id = store.create_cost_model("t1", piecewise, None, "cpu").id
+    job_id = submit(sparsity={"budget": 0.7}, cost_model={"kind": "fitted", "id": model_id})
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error
+    report = json.loads(artifacts.read_bytes(job_id, "report.json"))
+    cost = report["cost"]
+    dense = 0.01 + 0.02 + 0.005 + 320 * 2e-4  # layers.0 capped at its dense latency
+    assert cost["dense"] == pytest.approx(dense)
+    assert cost["budget"] == pytest.approx(0.7 * dense)
+    assert cost["fixed"] == pytest.approx(0.01 + 0.02 + 0.005)
+    assert cost["within_budget"] and cost["predicted"] <= cost["budget"] * (1 + 1e-4)
+    assert [lay["name"] for lay in report["sparsity"]["layers"]] == ["head.weight"]
+    assert any("layers.0.weight" in w and "dense" in w for w in job.warnings)
