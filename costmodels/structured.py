@@ -67,12 +67,18 @@ def _round(f: float, full: int, mult: int) -> int:
 
 def _grid(lay: Any, fractions: tuple[float, ...]) -> list[tuple[int, int]]:
     """(kept_in, kept_out) shapes to time (module doc)."""
+    from spartan.channel_graph import kv_groups
+
     mod = lay.module
     n_in, n_out = lay.in_items.numel(), lay.out_items.numel() * lay.head_dim
     vin, vout = bool((lay.in_items >= 0).any()), bool((lay.out_items >= 0).any())
     if lay.kind == "attention":
         h, d = lay.out_items.numel(), lay.head_dim
-        return sorted({(n_in, _round(f, h, 1) * d) for f in fractions})
+        rep = kv_groups(mod)  # grouped-query attention keeps whole groups of heads
+        shapes = sorted({(n_in, _round(f, h, rep) * d) for f in fractions})
+        if len(shapes) < 3:  # too few groups to fit a line: time head counts between them
+            shapes = sorted({(n_in, _round(f, h, 1) * d) for f in fractions})
+        return shapes
     if lay.kind == "conv" and lay.depthwise:
         k = mod.out_channels // mod.in_channels
         return sorted({(c, c * k) for c in {_round(f, n_in, 1) for f in fractions}})

@@ -28,11 +28,30 @@ def attention_heads(module: nn.Module) -> tuple[int, int] | None:
         return None
     if not isinstance(head_dim, int) or head_dim <= 0:
         return None
-    widths = {p.out_features for p in projections}  # type: ignore[union-attr]
-    width = widths.pop()
-    if widths or width % head_dim or out.in_features != width:  # type: ignore[union-attr]
-        return None  # grouped-query attention (fewer k / v heads) is left whole
-    return width // head_dim, head_dim
+    q, k, v = (p.out_features for p in projections)  # type: ignore[union-attr]
+    if k != v or q % head_dim or k % head_dim or out.in_features != q:  # type: ignore[union-attr]
+        return None
+    if (q // head_dim) % (k // head_dim):
+        return None
+    return q // head_dim, head_dim
+
+
+def kv_groups(module: nn.Module) -> int:
+    """Query heads per key / value head: 1, or more with grouped-query attention (q head h
+    reads k / v head h // groups, as Hugging Face's repeat_kv lays them out)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return 1
+    q, k = module.q_proj, module.k_proj
+    return int(q.out_features) // int(k.out_features)  # type: ignore[union-attr, arg-type]
+
+
+def head_items(uf: UnionFind, module: nn.Module, heads: int) -> list[int]:
+    """One element per query head; the heads sharing a key / value head are joined (they go
+    together: removing a k / v head removes its group)."""
+    elems, rep = uf.new(heads), kv_groups(module)
+    for h in range(heads):
+        uf.union(elems[h], elems[h - h % rep])
+    return elems
 
 
 # -- the result ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from spartan.channel_graph import Found, UnionFind, attention_heads
+from spartan.channel_graph import Found, UnionFind, attention_heads, kv_groups
 from spartan.channel_views import (
     Pin,
     Track,
@@ -122,7 +122,12 @@ class Analysis:
         heads = attention_heads(mod)
         if heads is not None:
             self._pin_args(node)
+            first = name not in self.found.layers
             elems = self._layer_once(name, "attention", None, heads[0], shape=None)
+            if first:  # grouped-query attention: the q heads of one k / v head go together
+                rep = kv_groups(mod)
+                for h in range(heads[0]):
+                    self.uf.union(elems[h], elems[h - h % rep])
             self.found.layers[name]["head_dim"] = heads[1]
             tokens = _first_shape(meta(node.args[0])) if node.args else None
             batch_first = getattr(mod, "batch_first", True)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from spartan.channel_graph import kv_groups
 from spartan.channels import ChannelGraph, Layer
 
 
@@ -96,11 +97,15 @@ def row_col(lay: Layer, f: Any) -> tuple[Tensor, Tensor | None]:
     """Per output channel (head) and per input channel: sums of f(weight) (f = abs: L1)."""
     mod = lay.module
     if lay.kind == "attention":
-        h = lay.out_items.numel()
-        rows = sum(f(w).sum(1).view(h, -1).sum(1) + (
-            0 if b is None else f(b).view(h, -1).sum(1)) for w, b in _qkv(mod))
-        rows = rows + f(out_proj_weight(mod)).sum(0).view(h, -1).sum(1)
-        return rows, None  # type: ignore[return-value]
+        h, rep = lay.out_items.numel(), kv_groups(mod)
+        rows = f(out_proj_weight(mod)).sum(0).view(h, -1).sum(1)
+        for i, (w, b) in enumerate(_qkv(mod)):
+            per = f(w).sum(1) if b is None else f(w).sum(1) + f(b)
+            if i == 0:
+                rows = rows + per.view(h, -1).sum(1)
+            else:  # a k / v head shared by `rep` q heads: a share to each (the item sums them)
+                rows = rows + per.view(h // rep, -1).sum(1).repeat_interleave(rep) / rep
+        return rows, None
     w = out_in(mod)
     bias = getattr(mod, "bias", None)
     fw = f(w)
@@ -136,10 +141,13 @@ def zero_items(lay: Layer, drop: Tensor, n: int) -> None:
     d_out = drop[torch.where(lay.out_items >= 0, lay.out_items, n)]
     if lay.kind == "attention":
         rows = d_out.repeat_interleave(lay.head_dim)
-        for w, b in _qkv(mod):
-            w[rows] = 0.0
+        rep = kv_groups(mod)
+        kv_rows = d_out.view(-1, rep)[:, 0].repeat_interleave(lay.head_dim)
+        for i, (w, b) in enumerate(_qkv(mod)):
+            r = rows if i == 0 else kv_rows
+            w[r] = 0.0
             if b is not None:
-                b[rows] = 0.0
+                b[r] = 0.0
         out_proj_weight(mod)[:, rows] = 0.0
         return
     out_in(mod)[d_out] = 0.0

@@ -41,6 +41,7 @@ from spartan.channel_graph import (
     Norm,
     UnionFind,
     attention_heads,
+    head_items,
     layer_weight,
     resolve,
 )
@@ -125,7 +126,8 @@ def _trace_part(module: nn.Module, prefix: str, inputs: dict[str, tuple[Any, Any
     if graph is None:
         heads = attention_heads(module)
         if heads is not None:  # an attention leaf traced alone: its heads are still items
-            found.layers[name] = {"kind": "attention", "in": None, "out": uf.new(heads[0]),
+            found.layers[name] = {"kind": "attention", "in": None,
+                                  "out": head_items(uf, module, heads[0]),
                                   "positions": 1.0, "head_dim": heads[1]}
         return
     Analysis(uf, found, module, prefix).run(graph)

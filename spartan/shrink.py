@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spartan.channel_graph import kv_groups
 from spartan.channel_weights import out_in, out_proj_weight, row_col_sq
 from spartan.channels import ChannelGraph, trace_channels
 from spartan.kernels import replace_module
@@ -241,16 +242,20 @@ def _shrink_attention(mod: nn.Module, heads: list[int]) -> nn.Module:
     if isinstance(mod, nn.MultiheadAttention):
         return _shrink_mha(mod, heads)
     if isinstance(mod, ShrunkAttention) or hasattr(mod, "q_proj"):
-        d = int(mod.head_dim)  # type: ignore[arg-type]
+        d, rep = int(mod.head_dim), kv_groups(mod)  # type: ignore[arg-type]
         old = mod.q_proj.out_features // d  # type: ignore[union-attr, operator]
-        rows = _head_rows(heads, d)
-        for p in ("q_proj", "k_proj", "v_proj"):
-            setattr(mod, p, _shrink_linear(getattr(mod, p), None, rows.tolist()))
+        kv = sorted({h // rep for h in heads})  # whole groups: len(heads) == rep x len(kv)
+        rows, kv_rows = _head_rows(heads, d), _head_rows(kv, d)
+        mod.q_proj = _shrink_linear(mod.q_proj, None, rows.tolist())  # type: ignore[arg-type]
+        for p in ("k_proj", "v_proj"):
+            setattr(mod, p, _shrink_linear(getattr(mod, p), None, kv_rows.tolist()))
         o = "o_proj" if hasattr(mod, "o_proj") else "out_proj"
         setattr(mod, o, _shrink_linear(getattr(mod, o), rows.tolist(), None))
-        for attr in ("num_heads", "num_attention_heads", "num_key_value_heads"):
-            if getattr(mod, attr, None) == old:
-                setattr(mod, attr, len(heads))
+        for attr, before, now in (("num_heads", old, len(heads)),
+                                  ("num_attention_heads", old, len(heads)),
+                                  ("num_key_value_heads", old // rep, len(kv))):
+            if getattr(mod, attr, None) == before:
+                setattr(mod, attr, now)
         return mod
     raise ValueError(f"cannot remove heads of a {type(mod).__name__}")
 

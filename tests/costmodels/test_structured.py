@@ -181,3 +181,15 @@ def test_conv1d_profile_and_alongside_timing() -> None:
     assert [row["latency"] > 0 for row in prof["alongside"]] == [True, True]
     cm = fit_profile(prof)
     assert set(cm["layers"]) == {lay["name"] for lay in prof["layers"]}
+
+
+def test_grouped_query_attention_profiles_whole_groups() -> None:
+    from tests.spartan.channel_models import TinyDecoder
+
+    torch.manual_seed(0)
+    model, x = TinyDecoder(dim=32, heads=8, kv_heads=4), torch.randn(4, 5, 6)
+    prof = profile_channels(model, x, quick=True, repeats=2, warmup=0, progress=False)
+    (attn,) = [lay for lay in prof["layers"] if lay["kind"] == "attention"]
+    # 2 q heads per k / v head, head_dim 4: kept q widths are multiples of 8
+    assert {s["kept_out"] for s in attn["samples"]} == {8, 16, 32}
+    assert "attn" in fit_profile(prof)["layers"]

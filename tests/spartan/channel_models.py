@@ -49,15 +49,17 @@ class ConcatNet(nn.Module):
 
 
 class HFAttention(nn.Module):
-    """Attention laid out as in Hugging Face models: separate q / k / v / o projections."""
+    """Attention laid out as in Hugging Face models: separate q / k / v / o projections;
+    kv_heads < heads: grouped-query attention (k / v heads repeated as HF's repeat_kv)."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, kv_heads: int | None = None) -> None:
         super().__init__()
         self.head_dim = dim // heads
         self.num_heads = heads
+        self.num_key_value_heads = kv_heads or heads
         self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, self.num_key_value_heads * self.head_dim)
+        self.v_proj = nn.Linear(dim, self.num_key_value_heads * self.head_dim)
         self.o_proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -65,6 +67,8 @@ class HFAttention(nn.Module):
         shape = (b, t, -1, self.head_dim)
         q, k, v = (p(x).view(shape).transpose(1, 2) for p in (self.q_proj, self.k_proj,
                                                                self.v_proj))
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
@@ -72,11 +76,12 @@ class HFAttention(nn.Module):
 class TinyDecoder(nn.Module):
     """A pre-norm block with HF-style attention and a gated (SwiGLU) MLP."""
 
-    def __init__(self, dim: int = 16, heads: int = 4, hidden: int = 24) -> None:
+    def __init__(self, dim: int = 16, heads: int = 4, hidden: int = 24,
+                 kv_heads: int | None = None) -> None:
         super().__init__()
         self.embed = nn.Linear(6, dim)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = HFAttention(dim, heads)
+        self.attn = HFAttention(dim, heads, kv_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)

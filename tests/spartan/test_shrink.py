@@ -279,3 +279,21 @@ def test_transposed_conv_shrinks_to_the_masked_outputs(method: str) -> None:
     assert isinstance(small.up, nn.ConvTranspose2d) and small.up.output_padding == (1, 1)
     assert small.up.in_channels == small.down.out_channels < 8
     assert small.up.out_channels == small.head.in_channels < 6
+
+
+@pytest.mark.parametrize("method", ["spartan", "imp"])
+def test_grouped_query_heads_go_by_group(method: str) -> None:
+    from spartan.channels import trace_channels
+
+    model, x = TinyDecoder(dim=32, heads=8, kv_heads=2), torch.randn(4, 5, 6)
+    heads = trace_channels(model, x).layers["attn"].out_items
+    assert heads.numel() == 8 and len(set(heads.tolist())) == 2  # 4 q heads per k / v head
+    assert len(set(heads[:4].tolist())) == len(set(heads[4:].tolist())) == 1
+    model, masked = _pruned(model, x, method, allocation="uniform")
+    small = shrink(model, x).eval()
+    with torch.no_grad():
+        out = small(x)
+    assert float((out - masked).abs().max() / masked.abs().max()) <= 1e-5
+    attn = small.attn
+    assert attn.q_proj.out_features == 4 * attn.k_proj.out_features == 4 * 4  # one group left
+    assert attn.num_heads == 4 and attn.num_key_value_heads == 1
