@@ -21,7 +21,6 @@ import json
 import logging
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -69,12 +68,6 @@ def launch(job_id: str, processes: int, settings: Settings, worker: str, threads
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def agent(run_dir: Path, job_id: str, worker: str, processes: int, threads: int) -> int:
     """The agent process: elastic_launch the ranks, write how it went to RESULT."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -87,7 +80,9 @@ def agent(run_dir: Path, job_id: str, worker: str, processes: int, threads: int)
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=processes,
         run_id=f"{job_id}-{uuid.uuid4().hex[:6]}",
-        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        # Port 0: the agent's rendezvous store binds a free port itself (as torchrun's
+        # --standalone does), instead of one reserved here and taken later by another.
+        rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",
         max_restarts=0, monitor_interval=0.2, start_method="spawn")
     try:
         outcome = elastic_launch(config, rank_job.main)(
