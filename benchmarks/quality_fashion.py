@@ -8,7 +8,7 @@ or the Spartan settings given with --spartan).
 Full: 5 seeds, all 60k training images, 15 epochs. --quick: 2 seeds, the first 6000 training
 and 2000 test images, 2 epochs: a smoke run whose figures say little about the methods.
 
-    python -m benchmarks.quality_fashion [--seeds 5] [--epochs 15] [--train N]
+    python -m benchmarks.quality_fashion [--seeds 5] [--first-seed 0] [--epochs 15] [--train N]
         [--models lenet300 cnnbn] [--sparsities 0.9 0.95 0.98] [--spartan KEY=VALUE ...]
     python -m benchmarks.quality_fashion --tune [--train N] [--epochs E] [--seeds S]
 
@@ -47,13 +47,13 @@ CANDIDATES: tuple[tuple[tuple[str, Any], ...], ...] = (
 
 
 def plan(quick: bool, seeds: int | None = None, epochs: int | None = None,
-         train_size: int | None = None) -> dict[str, Any]:
+         train_size: int | None = None, first_seed: int = 0) -> dict[str, Any]:
     if quick:
         p: dict[str, Any] = {"dataset": "fashion-quick", "seeds": [0, 1], "epochs": 2}
     else:
         p = {"dataset": "fashion", "seeds": [0, 1, 2, 3, 4], "epochs": 15}
     if seeds is not None:
-        p["seeds"] = list(range(seeds))
+        p["seeds"] = list(range(first_seed, first_seed + seeds))
     if epochs is not None:
         p["epochs"] = epochs
     if train_size is not None:
@@ -76,8 +76,8 @@ def interval(values: list[float]) -> dict[str, Any]:
 def grid(quick: bool, seeds: int | None = None, epochs: int | None = None,
          train_size: int | None = None, models: tuple[str, ...] = MODELS,
          sparsities: tuple[float, ...] = SPARSITIES,
-         spartan: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any]:
-    p = plan(quick, seeds, epochs, train_size)
+         spartan: tuple[tuple[str, Any], ...] = (), first_seed: int = 0) -> dict[str, Any]:
+    p = plan(quick, seeds, epochs, train_size, first_seed)
     rows: list[dict[str, Any]] = []
     cases = [("dense", 0.0)] + list(itertools.product(METHODS, sparsities))
     for model, (method, sparsity) in itertools.product(models, cases):
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tune", action="store_true", help="compare Spartan settings (train split)")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train", type=int, default=None, help="first N training images")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         out = tune(args.epochs or 3, args.seeds or 1, args.train or 20000, tuple(args.models))
     else:
         out = grid(args.quick, args.seeds, args.epochs, args.train, tuple(args.models),
-                   tuple(args.sparsities), tuple(_setting(s) for s in args.spartan))
+                   tuple(args.sparsities), tuple(_setting(s) for s in args.spartan),
+                   args.first_seed)
         log.info("\n%s", out["table_markdown"])
     print(json.dumps({"benchmark": "quality_fashion", "threads": args.threads, **out}))
 
