@@ -44,12 +44,12 @@ RUN mkdir -m 0755 /opt/spartan-native \
     && cd / && SPARTAN_CACHE_DIR=/opt/spartan-native python -c \
        "from spartan import _native; print(_native.prebuild())" \
     && chmod -R a+rX,go-w /opt/spartan-native
-# What the service never runs (about 200 MB): pip and setuptools, torch's C++ headers (there
-# is no compiler at run time), its C++ test programs and protoc. The .pyc files stay: without
-# them every process start compiles torch again (docs/deployment.md).
+# What the service never runs (about 190 MB): pip, torch's C++ headers (there is no compiler
+# at run time), its C++ test programs and protoc. setuptools stays (torch declares it), and so
+# do the .pyc files: without them every process start compiles torch again (docs/deployment.md).
 RUN cd "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
     && rm -rf torch/include torch/test torch/bin/test_* torch/bin/protoc* torch/lib/*_test.so \
-    && pip uninstall -y -q pip setuptools
+    && pip uninstall -y -q pip
 
 # -- runtime: no compiler ------------------------------------------------------------------
 FROM ${BASE_IMAGE}
