@@ -261,6 +261,12 @@ def run_arch(arch: str, data: tuple[Tensor, ...], args: argparse.Namespace) -> d
                                    warmup_frac=0.5, finetune_frac=args.finetune_frac)
             results[f"latency_{int(frac * 100)}"] = pruned(dense, data, tune, seed, cfg,
                                                             costs64, cms)
+        for mk in args.min_keep_alt:  # the 50% budget again under another floor
+            cfg = SparsifierConfig(structure="channels", budget=channel_budget_fraction(
+                cms[64], dense, x64[:8], 0.5), min_keep=mk, warmup_frac=0.5,
+                finetune_frac=args.finetune_frac)
+            results[f"latency_50_min_keep_{mk:g}"] = pruned(dense, data, tune, seed, cfg,
+                                                             costs64, cms)
         # uniform widths at the parameter count, and at the predicted latency, of the 50% model
         uniform = {"uniform_params": uniform_fraction(dense, x64[:8],
                                                       results["latency_50"]["params"]),
@@ -354,6 +360,8 @@ def main() -> None:
     parser.add_argument("--tune-epochs", type=int, default=None)
     parser.add_argument("--min-keep", type=float, default=0.1)
     parser.add_argument("--finetune-frac", type=float, default=0.3)
+    parser.add_argument("--min-keep-alt", type=float, nargs="*", default=[],
+                        help="also prune to 50%% of dense latency under these floors")
     args = parser.parse_args()
     args.seeds = args.seeds or (1 if args.quick else 3)
     args.repeats = args.repeats or (15 if args.quick else 41)
