@@ -254,9 +254,13 @@ def run_arch(arch: str, data: tuple[Tensor, ...], args: argparse.Namespace) -> d
                                "dense_accuracy_before_tune": accuracy(dense, data[2], data[3]),
                                "fit": {b: cm.get("calibration", {}).get("whole_model_mape")
                                        for b, cm in cms.items()}}
-        results = {}
+        results, run["refused"] = {}, {}
         for frac in FRACTIONS:
-            budget = channel_budget_fraction(cms[64], dense, x64[:8], frac)
+            try:
+                budget = channel_budget_fraction(cms[64], dense, x64[:8], frac)
+            except ValueError as exc:  # e.g. at or below the fitted fixed cost: say so, go on
+                run["refused"][f"latency_{int(frac * 100)}"] = str(exc)
+                continue
             cfg = SparsifierConfig(structure="channels", budget=budget, min_keep=args.min_keep,
                                    warmup_frac=0.5, finetune_frac=args.finetune_frac)
             results[f"latency_{int(frac * 100)}"] = pruned(dense, data, tune, seed, cfg,
