@@ -238,7 +238,7 @@ def run_arch(arch: str, data: tuple[Tensor, ...], args: argparse.Namespace) -> d
     shape = tuple(data[0].shape[1:])
     epochs, tune = args.dense_epochs, args.tune_epochs
     out: dict[str, Any] = {"runs": []}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         torch.manual_seed(seed)
         dense = make(arch, shape, args.quick)
         train(dense, data, epochs, seed)
@@ -364,6 +364,7 @@ def main() -> None:
     parser.add_argument("--tune-epochs", type=int, default=None)
     parser.add_argument("--min-keep", type=float, default=0.1)
     parser.add_argument("--finetune-frac", type=float, default=0.3)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--min-keep-alt", type=float, nargs="*", default=[],
                         help="also prune to 50%% of dense latency under these floors")
     args = parser.parse_args()
