@@ -296,14 +296,14 @@ def run_arch(arch: str, data: tuple[Tensor, ...], args: argparse.Namespace) -> d
     return out
 
 
-def _uniform_at_equal_accuracy(run: dict[str, Any]) -> float:
-    """Batch-64 latency of uniform widths at the 50% model's accuracy: linear in accuracy
+def _uniform_at_equal_accuracy(run: dict[str, Any], name: str = "latency_50") -> float:
+    """Batch-64 latency of uniform widths at the accuracy of run `name`: linear in accuracy
     between the two uniform runs and the dense model (clamped to the dense latency)."""
     res = run["results"]
     pts = sorted({(res[k]["accuracy"], res[k]["measured_ms_b64"])
                   for k in ("uniform_params", "uniform_latency")} |
                  {(run["dense_accuracy"], run["dense_ms_b64"])})
-    acc = res["latency_50"]["accuracy"]
+    acc = res[name]["accuracy"]
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     return float(min(np.interp(acc, xs, ys), run["dense_ms_b64"]))
 
@@ -344,6 +344,14 @@ def summarise(arch: str, res: dict[str, Any]) -> dict[str, Any]:
             "accuracy"])
     s["uniform_ms_at_equal_accuracy_b64"] = mean(_uniform_at_equal_accuracy)
     s["latency50_vs_uniform_equal_accuracy_b64"] = s["uniform_ms_at_equal_accuracy_b64"] / lat50
+    s["floors_at_50"] = {  # the 50% budget under each floor the run tried
+        name: {"accuracy_drop": mean(lambda r, n=name: r["dense_accuracy"]
+                                     - r["results"][n]["accuracy"]),
+               "speedup_b64": mean(lambda r, n=name: r["results"][n]["speedup_b64"]),
+               "vs_uniform_equal_accuracy_b64": mean(
+                   lambda r, n=name: _uniform_at_equal_accuracy(r, n)
+                   / r["results"][n]["measured_ms_b64"])}
+        for name in runs[0]["results"] if name.startswith("latency_50")}
     s["speedup50_b64"] = mean(lambda r: r["results"]["latency_50"]["speedup_b64"])
     s["accuracy_drop50"] = s["dense_accuracy"] - mean(
         lambda r: r["results"]["latency_50"]["accuracy"])
