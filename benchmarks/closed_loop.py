@@ -15,8 +15,9 @@ for each structure:
    measuring its exported model (sparse kernels, or the shrunk model) beside the prediction,
    stored with the cost model (report `deployment`);
 3. one refit (POST /v1/cost-models/{id}/refit's code) folds those points in as the next
-   version; the same jobs run again and name the cost model, so the worker takes the
-   refitted version (the newest measured on this hardware): their error is held out.
+   version; the same jobs (budgets at the same fractions under the new version) run again
+   and name the cost model, so the worker takes the refitted version (the newest measured on
+   this hardware): their error is held out.
 
 Reported per structure and over all jobs: MAPE of promised (the budget) vs measured latency
 and of predicted vs measured, before and after the refit; the refit's in-sample error; and
@@ -172,8 +173,10 @@ def loop(store: JobStore, artifacts: ArtifactStore, settings: Settings, quick: b
         source="refit", parent_id=base.id, refit=summary)
     log.info("%s refit: v%d, in-sample error %.1f%% -> %.1f%%", structure, new.version,
              100 * summary["mape_before"], 100 * summary["mape_after"])
+    # The same fractions under the refitted version: its dense cost moved, and a budget
+    # above it would be refused (nothing to prune).
     after = [train(store, artifacts, settings, b, quick, seed, structure)
-             for seed in range(seeds) for b in targets]
+             for seed in range(seeds) for b in budgets(new.data, quick, structure)]
     return {"hardware": base.hardware_label, "profile_s": prof["seconds"],
             "before_refit": before, "after_refit": after, **figures(before, after),
             "refit_in_sample": {"before": summary["mape_before"],

@@ -172,8 +172,11 @@ def get_cost_model(model_id: str, store: StoreDep, tenant: CurrentTenant) -> Res
     response_model=CostModelDetail,
     responses=responses(404, 409),
     summary="Refit with the deployment measurements folded in (a new version)",
-    description="Each layer is fitted again on its profile samples plus the per-layer times "
-    "measured in deployed models; the overhead comes from the whole-model measurements. The "
+    description="Each layer's cost curve is scaled by the median ratio of its time measured "
+    "in the deployed models to its prediction (weight sparsity: where the export ran the dense "
+    "kernel, that time becomes the layer's dense cap instead; structured layers: every term at "
+    "their kept widths); the overhead becomes the median of what the whole-model measurements "
+    "leave after the layers. The deployed samples are appended to the stored profile. The "
     "result is the next version of the same name, with `refit` giving the error on those "
     "points before and after. 409 when no deployed model was measured against it yet.",
 )
