@@ -220,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--structures: unknown {unknown}; use {', '.join(STRUCTURES)}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("spartan", "spartan_service"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     t0 = time.perf_counter()
     result = run(args.quick, args.threads, args.seeds or (1 if args.quick else 3), structures)
     result["seconds"] = time.perf_counter() - t0
