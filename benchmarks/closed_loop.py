@@ -84,7 +84,7 @@ def budgets(cost_model: dict[str, Any], quick: bool, structure: str) -> list[flo
     """Latency budgets (ms) at FRACTIONS of the way from the fixed cost (overhead and
     intercepts) to the dense model's predicted latency (weights: each layer at most its
     dense time)."""
-    from spartan_service.costmodels.deployment import predict_point
+    from spartan_service.costmodels.deployment import weights_latency_range
     from spartan_service.costmodels.schema import validate_cost_model
 
     cm = validate_cost_model(cost_model)
@@ -96,10 +96,7 @@ def budgets(cost_model: dict[str, Any], quick: bool, structure: str) -> list[flo
         model = build_model(spec["arch"], spec["kwargs"], (64,), 10)
         fixed, variable = channel_cost_split(cm, model, torch.zeros(2, 64))
         return [fixed + f * variable for f in FRACTIONS]
-    full = [{"name": n, "nnz_blocks": (lay.shape or [0, 0])[0] * (lay.shape or [0, 0])[1]}
-            for n, lay in cm.layers.items()]
-    dense, _ = predict_point(cm, full)
-    fixed = (cm.overhead or 0.0) + sum(lay.intercept for lay in cm.layers.values())
+    fixed, dense = weights_latency_range(cm)
     return [fixed + f * (dense - fixed) for f in FRACTIONS]
 
 

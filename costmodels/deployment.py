@@ -53,6 +53,18 @@ def predict_point(cost_model: Mapping[str, Any] | CostModel, layers: Sequence[Ma
     return (cm.overhead or 0.0) + sum(per_layer.values()), per_layer
 
 
+def weights_latency_range(cost_model: Mapping[str, Any] | CostModel) -> tuple[float, float]:
+    """(fixed, dense) ms of a weights cost model: overhead and intercepts, which no sparsity
+    removes, and the dense model's prediction (each layer at most its dense time). A latency
+    budget is feasible strictly between the two."""
+    cm = validate_cost_model(cost_model if isinstance(cost_model, CostModel)
+                             else dict(cost_model))
+    full = [{"name": n, "nnz_blocks": (lay.shape or [0, 0])[0] * (lay.shape or [0, 0])[1]}
+            for n, lay in cm.layers.items()]
+    dense, _ = predict_point(cm, full)
+    return (cm.overhead or 0.0) + sum(lay.intercept for lay in cm.layers.values()), dense
+
+
 def _layer_prediction(name: str, entry: Any, point: Mapping[str, Any]) -> float:
     from spartan_service.costmodels.fit import piecewise  # the line, capped at the dense time
     from spartan_service.costmodels.fit_channels import layer_latency

@@ -4,6 +4,8 @@ a row on a tenant's behalf (`owned`), which every store section uses."""
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -75,13 +77,28 @@ def make_engine(url: str) -> Engine:
         def _sqlite_pragmas(conn: Any, _record: Any) -> None:
             # WAL lets the API read while a worker writes progress.
             cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
+            _journal_mode_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _journal_mode_wal(cur: Any, wait_s: float = 30.0) -> None:
+    """Switch to WAL. The switch needs an exclusive lock and SQLite answers "database is
+    locked" at once instead of waiting (the busy handler is not called), so processes that
+    open a fresh file together retry; once one has switched, the pragma is a no-op."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 # Any fixed number: the PostgreSQL advisory lock that one migration at a time holds.
