@@ -176,7 +176,9 @@ class Analysis:
             else:
                 self.uf.pin(x.elems)
         first = name not in self.found.layers
-        out = self._layer_once(name, "conv", in_elems, cout, shape, depthwise=g > 1 and g == cin)
+        # FLOPs positions: a transposed conv multiplies every weight at each input position.
+        at = meta(node.args[0]) if isinstance(mod, TRANSPOSED) and node.args else shape
+        out = self._layer_once(name, "conv", in_elems, cout, at, depthwise=g > 1 and g == cin)
         if first and g > 1:
             if in_elems is None:  # grouped input we cannot follow: the groups stay whole
                 self.uf.pin(out)

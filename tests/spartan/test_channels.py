@@ -271,3 +271,15 @@ def test_decoder_heads_and_gated_mlp() -> None:
     s = train(model, x, cfg(budget=0.4), 6)
     assert 0 < int(s.item_mask()[g.layers["attn"].out_items].sum()) < 4 or \
         int(s.item_mask()[g.layers["up_proj"].out_items].sum()) < 24
+
+
+def test_flops_of_a_transposed_conv_count_input_positions() -> None:
+    # 4x4 -> 8x8 upsampling: each weight multiplies once per input position (16); a conv
+    # counts its output positions (8x8 = 64 after the upsampling).
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                          nn.ConvTranspose2d(4, 6, 2, stride=2), nn.ReLU(),
+                          nn.Conv2d(6, 2, 3, padding=1))
+    g = trace_channels(model, torch.randn(2, 3, 4, 4))
+    flops = builtin_costs(g, "flops")
+    assert g.layers["2"].positions == 16 and g.layers["4"].positions == 64
+    assert flops["2"].slope == pytest.approx(2 * 2 * 2 * 16)  # per (in, out) pair: 2 x k x k x 16
