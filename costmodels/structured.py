@@ -101,8 +101,13 @@ def _module_at(lay: Any, kin: int, kout: int, like: Tensor) -> nn.Module:
     batch_first = getattr(mod, "batch_first", True)
     bias = mod.in_proj_bias is not None if isinstance(mod, nn.MultiheadAttention) else \
         mod.q_proj.bias is not None
-    return ShrunkAttention(kin, kout // lay.head_dim, lay.head_dim, bias=bias, out_bias=bias,
-                           batch_first=batch_first, **kw)
+    from spartan.channel_graph import kv_groups
+
+    heads = kout // lay.head_dim  # grouped-query attention: whole groups (_grid), fewer k / v
+    rep = kv_groups(mod)
+    return ShrunkAttention(kin, heads, lay.head_dim, bias=bias, out_bias=bias,
+                           batch_first=batch_first, kv_heads=heads // rep if heads % rep == 0
+                           else heads, **kw)
 
 
 def _call(lay: Any, module: nn.Module, x: Tensor) -> Any:

@@ -187,19 +187,24 @@ class ShrunkAttention(nn.Module):
     """Multi-head attention with some heads removed: q / k / v / out projections of
     heads x head_dim channels around an unchanged embedding width (nn.MultiheadAttention
     ties its heads to the embedding width, so it cannot lose heads). Same call signature;
-    returns (output, None)."""
+    returns (output, None). With kv_heads < num_heads, grouped-query attention: k / v have
+    kv_heads heads, each shared by num_heads / kv_heads query heads (the layout of Hugging Face
+    GQA models, which the structured profiler times)."""
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True,
                  out_bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 device: Any = None, dtype: Any = None) -> None:
+                 device: Any = None, dtype: Any = None, kv_heads: int | None = None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
+        kv_heads = kv_heads or num_heads
+        if num_heads % kv_heads:
+            raise ValueError(f"{num_heads} heads do not split into {kv_heads} kv groups")
         width = num_heads * head_dim
         self.q_proj = nn.Linear(embed_dim, width, bias=bias, **kw)
-        self.k_proj = nn.Linear(embed_dim, width, bias=bias, **kw)
-        self.v_proj = nn.Linear(embed_dim, width, bias=bias, **kw)
+        self.k_proj = nn.Linear(embed_dim, kv_heads * head_dim, bias=bias, **kw)
+        self.v_proj = nn.Linear(embed_dim, kv_heads * head_dim, bias=bias, **kw)
         self.out_proj = nn.Linear(width, embed_dim, bias=out_bias, **kw)
-        self.num_heads, self.head_dim = num_heads, head_dim
+        self.num_heads, self.head_dim, self.kv_heads = num_heads, head_dim, kv_heads
         self.batch_first, self.dropout = batch_first, dropout
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
@@ -209,14 +214,14 @@ class ShrunkAttention(nn.Module):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         b, t, s = query.shape[0], query.shape[1], key.shape[1]
-        h, d = self.num_heads, self.head_dim
+        h, d, hk = self.num_heads, self.head_dim, self.kv_heads
         q = self.q_proj(query).view(b, t, h, d).transpose(1, 2)
-        k = self.k_proj(key).view(b, s, h, d).transpose(1, 2)
-        v = self.v_proj(value).view(b, s, h, d).transpose(1, 2)
+        k = self.k_proj(key).view(b, s, hk, d).transpose(1, 2)
+        v = self.v_proj(value).view(b, s, hk, d).transpose(1, 2)
         mask = _additive(attn_mask, key_padding_mask, q.dtype, b, h, t, s)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and mask is None)
+            is_causal=is_causal and mask is None, enable_gqa=hk != h)
         out = self.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
         return (out if self.batch_first else out.transpose(0, 1)), None
 

@@ -193,3 +193,10 @@ def test_grouped_query_attention_profiles_whole_groups() -> None:
     # 2 q heads per k / v head, head_dim 4: kept q widths are multiples of 8
     assert {s["kept_out"] for s in attn["samples"]} == {8, 16, 32}
     assert "attn" in fit_profile(prof)["layers"]
+    # each width is timed in the GQA layout: k / v keep half the q heads
+    from spartan.channels import trace_channels
+    from spartan_service.costmodels.structured import _module_at
+
+    lay = trace_channels(model, x).layers["attn"]
+    timed = _module_at(lay, 32, 16, x)
+    assert (timed.q_proj.out_features, timed.k_proj.out_features) == (16, 8)

@@ -297,3 +297,20 @@ def test_grouped_query_heads_go_by_group(method: str) -> None:
     attn = small.attn
     assert attn.q_proj.out_features == 4 * attn.k_proj.out_features == 4 * 4  # one group left
     assert attn.num_heads == 4 and attn.num_key_value_heads == 1
+
+
+def test_shrunk_attention_with_kv_groups_is_grouped_query_attention() -> None:
+    from spartan.shrink import ShrunkAttention
+    from tests.spartan.channel_models import HFAttention
+
+    torch.manual_seed(0)
+    ref = HFAttention(16, 4, kv_heads=2).eval()
+    mine = ShrunkAttention(16, 4, 4, batch_first=True, kv_heads=2).eval()
+    for a, b in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
+                 ("o_proj", "out_proj")):
+        getattr(mine, b).load_state_dict(getattr(ref, a).state_dict())
+    x = torch.randn(3, 5, 16)
+    assert mine.k_proj.out_features == 8
+    torch.testing.assert_close(mine(x, x, x)[0], ref(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="kv groups"):
+        ShrunkAttention(16, 4, 4, kv_heads=3)
