@@ -104,17 +104,18 @@ def flops_cost_model(model: nn.Module, example_input: Tensor,
     return _file("flops", out)
 
 
-def channel_cost_model(model: nn.Module, example_input: Tensor, kind: str = "params"
-                       ) -> dict[str, Any]:
+def channel_cost_model(model: nn.Module, example_input: Tensor, kind: str = "params",
+                       graph: Any = None) -> dict[str, Any]:
     """Built-in structured cost model (params or flops) of the layers whose channels can go:
     per layer intercept 0, slope per input-output channel pair, slope_out per output channel
-    (spartan.channel_costs)."""
+    (spartan.channel_costs). `graph`: the model's trace_channels, when the caller has it."""
     from spartan.channel_costs import cost_model_file
     from spartan.channels import trace_channels
 
-    was_training = model.training
-    try:
-        graph = trace_channels(model, example_input)
-    finally:
-        model.train(was_training)
+    if graph is None:
+        was_training = model.training
+        try:
+            graph = trace_channels(model, example_input)
+        finally:
+            model.train(was_training)
     return cost_model_file(graph, kind)

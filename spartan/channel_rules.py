@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -55,9 +55,15 @@ _PASS_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.
 class Analysis:
     """One pass over a traced graph, joining and pinning channels (rules in the module doc)."""
 
-    def __init__(self, uf: UnionFind, found: Found, root: nn.Module, prefix: str) -> None:
+    def __init__(self, uf: UnionFind, found: Found, root: nn.Module, prefix: str,
+                 inputs: list[Track | None] | None = None,
+                 link_output: Callable[[Track], bool] | None = None) -> None:
         self.uf, self.found, self.root, self.prefix = uf, found, root, prefix
         self.tracks: dict[fx.Node, Any] = {}
+        # the placeholders' channels where a sibling's output comes in (spartan.channel_run),
+        # and whether the output's channels go on to a sibling instead of being pinned
+        self.inputs, self.link_output = list(inputs or []), link_output
+        self._placeholders = 0
 
     def run(self, graph: fx.Graph) -> None:
         for node in graph.nodes:
@@ -80,9 +86,15 @@ class Analysis:
 
     def _node(self, node: fx.Node) -> Any:
         op = node.op
-        if op in ("placeholder", "get_attr"):
+        if op == "placeholder":
+            i, self._placeholders = self._placeholders, self._placeholders + 1
+            return self.inputs[i] if i < len(self.inputs) else None
+        if op == "get_attr":
             return None
         if op == "output":
+            out = self._track(node.args[0]) if node.args else None
+            if out is not None and self.link_output is not None and self.link_output(out):
+                return None
             raise Pin
         shape = node.meta.get("spartan_shape")
         if op == "call_module":

@@ -49,7 +49,7 @@ from spartan.channel_weights import (
     weight_masks,
     zero_items,
 )
-from spartan.channels import ChannelGraph, Layer, trace_channels
+from spartan.channels import ChannelGraph, Layer, require_items, trace_channels
 from spartan.config import SparsifierConfig
 from spartan.report import LayerReport, SparsityReport
 from spartan.sparsifier import Sparsifier
@@ -84,11 +84,7 @@ class ChannelSparsifier(Sparsifier):
                              "trace the model")
         self._setup(model, config, total_steps, process_group)
         self.graph: ChannelGraph = trace_channels(model, example_inputs)
-        g = self.graph
-        if g.n_items == 0:
-            raise ValueError("no channel of this model can be removed: every one is an input "
-                             "or output or is read by an op that mixes channels "
-                             f"({'; '.join(g.fallbacks) or 'see spartan.channels'})")
+        g = require_items(self.graph)
         self.costs: dict[str, LayerCost] = check_costs(g, costs)
         self.device = next(model.parameters()).device
         n = g.n_items

@@ -21,14 +21,18 @@ to them: those channels are never removed. Attention modules (nn.MultiheadAttent
 modules with q_proj / k_proj / v_proj / o_proj Linear layers and a head_dim, as in Hugging Face
 models) are leaves whose heads are items; their embedding inputs and outputs are pinned.
 
-Where tracing fails (data-dependent control flow), each child module is traced on its own
-with its inputs and outputs pinned (logged as a warning naming the module), down to the leaves.
+Where tracing fails (data-dependent control flow; Hugging Face layers, whose wrappers take
+*args / **kwargs), each child module is traced on its own (logged as a warning naming the
+module), down to the leaves, the members of a ModuleList included. A child's inputs and outputs
+are pinned, except an output that the example forward shows only its next sibling reads: its
+channels go on into that sibling's trace (spartan.channel_run), so an MLP split over two modules
+(BERT's intermediate and output) still has its hidden units as items.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
+from functools import partial
 from typing import Any
 
 import torch
@@ -46,8 +50,11 @@ from spartan.channel_graph import (
     resolve,
 )
 from spartan.channel_rules import Analysis
+from spartan.channel_run import Run, positional, reader, record
+from spartan.channel_views import Track
 
-__all__ = ["ChannelGraph", "Layer", "Norm", "attention_heads", "layer_weight", "trace_channels"]
+__all__ = ["ChannelGraph", "Layer", "Norm", "attention_heads", "layer_weight", "require_items",
+           "trace_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -77,41 +84,22 @@ def _shape_of(x: Any) -> Any:
 
 
 # -- driver -------------------------------------------------------------------------------
-def _capture_inputs(model: nn.Module, example: tuple[Any, ...]) -> dict[str, tuple[Any, Any]]:
-    """(args, kwargs) of every module's first call in one forward pass."""
-    seen: dict[str, tuple[Any, Any]] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        def hook(m: nn.Module, args: Any, kwargs: Any, n: str = name) -> None:
-            seen.setdefault(n, (args, kwargs))
-        hooks.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        model(*example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
-def _positional(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    bound = inspect.signature(module.forward).bind(*args, **kwargs)
-    bound.apply_defaults()
-    return list(bound.arguments.values())
-
-
-def _trace_part(module: nn.Module, prefix: str, inputs: dict[str, tuple[Any, Any]],
-                uf: UnionFind, found: Found, top: bool) -> None:
+def _trace_part(module: nn.Module, prefix: str, run: Run, uf: UnionFind, found: Found,
+                top: bool) -> None:
     name = prefix.rstrip(".")
-    if name not in inputs:
+    if name not in run.inputs:
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # a container: its members run
+            _trace_children(module, prefix, run, uf, found)
         return  # never called in the example forward: nothing to learn, nothing pruned
-    args, kwargs = inputs[name]
+    args, kwargs = run.inputs[name]
     leaf = _Tracer().is_leaf_module(module, name) if not top else False
     try:
         if leaf:
             raise TypeError("a leaf module on its own")
         graph = _Tracer().trace(module)
         gm = fx.GraphModule(module, graph)
-        _Shapes(gm).run(*_positional(module, args, kwargs))
+        values = positional(module, args, kwargs)
+        _Shapes(gm).run(*values)
     except Exception as exc:  # noqa: BLE001 (any tracing failure: fall back to the children)
         if not leaf:
             msg = f"{name or 'the model'}: not traceable ({type(exc).__name__}: " \
@@ -119,8 +107,7 @@ def _trace_part(module: nn.Module, prefix: str, inputs: dict[str, tuple[Any, Any
                   "traced one by one with their inputs and outputs kept"
             log.warning("%s", msg)
             found.fallbacks.append(msg)
-            for child_name, child in module.named_children():
-                _trace_part(child, f"{prefix}{child_name}.", inputs, uf, found, False)
+            _trace_children(module, prefix, run, uf, found)
             return
         graph = None
     if graph is None:
@@ -130,7 +117,39 @@ def _trace_part(module: nn.Module, prefix: str, inputs: dict[str, tuple[Any, Any
                                   "out": head_items(uf, module, heads[0]),
                                   "positions": 1.0, "head_dim": heads[1]}
         return
-    Analysis(uf, found, module, prefix).run(graph)
+    # a sibling's output read here alone comes with its channels (spartan.channel_run)
+    links = [run.pending.pop(id(v))[0] if id(v) in run.pending and
+             run.pending[id(v)][1] == name else None for v in values]
+    Analysis(uf, found, module, prefix, links, partial(_link_output, run, name)).run(graph)
+
+
+def _trace_children(module: nn.Module, prefix: str, run: Run, uf: UnionFind,
+                    found: Found) -> None:
+    """Trace each child on its own, in the order they ran, so that a producer's output can be
+    linked into the sibling that alone reads it (spartan.channel_run)."""
+    children = sorted(module.named_children(),
+                      key=lambda c: run.first_call(f"{prefix}{c[0]}"))
+    before = set(run.pending)
+    for child_name, child in children:
+        _trace_part(child, f"{prefix}{child_name}.", run, uf, found, False)
+    for key in set(run.pending) - before:  # its reader was not traced whole: pinned
+        uf.pin(run.pending.pop(key)[0].elems)
+
+
+def _link_output(run: Run, name: str, track: Track) -> bool:
+    """Hand the traced output of module `name` to the sibling that alone reads it (True), or
+    leave it to be pinned (False)."""
+    parent = name.rsplit(".", 1)[0] if "." in name else ""
+    if not name:
+        return False  # the model's own output
+    mod_prefix = f"{parent}." if parent else ""
+    siblings = {n for n in run.inputs if n.startswith(mod_prefix) and n != parent
+                and "." not in n[len(mod_prefix):]}
+    owner = reader(run, name, parent, siblings)
+    if owner is None:
+        return False
+    run.pending[id(run.outputs[name])] = (track, owner)
+    return True
 
 
 def trace_channels(model: nn.Module, example_inputs: Any) -> ChannelGraph:
@@ -141,11 +160,20 @@ def trace_channels(model: nn.Module, example_inputs: Any) -> ChannelGraph:
     model.eval()
     try:
         with torch.no_grad():
-            inputs = _capture_inputs(model, example)
+            run = record(model, example)
             uf, found = UnionFind(), Found()
-            _trace_part(model, "", inputs, uf, found, True)
+            _trace_part(model, "", run, uf, found, True)
     finally:
         model.train(was_training)
     return resolve(model, uf, found)
 
 
+
+
+def require_items(graph: ChannelGraph) -> ChannelGraph:
+    """`graph`, if it has an item to remove; else a ValueError that says why (the fallbacks)."""
+    if graph.n_items == 0:
+        raise ValueError("no channel of this model can be removed: every one is an input "
+                         "or output or is read by an op that mixes channels "
+                         f"({'; '.join(graph.fallbacks) or 'see spartan.channels'})")
+    return graph

@@ -176,7 +176,7 @@ def plan_costs(spec: JobSpec, model: nn.Module, example_input: Tensor, store: Jo
 
 def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobStore,
                    tenant: str | None) -> CostPlan:
-    from spartan.channels import trace_channels
+    from spartan.channels import require_items, trace_channels
     from spartan_service.costmodels import builtin, channel_bridge
     from spartan_service.costmodels.schema import validate_cost_model
 
@@ -185,20 +185,20 @@ def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobS
     source: dict[str, Any] | None = None
     points: list[dict[str, Any]] = []
     warnings: list[str] = []
+    was_training = model.training
+    try:  # first: a model with nothing to remove fails here, saying why
+        graph = require_items(trace_channels(model, example))
+    finally:
+        model.train(was_training)
     if kind == "params" and spec.cost_model.budget_ms is None:
-        cost_model: Any = builtin.channel_cost_model(model, example, "params")
+        cost_model: Any = builtin.channel_cost_model(model, example, "params", graph)
     elif kind == "flops":
-        cost_model = builtin.channel_cost_model(model, example, "flops")
+        cost_model = builtin.channel_cost_model(model, example, "flops", graph)
     else:
         row, source, warnings = stored_model(spec.cost_model, store, tenant, example.device,
                                              spec.training.batch_size)
         cost_model = row.data
         points = _points(store, row.id)
-    was_training = model.training
-    try:
-        graph = trace_channels(model, example)
-    finally:
-        model.train(was_training)
     costs = channel_bridge.channel_costs(cost_model, model, example, graph=graph)
     fixed, variable = channel_bridge.channel_cost_split(cost_model, model, example, graph=graph)
     cm = validate_cost_model(dict(cost_model))

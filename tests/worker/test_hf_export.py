@@ -105,3 +105,40 @@ def test_speedup_timing_passes_the_attention_mask(tmp_path: Path) -> None:
     assert [r["batch"] for r in section["batches"]] == [1, 4]
     assert seen and all("attention_mask" in kw for kw in seen)
     assert {tuple(kw["attention_mask"].shape) for kw in seen} == {(1, 6), (4, 6)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_a_shrunk_text_model_loads_from_the_file_alone(name: str, roots: Path,
+                                                      tmp_path: Path) -> None:
+    """A channels job on a Hugging Face model: heads and MLP units removed physically; the
+    shrunk file rebuilds (config stored beside the tensors) with the masked model's outputs."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None,
+                        api_tokens=None, data_roots=str(roots), progress_interval_s=0.05)
+    store = JobStore(settings.db_url)
+    task = "causal_lm" if name == "gpt2" else "classification"
+    body = spec(roots / name, roots / "reviews.parquet", task)
+    body["sparsity"] = {"method": "spartan", "structure": "channels", "budget": 0.5,
+                        "min_keep": 0.25}
+    job_id = store.create_job("t1", JobSpec.model_validate(body).model_dump(mode="json"),
+                              "cpu", "test").id
+    run_job(job_id, store, ArtifactStore(settings.artifacts_dir), settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    artifacts = ArtifactStore(settings.artifacts_dir)
+    report = json.loads(artifacts.read_bytes(job_id, "report.json"))
+    path = artifact_file(artifacts, job_id, "model.sparse.safetensors")
+    loaded = load_sparse(path, "cpu")  # no build_model, no model folder
+    trained = build_model(f"hf:{roots / name}", {"pretrained": False}, None,
+                          report["model"]["num_classes"], task, True, [roots]).eval()
+    trained.load_state_dict(load_file(str(artifact_file(artifacts, job_id,
+                                                        "model.safetensors"))))
+    small = sum(p.numel() for p in loaded.parameters())
+    assert small < sum(p.numel() for p in trained.parameters())
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        got = hf.logits(loaded(input_ids=ids, attention_mask=mask))
+        want = hf.logits(trained(input_ids=ids, attention_mask=mask))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    store.close()

@@ -1,0 +1,82 @@
+"""Tracing in parts (spartan.channel_run): where a parent cannot be traced, a child's output
+that only its next sibling reads keeps its channels (a BERT-style MLP split over two modules);
+one the parent also uses stays pinned; members of a ModuleList are traced too."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spartan import shrink
+from spartan.channels import trace_channels
+from tests.spartan.test_channels import cfg, train
+
+
+class Up(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Linear(8, 24)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.dense(x))
+
+
+class Down(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Linear(24, 8)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, h: Tensor, residual: Tensor) -> Tensor:
+        return self.norm(self.dense(h) + residual)
+
+
+class Block(nn.Module):
+    """Untraceable (data-dependent branch); `leak` also reads the hidden units in the block."""
+
+    def __init__(self, leak: bool = False) -> None:
+        super().__init__()
+        self.up, self.down, self.leak = Up(), Down(), leak
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.sum() > 1e9:
+            x = x * 0
+        h = self.up(x)
+        out = self.down(h, x)
+        return out + h[..., :8] if self.leak else out
+
+
+class Stack(nn.Module):
+    def __init__(self, leak: bool = False) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(leak), Block(leak)])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def test_hidden_units_split_over_two_modules_are_items() -> None:
+    g = trace_channels(Stack(), torch.randn(4, 8))
+    assert any("blocks.0" in f for f in g.fallbacks)
+    assert set(g.layers) == {f"blocks.{i}.{p}.dense" for i in (0, 1) for p in ("up", "down")}
+    assert g.n_items == 48  # 24 hidden units per block
+
+
+def test_the_split_model_shrinks_to_the_masked_outputs() -> None:
+    model, x = Stack(), torch.randn(16, 8)
+    s = train(model, x, cfg(budget=0.5), 8)
+    s.finalize()
+    model.eval()
+    small = shrink(model, x).eval()
+    assert small.blocks[0].up.dense.out_features < 24
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_an_output_the_parent_also_reads_stays_pinned() -> None:
+    g = trace_channels(Stack(leak=True), torch.randn(4, 8))
+    assert g.n_items == 0
