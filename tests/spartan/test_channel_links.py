@@ -4,6 +4,7 @@ one the parent also uses stays pinned; members of a ModuleList are traced too.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,3 +81,49 @@ def test_the_split_model_shrinks_to_the_masked_outputs() -> None:
 def test_an_output_the_parent_also_reads_stays_pinned() -> None:
     g = trace_channels(Stack(leak=True), torch.randn(4, 8))
     assert g.n_items == 0
+
+
+def _hf_causal_lm(kind: str) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    from spartan.hf import make_maskable
+
+    torch.manual_seed(0)
+    if kind == "llama":  # grouped-query attention: 4 q heads over 2 k / v heads
+        config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                          num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, max_position_embeddings=32)
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        config = transformers.BertConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                         num_hidden_layers=2, num_attention_heads=4)
+        model = transformers.BertForSequenceClassification(config)
+
+    class Logits(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.inner(input_ids=ids).logits
+
+    return Logits(make_maskable(model))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_hugging_face_models_lose_units_and_heads_exactly(kind: str) -> None:
+    """Real transformers layers (untraceable whole): Llama loses MLP units and whole GQA head
+    groups, BERT its MLP units (its heads, split over two modules, stay); shrink is exact."""
+    model, ids = _hf_causal_lm(kind), torch.randint(0, 64, (2, 7))
+    s = train(model, ids, cfg(budget=0.5, min_keep=0.25), 6)
+    kinds = {lay.kind for lay in s.graph.layers.values()}
+    assert kinds == ({"attention", "linear"} if kind == "llama" else {"linear"})
+    s.finalize()
+    model.eval()
+    small = shrink(model, ids).eval()
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    if kind == "llama":
+        attn = small.inner.model.layers[0].self_attn
+        assert attn.q_proj.out_features == 2 * attn.k_proj.out_features  # whole groups
+    with torch.no_grad():
+        torch.testing.assert_close(small(ids), model(ids), rtol=1e-5, atol=1e-6)
