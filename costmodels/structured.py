@@ -4,11 +4,19 @@ For every layer whose width can change (spartan.channels: Linear, Conv1d / Conv2
 heads) a dense module of the kept shape runs on the layer's own input (captured by a probe forward,
 sliced to the kept inputs) at a grid of (kept_in, kept_out) fractions: both sides where both
 can shrink, one side otherwise (a depthwise conv shrinks both together; a grouped conv keeps
-multiples of its groups; attention keeps whole heads). Every shape of every layer, the whole
-model and the calibration models are timed in one round robin (spartan.timing), so that load
+multiples of its groups; attention keeps whole heads). Every shape of every layer is timed in
+one round robin (the quietest of a few rounds, costmodels.timing.time_quietest), so that load
 drifting during the profile hits all samples alike. A sample records kept_in, kept_out and,
 as nnz_blocks, the input-output pairs its weight connects (so the file stays a valid weights
 profile, DESIGN.md).
+
+The whole models (the dense one, the calibration models and any `alongside`) are timed apart
+from the layers, in a round robin of their own, as the worker times a shrunk model against the
+finalized one (worker.speedup.shrunk_report): inside the layers' round robin, between some 35
+other callables, the same models ran 15-25% slower (1.49 vs 1.25 ms for the dense MLP
+64-1024-1024-10 at batch 64, 0.47 vs 0.35 ms at half width), and the calibration put that
+slowdown on every layer, so shrunk models ran 7-30% faster than promised. The profile says so
+in "whole_model_timing" (absent in older profiles: timed with the layers).
 
 Calibration: the whole model, shrunk uniformly to a few fractions of every layer group's items
 (spartan.shrink.apply_plan), is timed too. The fit (costmodels.fit) puts the time the layers do
@@ -31,9 +39,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from spartan.timing import time_round_robin
 from spartan_service.costmodels.schema import validate_profile
-from spartan_service.costmodels.timing import device_label, keep_freed_memory, machine_info
+from spartan_service.costmodels.timing import (
+    ROUNDS,
+    device_label,
+    keep_freed_memory,
+    machine_info,
+    time_quietest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +55,7 @@ QUICK_FRACTIONS = (0.25, 0.5, 1.0)
 CALIBRATION = (1.0, 0.75, 0.5, 0.3)
 QUICK_CALIBRATION = (1.0, 0.5, 0.3)
 INTERLEAVE_BYTES = 256 * 2**20  # shaped layer copies held at once for one round robin
+WHOLE_MODEL_TIMING = "apart"  # whole models in a round robin of their own (module doc)
 
 
 def _capture(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
@@ -198,8 +212,9 @@ def profile_channels(
 ) -> dict[str, Any]:
     """A validated structured profile of `model` (module doc). Raises ValueError.
 
-    alongside: callables timed in the same round robin as the profile (a deployment check:
-    the models whose latency the cost model predicts, measured under the same load); their
+    alongside: callables timed in the same round robin as the whole models (a deployment
+    check: the models whose latency the cost model predicts, measured under the same load
+    and in the same way as the calibration models); their
     (median, IQR) ms are the profile's "alongside" list.
     example_input: one batch as the model takes it; `batch` repeats its rows to that size.
     quick: 3 widths per side, few repeats (for tests, not for decisions).
@@ -214,7 +229,7 @@ def profile_channels(
         raise ValueError(f"fractions must lie in (0, 1], got {list(fr)}")
     timing: dict[str, Any] = {"repeats": repeats or (5 if quick else 25),
               "warmup": warmup if warmup is not None else (1 if quick else 3),
-              "min_time": 5e-5 if quick else 2e-4}
+              "min_time": 5e-5 if quick else 2e-4, "rounds": 1 if quick else ROUNDS}
     kept = keep_freed_memory() if stable_memory else False
     model = copy.deepcopy(model).to(dev).eval()
     x = example_input.to(dev)
@@ -233,7 +248,8 @@ def profile_channels(
         cal_models, calibration = _calibration_models(
             model, graph, QUICK_CALIBRATION if quick else CALIBRATION) if calibrate else ([], [])
         whole = [partial(model, x)] + [partial(m, x) for m in cal_models] + list(alongside)
-        layers, whole_times = _time_all(graph, inputs, fr, whole, dev, timing, progress)
+        layers = _time_layers(graph, inputs, fr, dev, timing, progress)
+        whole_times = time_quietest(whole, device=dev, **timing)  # apart (module doc)
     dense = whole_times[0][0]
     for row, (med, iqr) in zip(calibration, whole_times[1:], strict=False):
         row["latency"], row["spread"] = med, iqr
@@ -244,7 +260,7 @@ def profile_channels(
     profile = {"device": device_label(dev), "unit": "ms", "structure": "channels",
                "machine": machine, "overhead": overhead, "dense_model_latency": dense,
                "layers": layers, "calibration": calibration,
-               "fallbacks": graph.fallbacks}
+               "fallbacks": graph.fallbacks, "whole_model_timing": WHOLE_MODEL_TIMING}
     if alongside:
         profile["alongside"] = [{"latency": med, "spread": iqr}
                                 for med, iqr in whole_times[1 + len(calibration):]]
@@ -252,29 +268,29 @@ def profile_channels(
     return profile
 
 
-def _time_all(graph: Any, inputs: dict[str, Tensor], fractions: tuple[float, ...],
-              whole: list[Callable[[], Any]], dev: torch.device, timing: dict[str, Any],
-              progress: bool) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
-    """Every layer shape and every whole-model callable timed in one round robin, so that the
-    machine's load drifts alike over all samples (timings drifted 2x between layers profiled
-    minutes apart); per layer, as before, where the shaped copies would hold more than
-    INTERLEAVE_BYTES of weights at once."""
+def _time_layers(graph: Any, inputs: dict[str, Tensor], fractions: tuple[float, ...],
+                 dev: torch.device, timing: dict[str, Any], progress: bool
+                 ) -> list[dict[str, Any]]:
+    """Every layer shape timed in one round robin, so that the machine's load drifts alike
+    over all samples (timings drifted 2x between layers profiled minutes apart); per layer,
+    as before, where the shaped copies would hold more than INTERLEAVE_BYTES of weights at
+    once."""
     bound = sum(len(_grid(lay, fractions)) * lay.weight.numel() * lay.weight.element_size()
                 for lay in graph.layers.values())  # every shape at full size: an upper bound
     if bound <= INTERLEAVE_BYTES:
         jobs = [(lay, *_layer_fns(lay, inputs[name], fractions))
                 for name, lay in graph.layers.items()]
-        fns = [fn for _, _, layer_fns in jobs for fn in layer_fns] + whole
-        results = time_round_robin(fns, device=dev, **timing)
+        fns = [fn for _, _, layer_fns in jobs for fn in layer_fns]
+        results = time_quietest(fns, device=dev, **timing)
         layers, at = [], 0
         for lay, shapes, layer_fns in jobs:
             layers.append(_layer_entry(lay, shapes, results[at:at + len(layer_fns)]))
             at += len(layer_fns)
-        return layers, results[at:]
+        return layers
     layers = []
     for name, lay in tqdm(graph.layers.items(), desc="profiling", unit="layer",
                           file=sys.stderr, disable=not progress):
         shapes, layer_fns = _layer_fns(lay, inputs[name], fractions)
-        layers.append(_layer_entry(lay, shapes, time_round_robin(layer_fns, device=dev,
-                                                                 **timing)))
-    return layers, time_round_robin(whole, device=dev, **timing)
+        layers.append(_layer_entry(lay, shapes, time_quietest(layer_fns, device=dev,
+                                                              **timing)))
+    return layers

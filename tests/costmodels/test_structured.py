@@ -167,7 +167,7 @@ def test_builtin_params_model_is_the_default_cost() -> None:
 
 def test_conv1d_profile_and_alongside_timing() -> None:
     """A Conv1d model profiles at kept widths; callables passed alongside are timed in the
-    same round robin and reported in order."""
+    whole models' round robin and reported in order."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(),
                           nn.Conv1d(8, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
@@ -200,3 +200,31 @@ def test_grouped_query_attention_profiles_whole_groups() -> None:
     lay = trace_channels(model, x).layers["attn"]
     timed = _module_at(lay, 32, 16, x)
     assert (timed.q_proj.out_features, timed.k_proj.out_features) == (16, 8)
+
+
+def test_whole_models_timed_apart_from_the_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dense and calibration models (and `alongside`) are timed in a round robin of their
+    own, as the worker times a shrunk model against the finalized one: between the layers'
+    callables the same models ran 15-25% slower, and the calibration put that on every
+    layer (shrunk models then ran faster than promised)."""
+    import spartan_service.costmodels.structured as structured
+
+    calls: list[int] = []
+    original = structured.time_quietest
+
+    def spy(fns: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(fns))
+        return original(fns, *args, **kwargs)
+
+    monkeypatch.setattr(structured, "time_quietest", spy)
+    model = build_model("mlp", {"hidden": [16, 8]}, (6,), 3)
+    extra = lambda: None  # noqa: E731
+    prof = profile_channels(model, torch.randn(4, 6), quick=True, repeats=2, warmup=0,
+                            progress=False, alongside=[extra])
+    samples = sum(len(lay["samples"]) for lay in prof["layers"])
+    assert calls == [samples, 1 + len(prof["calibration"]) + 1]  # layers, then whole models
+    assert prof["whole_model_timing"] == "apart"
+    assert prof["dense_model_latency"] > 0 and prof["alongside"][0]["latency"] > 0
+    assert validate_profile(prof).model_extra["whole_model_timing"] == "apart"
+    old = {k: v for k, v in prof.items() if k != "whole_model_timing"}  # older profiles
+    assert fit_profile(old)["structure"] == "channels"
