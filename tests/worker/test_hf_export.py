@@ -43,41 +43,59 @@ def spec(model: Path, data: Path, task: str) -> dict[str, Any]:
                          "lr": 3e-3}}
 
 
+def run_text_job(roots: Path, tmp_path: Path, body: dict[str, Any]
+                 ) -> tuple[ArtifactStore, str, dict[str, Any]]:
+    """(artifacts, job id, report) of a job run to success by the worker's own code."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None,
+                        api_tokens=None, data_roots=str(roots), progress_interval_s=0.05)
+    store = JobStore(settings.db_url)
+    job_id = store.create_job("t1", JobSpec.model_validate(body).model_dump(mode="json"),
+                              "cpu", "test").id
+    run_job(job_id, store, ArtifactStore(settings.artifacts_dir), settings)
+    job = store.get_job(job_id)
+    store.close()
+    assert job is not None and job.status == "succeeded", job.error if job else None
+    artifacts = ArtifactStore(settings.artifacts_dir)
+    return artifacts, job_id, json.loads(artifacts.read_bytes(job_id, "report.json"))
+
+
+def trained_and_loaded(artifacts: ArtifactStore, job_id: str, report: dict[str, Any],
+                       folder: Path, task: str) -> tuple[nn.Module, Any]:
+    """The job's written model.safetensors in its architecture, and load_sparse of its
+    model.sparse.safetensors from the file alone (no build_model, no model folder)."""
+    trained = build_model(f"hf:{folder}", {"pretrained": False}, None,
+                          report["model"]["num_classes"], task, True, [folder.parent]).eval()
+    trained.load_state_dict(load_file(str(artifact_file(artifacts, job_id,
+                                                        "model.safetensors"))))
+    return trained, load_sparse(artifact_file(artifacts, job_id, "model.sparse.safetensors"),
+                                "cpu")
+
+
+def same_logits(got_model: Any, want_model: nn.Module) -> None:
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        got = hf.logits(got_model(input_ids=ids, attention_mask=mask))
+        want = hf.logits(want_model(input_ids=ids, attention_mask=mask))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(("name", "task", "head"), [
     ("gpt2", "causal_lm", "causal_lm"),
     ("bert", "classification", "sequence_classification"),
 ])
 def test_load_sparse_rebuilds_a_text_model_from_the_file_alone(
         name: str, task: str, head: str, roots: Path, tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None,
-                        api_tokens=None, data_roots=str(roots), progress_interval_s=0.05)
-    store = JobStore(settings.db_url)
-    body = JobSpec.model_validate(spec(roots / name, roots / "reviews.parquet", task))
-    job_id = store.create_job("t1", body.model_dump(mode="json"), "cpu", "test").id
-    run_job(job_id, store, ArtifactStore(settings.artifacts_dir), settings)
-    job = store.get_job(job_id)
-    assert job is not None and job.status == "succeeded", job.error if job else None
-    artifacts = ArtifactStore(settings.artifacts_dir)
-    report = json.loads(artifacts.read_bytes(job_id, "report.json"))
+    artifacts, job_id, report = run_text_job(
+        roots, tmp_path, spec(roots / name, roots / "reviews.parquet", task))
     assert "error" not in report["speedup"], report["speedup"]
     path = artifact_file(artifacts, job_id, "model.sparse.safetensors")
     with safe_open(str(path), framework="pt") as f:
         stored = json.loads((f.metadata() or {})["model"])
     assert stored["hf"]["head"] == head and stored["hf"]["config"]["model_type"] == name
-
-    loaded = load_sparse(path, "cpu")  # no build_model, no model folder
+    trained, loaded = trained_and_loaded(artifacts, job_id, report, roots / name, task)
     assert loaded.kernels == report["speedup"]["kernels"]
-    trained = build_model(f"hf:{roots / name}", {"pretrained": False}, None,
-                          report["model"]["num_classes"], task, True, [roots]).eval()
-    trained.load_state_dict(load_file(str(artifact_file(artifacts, job_id,
-                                                        "model.safetensors"))))
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
-    with torch.no_grad():
-        got = hf.logits(loaded(input_ids=ids, attention_mask=mask))
-        want = hf.logits(trained(input_ids=ids, attention_mask=mask))
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    store.close()
+    same_logits(loaded, trained)
 
 
 def test_a_bad_description_is_a_clear_error(tmp_path: Path) -> None:
@@ -111,34 +129,14 @@ def test_speedup_timing_passes_the_attention_mask(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["gpt2", "bert"])
 def test_a_shrunk_text_model_loads_from_the_file_alone(name: str, roots: Path,
                                                       tmp_path: Path) -> None:
-    """A channels job on a Hugging Face model: heads and MLP units removed physically; the
-    shrunk file rebuilds (config stored beside the tensors) with the masked model's outputs."""
-    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None,
-                        api_tokens=None, data_roots=str(roots), progress_interval_s=0.05)
-    store = JobStore(settings.db_url)
+    """A channels job on a Hugging Face model: MLP units removed physically; the shrunk file
+    rebuilds (config stored beside the tensors) with the masked model's outputs."""
     task = "causal_lm" if name == "gpt2" else "classification"
     body = spec(roots / name, roots / "reviews.parquet", task)
     body["sparsity"] = {"method": "spartan", "structure": "channels", "budget": 0.5,
                         "min_keep": 0.25}
-    job_id = store.create_job("t1", JobSpec.model_validate(body).model_dump(mode="json"),
-                              "cpu", "test").id
-    run_job(job_id, store, ArtifactStore(settings.artifacts_dir), settings)
-    job = store.get_job(job_id)
-    assert job is not None and job.status == "succeeded", job.error if job else None
-    artifacts = ArtifactStore(settings.artifacts_dir)
-    report = json.loads(artifacts.read_bytes(job_id, "report.json"))
-    path = artifact_file(artifacts, job_id, "model.sparse.safetensors")
-    loaded = load_sparse(path, "cpu")  # no build_model, no model folder
-    trained = build_model(f"hf:{roots / name}", {"pretrained": False}, None,
-                          report["model"]["num_classes"], task, True, [roots]).eval()
-    trained.load_state_dict(load_file(str(artifact_file(artifacts, job_id,
-                                                        "model.safetensors"))))
-    small = sum(p.numel() for p in loaded.parameters())
-    assert small < sum(p.numel() for p in trained.parameters())
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
-    with torch.no_grad():
-        got = hf.logits(loaded(input_ids=ids, attention_mask=mask))
-        want = hf.logits(trained(input_ids=ids, attention_mask=mask))
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    store.close()
+    artifacts, job_id, report = run_text_job(roots, tmp_path, body)
+    trained, loaded = trained_and_loaded(artifacts, job_id, report, roots / name, task)
+    assert sum(p.numel() for p in loaded.parameters()) < \
+        sum(p.numel() for p in trained.parameters())
+    same_logits(loaded, trained)
