@@ -54,7 +54,8 @@ def load_data(name: str, quick: bool, train_size: int | None = None
         ytr = _idx(FASHION / "train-labels-idx1-ubyte.gz")
         xte = _idx(FASHION / "t10k-images-idx3-ubyte.gz")
         yte = _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
-        ntr, nte = (3000, 1000) if quick else (60000, 10000)
+        # the whole test set: 1000 images left about 1 point of noise per run (binomial)
+        ntr, nte = (3000, 10000) if quick else (60000, 10000)
         ntr = train_size or ntr
         rng = np.random.default_rng(0)
         tr, te = rng.permutation(len(xtr))[:ntr], rng.permutation(len(xte))[:nte]
@@ -94,7 +95,9 @@ def train(model: nn.Module, data: tuple[Tensor, ...], epochs: int, seed: int,
     gen = torch.Generator().manual_seed(seed)
     sp = None if config is None else Sparsifier(model, config, steps, costs=costs,
                                                 example_inputs=xtr[:8])
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3 if config is None else 1e-3)
+    # one lr for dense and pruned runs: the dense reference continues at 2e-3 for as many
+    # epochs as pruning takes (CNN at 50% latency, floor 0.5, seed 0: 85.0% at 1e-3, 86.4%)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for _ in range(epochs):
