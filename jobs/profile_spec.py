@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spartan_service.jobs.fields import Name
-from spartan_service.jobs.spec import Block, DataSpec, ModelSpec, _Strict
+from spartan_service.jobs.spec import Block, DataSpec, JobSpec, ModelSpec, _Strict
 
 PROFILE_KERNELS = ("auto", "dense", "csr", "bsr", "semi")
 MIN_POINTS = 3  # distinct densities per layer: two fix a line, a third checks it
@@ -53,6 +53,10 @@ class ProfileSpec(_Strict):
         default_factory=lambda: [64], min_length=1, max_length=8,
         description="One cost model per batch size.",
     )
+    task: Literal["classification", "regression", "causal_lm"] = Field(
+        default="classification",
+        description="The model's head, as a job's training.task (a Hugging Face model: "
+        "causal_lm times its language-model head).")
     quick: bool = Field(default=False, description="Few densities and repeats (for tests).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     queue: Literal["auto", "cpu", "gpu"] = Field(
@@ -99,6 +103,23 @@ class ProfileSpec(_Strict):
             if tuple(self.block) != (1, 1):
                 raise ValueError("'block' is for structure 'weights' (channels are whole rows)")
         return self
+
+    @model_validator(mode="after")
+    def _fits_as_a_job(self) -> ProfileSpec:
+        try:
+            self.job_view()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(first["msg"].removeprefix("Value error, ")) from None
+        return self
+
+    def job_view(self) -> JobSpec:
+        """A job on this model and data (task, the largest batch): jobs' path checks and
+        data loading serve profiles through it, one way for both."""
+        return JobSpec.model_validate({
+            "model": self.model.model_dump(mode="json"),
+            "data": self.data.model_dump(mode="json"),
+            "training": {"task": self.task, "batch_size": max(self.batch_sizes), "epochs": 1}})
 
     def resolved_queue(self) -> str:
         if self.queue != "auto":

@@ -178,6 +178,29 @@ def example_inputs(batches: Batches) -> tuple[Tensor, Tensor | None]:
     return inputs, None
 
 
+def load_model_and_example(spec: JobSpec, job: Job, store: JobStore, settings: Settings,
+                           device: torch.device, ranks: Ranks = SINGLE
+                           ) -> tuple[nn.Module, Tensor, DataInfo, Batches, Tensor | None]:
+    """The job's model (weights loaded, on `device`) and data: its info, batches, and the
+    first global batch's inputs with their attention mask (text only). Profile jobs use it
+    too (ProfileSpec.job_view), so a profile sees the model and inputs a job would."""
+    t = spec.training
+    roots = settings.roots()
+    datapaths.check_spec(spec, roots, look=True)  # the worker's own view of the storage
+    tokenizer = None
+    if catalog.is_hf(spec.model.arch) and catalog.text_data(spec.data.dataset):
+        tokenizer = hf.load_tokenizer(hf.model_dir(spec.model.arch[3:], roots))
+    data, batches, example, example_mask = load_data(spec, job, store, settings, device,
+                                                     tokenizer, ranks)
+    model = build_model(spec.model.arch, spec.model.kwargs, data.input_shape, data.outputs,
+                        t.task, data.text, roots,
+                        None if tokenizer is None else tokenizer.pad_token_id)
+    weights = resolve_upload(store, settings, job, spec.model.weights, "safetensors")
+    if weights is not None:
+        load_weights(model, weights)
+    return model.to(device), example, data, batches, example_mask
+
+
 def make_plan(job: Job, store: JobStore, settings: Settings, ranks: Ranks = SINGLE
               ) -> JobPlan:
     """The job's plan; with several ranks, every rank makes the same one (data, model, costs
@@ -188,22 +211,9 @@ def make_plan(job: Job, store: JobStore, settings: Settings, ranks: Ranks = SING
     if ranks.world > 1 and device.type == "cuda":
         device = device_of(ranks, "cuda")  # one GPU per rank
     precision = Precision(t.precision, device)
-    roots = settings.roots()
-    datapaths.check_spec(spec, roots, look=True)  # the worker's own view of the storage
-    tokenizer = None
-    if catalog.is_hf(spec.model.arch) and catalog.text_data(spec.data.dataset):
-        tokenizer = hf.load_tokenizer(hf.model_dir(spec.model.arch[3:], roots))
     torch.manual_seed(t.seed)
-    data, batches, example, example_mask = load_data(spec, job, store, settings, device,
-                                                     tokenizer, ranks)
-    model = build_model(spec.model.arch, spec.model.kwargs, data.input_shape, data.outputs,
-                        t.task, data.text, roots,
-                        None if tokenizer is None else tokenizer.pad_token_id)
-    weights = resolve_upload(store, settings, job, spec.model.weights,
-                             "safetensors")
-    if weights is not None:
-        load_weights(model, weights)
-    model.to(device)
+    model, example, data, batches, example_mask = load_model_and_example(
+        spec, job, store, settings, device, ranks)
     baseline = spec.resolved_baseline()
     twin = None
     if baseline == "train":  # the same initial weights, before the Sparsifier attaches

@@ -20,7 +20,6 @@ from spartan_service.jobs.models import CostModel, Job
 from spartan_service.jobs.profile_spec import ProfileSpec
 from spartan_service.jobs.settings import Settings
 from spartan_service.jobs.store import JobStore
-from spartan_service.jobs.upload_store import StoredUpload
 from spartan_service.worker.lease import Lease, finite
 
 log = logging.getLogger(__name__)
@@ -36,33 +35,22 @@ class ProfileRun:
         self.job, self.store, self.artifacts, self.settings = job, store, artifacts, settings
         self.lease = lease
 
-    def upload(self, upload_id: str | None, kind: str | None) -> StoredUpload | None:
-        from spartan_service.worker.plan import resolve_upload
-
-        return resolve_upload(self.store, self.settings, self.job, upload_id, kind)
-
     def run(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        from spartan_service.worker.data import load_dataset
-        from spartan_service.worker.plan import pick_device
-        from spartan_service.zoo import build_model, load_weights
+        from spartan_service.worker.plan import load_model_and_example, pick_device
 
         spec = ProfileSpec.model_validate(self.job.spec)
         device = pick_device(spec.device)
         torch.manual_seed(0)
-        data = load_dataset(spec.data.dataset, spec.data.kwargs, spec.data.val_fraction, 0,
-                            upload=self.upload(spec.data.upload, None))
-        model = build_model(spec.model.arch, spec.model.kwargs, data.input_shape,
-                            data.num_classes)
-        weights = self.upload(spec.model.weights, "safetensors")
-        if weights is not None:
-            load_weights(model, weights)
+        # the model and an example batch exactly as a job on this model and data gets them
+        model, x, *_ = load_model_and_example(spec.job_view(), self.job, self.store,
+                                              self.settings, device)
         model.eval()
         done = {row.batch: row for row in self.store.profile_job_cost_models(self.job.id)}
         results: list[dict[str, Any]] = []
         for index, batch in enumerate(spec.batch_sizes):
             row = done.get(batch)
             if row is None:
-                row = self.profile_batch(spec, model, data.x_train, batch, device, index)
+                row = self.profile_batch(spec, model, x, batch, device, index)
             else:
                 log.info("profile %s: batch %d done by an earlier attempt", self.job.id, batch)
             results.append({"batch": batch, "cost_model_id": row.id, "version": row.version,

@@ -18,9 +18,15 @@ from spartan_service.jobs.models import Job
 from spartan_service.jobs.profile_spec import ProfileSpec
 from spartan_service.jobs.queue import enqueue_job
 from spartan_service.jobs.store import JobStore
-from spartan_service.service.deps import ArtifactsDep, CeleryDep, CurrentTenant, StoreDep
+from spartan_service.service.deps import (
+    ArtifactsDep,
+    CeleryDep,
+    CurrentTenant,
+    SettingsDep,
+    StoreDep,
+)
 from spartan_service.service.errors import MAX_OFFSET, check_text, not_found, responses
-from spartan_service.service.routes.jobs import check_uploads, delete_finished
+from spartan_service.service.routes.jobs import check_paths, check_uploads, delete_finished
 from spartan_service.service.schemas import JobStatus, ProfileDetail, ProfilePublic, ProfilesPublic
 
 log = logging.getLogger(__name__)
@@ -62,9 +68,10 @@ def detail(job: Job, store: JobStore) -> ProfileDetail:
     "model per batch size (the next version of `name`) and records the hardware.",
 )
 def submit_profile(spec: ProfileSpec, response: Response, store: StoreDep, celery: CeleryDep,
-                   tenant: CurrentTenant) -> ProfilePublic:
+                   tenant: CurrentTenant, settings: SettingsDep) -> ProfilePublic:
     check_text(spec.name, ["body", "name"])
     check_uploads(spec.model, spec.data, store, tenant)
+    check_paths(spec.job_view(), settings)  # model folders and datasets, as for a job
     job = store.create_job(tenant, spec.model_dump(mode="json"), spec.resolved_queue(),
                            spec.name, kind=KIND)
     try:

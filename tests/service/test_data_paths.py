@@ -107,3 +107,21 @@ def test_sweeps_check_the_paths_too(make_client: MakeClient, storage: Path,
     body = {"spec": npy_spec(tmp_path / "x.npy", storage / "y.npy"), "budgets": [0.1, 0.2]}
     loc, _ = error(client.post("/v1/sweeps", json=body))
     assert loc == ["body", "spec", "data", "kwargs", "x"]
+
+
+def test_a_profile_s_paths_are_checked_as_a_job_s(make_client: MakeClient, storage: Path,
+                                                    tmp_path: Path) -> None:
+    client = make_client(data_roots=str(storage))
+    body = {"name": "npy", "quick": True, "data": npy_spec(storage / "x.npy",
+                                                           storage / "y.npy")["data"]}
+    body["data"]["kwargs"]["y"] = str(tmp_path / "y.npy")
+    loc, msg = error(client.post("/v1/profiles", json=body))
+    assert loc == ["body", "data", "kwargs", "y"] and "outside the data roots" in msg
+    body["data"]["kwargs"]["y"] = str(storage / "gone.npy")
+    loc, msg = error(client.post("/v1/profiles", json=body))
+    assert loc == ["body", "data", "kwargs", "y"] and "does not exist" in msg
+    loc, _ = error(client.post("/v1/profiles", json={"model": {"arch": f"hf:{tmp_path}"}}))
+    assert loc == ["body", "model", "arch"]
+    body["data"]["kwargs"]["y"] = str(storage / "y.npy")
+    assert client.post("/v1/profiles", json=body).status_code == 202
+    assert client.get("/v1/profiles").json()["count"] == 1

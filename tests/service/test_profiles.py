@@ -72,6 +72,8 @@ def test_pagination_and_status_filter(client: TestClient) -> None:
     ({"name": "a\x00b"}, ["body", "name"]),
     ({"model": {"arch": "mlp", "weights": "0" * 32}}, ["body", "model", "weights"]),
     ({"data": {"dataset": "upload", "upload": "0" * 32}}, ["body", "data", "upload"]),
+    ({"task": "causal_lm"}, ["body"]),  # a task the model cannot do, as for a job
+    ({"task": "ranking"}, ["body", "task"]),
 ])
 def test_bad_profile_request_is_422_naming_the_field(client: TestClient, body: dict[str, Any],
                                                      loc: list[str]) -> None:

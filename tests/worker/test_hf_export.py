@@ -140,3 +140,39 @@ def test_a_shrunk_text_model_loads_from_the_file_alone(name: str, roots: Path,
     assert sum(p.numel() for p in loaded.parameters()) < \
         sum(p.numel() for p in trained.parameters())
     same_logits(loaded, trained)
+
+
+@pytest.mark.slow
+def test_a_profiled_text_model_trains_to_a_latency_budget(roots: Path, tmp_path: Path) -> None:
+    """Structured profile job of a Hugging Face model on this worker, then a channels job
+    naming its cost model with a budget in ms: the shrunk model is measured beside the
+    promise."""
+    from spartan_service.costmodels.channel_bridge import channel_cost_split
+    from spartan_service.jobs.profile_spec import ProfileSpec
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None,
+                        api_tokens=None, data_roots=str(roots), progress_interval_s=0.05)
+    store = JobStore(settings.db_url)
+    artifacts = ArtifactStore(settings.artifacts_dir)
+    body = spec(roots / "bert", roots / "reviews.parquet", "classification")
+    profile = ProfileSpec.model_validate({
+        "name": "bert-channels", "model": body["model"], "data": body["data"],
+        "structure": "channels", "widths": [0.25, 0.5, 1.0], "batch_sizes": [8],
+        "quick": True}).model_dump(mode="json")
+    profile_id = store.create_job("t1", profile, "cpu", "bert-channels", kind="profile").id
+    run_job(profile_id, store, artifacts, settings)
+    done = store.get_job(profile_id)
+    assert done is not None and done.status == "succeeded", done.error if done else None
+    (row,) = store.profile_job_cost_models(profile_id)
+    assert any(".intermediate.dense" in name for name in row.data["layers"])
+    store.close()
+
+    model = build_model(f"hf:{roots / 'bert'}", {}, None, 2, "classification", True, [roots])
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 5, 6, 7]])
+    fixed, variable = channel_cost_split(row.data, model, ids)
+    body["sparsity"] = {"method": "spartan", "structure": "channels", "min_keep": 0.25}
+    body["cost_model"] = {"kind": "fitted", "name": "bert-channels",
+                          "budget_ms": fixed + 0.5 * variable}
+    artifacts, job_id, report = run_text_job(roots, tmp_path, body)
+    assert report["latency"]["promised"] == pytest.approx(fixed + 0.5 * variable)
+    assert report["deployment"]["measured"] > 0
