@@ -20,7 +20,8 @@ def profile_body(args: argparse.Namespace) -> dict[str, Any]:
     device = str(args.device).split(":", 1)[0]
     return {
         "name": args.name, "model": {"arch": args.model, "kwargs": args.kwargs},
-        "data": {"dataset": args.dataset}, "structure": args.structure,
+        "data": {"dataset": args.dataset, "kwargs": args.data_kwargs}, "task": args.task,
+        "structure": args.structure,
         "block": list(args.block) if args.structure == "weights" else [1, 1],
         "kernels": [args.kernel], "batch_sizes": [args.batch], "quick": args.quick,
         "device": device if device in ("cpu", "cuda") else "auto", "queue": args.queue,

@@ -196,7 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("profile", cmd_profile, "time each layer's sparse kernel at several densities")
     p.add_argument("--model", required=True, help="architecture, as in a job spec")
     p.add_argument("--kwargs", type=json.loads, default={}, help="model kwargs as JSON")
-    p.add_argument("--dataset", default="digits", help="built-in dataset giving input shape")
+    p.add_argument("--dataset", default="digits",
+                   help="dataset giving the example batch: a built-in one; with --submit any "
+                   "a job takes (npy, imagefolder, hf, fashion-mnist)")
+    p.add_argument("--data-kwargs", type=json.loads, default={},
+                   help="with --submit: the dataset's kwargs as JSON, as in a job spec")
+    p.add_argument("--task", default="classification",
+                   choices=["classification", "regression", "causal_lm"],
+                   help="with --submit: the model's head (Hugging Face models)")
     p.add_argument("--block", type=_block, default=(1, 1), help="RxC, e.g. 4x4")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--kernel", default="auto", help="sparse kernel to time (default: auto)")

@@ -216,3 +216,19 @@ def test_spartan_worker_ignores_a_planted_worker_and_profile(tmp_path: Path) -> 
                           capture_output=True, text=True, timeout=120)
     assert "planted" not in done.stderr + done.stdout
     assert done.returncode == 1 and "unknown queues bogus" in done.stderr
+
+
+def test_profile_submit_body_takes_any_job_dataset_and_the_task() -> None:
+    from spartan_service.cli.cost_models import profile_body
+    from spartan_service.cli.main import build_parser
+    from spartan_service.jobs.profile_spec import ProfileSpec
+
+    args = build_parser().parse_args([
+        "profile", "--submit", "--model", "hf:/data/bert", "--dataset", "hf",
+        "--data-kwargs", '{"path": "/data/reviews.parquet", "max_length": 32}',
+        "--task", "classification", "--structure", "channels", "--name", "bert"])
+    body = profile_body(args)
+    assert body["data"] == {"dataset": "hf", "kwargs": {"path": "/data/reviews.parquet",
+                                                        "max_length": 32}}
+    assert body["task"] == "classification" and body["structure"] == "channels"
+    ProfileSpec.model_validate(body)  # what the API will take
