@@ -62,6 +62,7 @@ class ImageSource:
         self.files, self.targets = files, targets
         self.size, self.channels = size, channels
         self.crop_padding, self.flip = crop_padding, flip
+        self.augments = bool(crop_padding or flip)
         self.mean = torch.zeros(channels, 1, 1) if mean is None else torch.from_numpy(mean)
         self.std = torch.ones(channels, 1, 1) if std is None else torch.from_numpy(std)
 

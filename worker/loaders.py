@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,29 +33,51 @@ from spartan_service.jobs import data_arrays
 Inputs = Tensor | dict[str, Tensor]
 Batch = tuple[Any, Tensor]  # (inputs: a tensor or a dict of tensors, targets)
 EVAL_BATCH = 256
-# Bytes mapped into this process before its pages of a file are dropped (they stay in the page
-# cache): what keeps a worker's memory flat while it streams a file larger than memory. A read
-# maps more than it reads: Linux maps the neighbours of a faulted page too ("fault-around",
-# 64 KiB by default), so a scattered row costs its bytes plus FAULT_AROUND.
-# A file no larger than that is never released: its pages cannot outgrow it, and faulting them in
-# again would only slow every batch.
-RELEASE_EVERY = 128 << 20
-FAULT_AROUND = 64 << 10
+# Bytes of .npy files this process keeps memory-mapped, all arrays together. A mapped file's
+# pages count in the worker's resident memory once read, and a scattered read maps far more
+# than its row: Linux 6.x maps a file's whole large folio per fault (0.7-1.6 MB a fault on
+# 6.18, against 64 KiB of fault-around before), so that one batch of 256 random rows maps most
+# of a 300 MB file, and releasing the pages (MADV_DONTNEED) every so often neither bounds that
+# nor comes cheap (every batch after a release faults again).
+# So a file is mapped, and stays mapped, while the files mapped so far fit MAP_BUDGET; the rows
+# of one that does not fit are read with pread (they pass through the page cache, which is not
+# the worker's memory). 384 MB leaves the rest of the 500 MB a streaming worker may grow by
+# to the statistics pass and the batches (worker.arrays.CHUNK_BYTES).
+MAP_BUDGET = 384 << 20
+_mapped = [0]  # bytes of the files mapped by this process's live NpyArrays
+_mapped_lock = threading.Lock()
+
+
+def _reserve(nbytes: int) -> bool:
+    with _mapped_lock:
+        if _mapped[0] + nbytes > MAP_BUDGET:
+            return False
+        _mapped[0] += nbytes
+        return True
+
+
+def _unreserve(nbytes: int) -> None:
+    with _mapped_lock:
+        _mapped[0] -= nbytes
 
 
 class Source(Protocol):
     """Examples addressed by index; `fetch` builds one batch on the CPU."""
 
+    augments: bool  # whether training batches are augmented (fetch is given an rng)
+
     def __len__(self) -> int: ...
 
     def fetch(self, index: np.ndarray, rng: np.random.Generator | None) -> Batch:
-        """The examples at `index` (sorted ascending); `rng` set when training (augment)."""
+        """The examples at `index` (sorted ascending); `rng` set when training a source that
+        augments."""
         ...
 
 
 class NpyArray:
-    """A read-only memory map of an .npy file that releases the pages it has read every
-    RELEASE_EVERY bytes, and reopens itself in each DataLoader worker (maps do not pickle)."""
+    """Rows of an .npy file: read through a read-only memory map when the file fits this
+    process's MAP_BUDGET, else with pread, one call per run of consecutive rows. Opened on
+    first use, in each DataLoader worker anew (maps and descriptors do not pickle)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -63,35 +87,59 @@ class NpyArray:
                              "(np.ascontiguousarray) so that rows can be read one by one")
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.nbytes = self.offset + self.row_bytes * self.shape[0]
-        self.release_small = False  # shards of a large array are released whatever their size
-        self._map: mmap.mmap | None = None
-        self._array: np.ndarray | None = None
-        self._read = 0
+        self._array: np.ndarray | None = None  # the mapped rows, when mapped
+        self._fd: int | None = None  # the open file, when read with pread
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_map": None, "_array": None, "_read": 0}
+        return {**self.__dict__, "_array": None, "_fd": None}
 
-    def array(self) -> np.ndarray:
-        if self._array is None:
+    @property
+    def mapped(self) -> bool | None:
+        """True: read through the map; False: with pread; None: not opened yet."""
+        return None if self._array is None and self._fd is None else self._array is not None
+
+    def _open(self) -> None:
+        done: Any
+        if _reserve(self.nbytes):
             with self.path.open("rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._array = np.ndarray(self.shape, self.dtype, buffer=self._map,
-                                     offset=self.offset)
-        return self._array
+                buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._array = np.ndarray(self.shape, self.dtype, buffer=buffer, offset=self.offset)
+            done = weakref.finalize(self, _unreserve, self.nbytes)
+        else:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            done = weakref.finalize(self, os.close, self._fd)
+        done.atexit = False  # a forked DataLoader worker's copy must not act for the parent
 
     def take(self, index: np.ndarray) -> np.ndarray:
         """A copy of the rows at `index`."""
-        rows = self.array()[index]
-        self._read += len(index) * (self.row_bytes + FAULT_AROUND)
-        large = self.release_small or self.nbytes > RELEASE_EVERY
-        if self._read >= RELEASE_EVERY and large and self._map is not None:
-            self._read = 0
-            if hasattr(mmap, "MADV_DONTNEED"):
-                self._map.madvise(mmap.MADV_DONTNEED)
-        return rows
+        if self._array is None and self._fd is None:
+            self._open()
+        if self._array is not None:
+            return self._array[index]
+        return self._pread(np.asarray(index, np.int64))
+
+    def _pread(self, index: np.ndarray) -> np.ndarray:
+        n, size = len(self), self.row_bytes
+        if len(index) and (index.min() < -n or index.max() >= n):
+            raise IndexError(f"{self.path.name}: a row index is out of range for {n} rows")
+        index = np.where(index < 0, index + n, index)
+        out = np.empty((len(index), *self.shape[1:]), self.dtype)
+        buffer = out.reshape(-1).view(np.uint8).data
+        breaks = (np.flatnonzero(np.diff(index) != 1) + 1).tolist()
+        rows, fd = index.tolist(), self._fd
+        assert fd is not None
+        for start, end in zip([0, *breaks], [*breaks, len(rows)], strict=True):
+            if start == end:
+                continue
+            got = os.preadv(fd, [buffer[start * size:end * size]],
+                            self.offset + rows[start] * size)
+            if got != (end - start) * size:
+                raise ValueError(f"{self.path.name} is shorter than its header says (changed "
+                                 "while the job read it?)")
+        return out
 
     def chunks(self, index: np.ndarray, rows: int) -> Iterator[np.ndarray]:
         for i in range(0, len(index), rows):
@@ -104,8 +152,6 @@ class NpyShards:
     def __init__(self, path: Path, files: list[Path]) -> None:
         self.path = path
         self.parts = [NpyArray(f) for f in files]
-        for part in self.parts:
-            part.release_small = True
         first = self.parts[0]
         for part in self.parts[1:]:
             if part.shape[1:] != first.shape[1:] or part.dtype != first.dtype:
@@ -149,7 +195,9 @@ class _EpochBatches(TorchDataset[Batch]):
         return len(self.batches)
 
     def __getitem__(self, i: int) -> Batch:
-        rng = None if self.seeds is None else np.random.default_rng(self.seeds[i])
+        # A generator costs ~10-100 us: built only for a source that uses it.
+        augment = self.seeds is not None and self.source.augments
+        rng = np.random.default_rng(self.seeds[i]) if augment else None  # type: ignore[index]
         return self.source.fetch(np.sort(self.batches[i]), rng)
 
 
@@ -209,9 +257,15 @@ class LoaderBatches:
 
     def _load(self, source: Source, batches: list[np.ndarray], seeds: list[list[int]] | None,
               sizes: list[int] | None = None) -> Iterator[Batch]:
+        dataset = _EpochBatches(source, batches, seeds)
+        if not self.workers and self.device.type == "cpu":
+            # Nothing to run in other processes or to pin: the DataLoader would only add its
+            # own per-batch work (a profiler range, converting the batch), ~1% of a small step.
+            yield from self._direct(dataset, sizes)
+            return
         if self.workers:
             allow_children()
-        loader = DataLoader(_EpochBatches(source, batches, seeds), batch_size=None,
+        loader = DataLoader(dataset, batch_size=None,
                             shuffle=False, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda",
                             prefetch_factor=2 if self.workers else None)
@@ -223,10 +277,17 @@ class LoaderBatches:
         except Exception as exc:
             raise _unwrap(exc) from None
 
+    def _direct(self, dataset: _EpochBatches, sizes: list[int] | None) -> Iterator[Batch]:
+        for i in range(len(dataset)):
+            if sizes is not None:
+                self.last_global = sizes[i]
+            yield dataset[i]
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order, b = self.order(epoch), self.batch_size
         whole = [order[i * b:(i + 1) * b] for i in range(start, self.steps_per_epoch)]
-        mine = [np.array_split(g, self.world_size)[self.rank] for g in whole]
+        mine = whole if self.world_size == 1 else \
+            [np.array_split(g, self.world_size)[self.rank] for g in whole]
         # One seed per batch and rank: augmentations do not depend on which process fetched.
         seeds = [[self.seed, epoch, self.rank, i] for i in range(start, self.steps_per_epoch)]
         return self._load(self.train, mine, seeds, [len(g) for g in whole])

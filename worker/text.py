@@ -98,6 +98,8 @@ def label_classes(tables: list[Any], name: str) -> tuple[int, dict[str, int] | N
 
 
 class TextSource:
+    augments = False
+
     def __init__(self, table: Any, text_column: str, label_column: str | None, tokenizer: Any,
                  max_length: int, task: str, label_map: dict[str, int] | None = None,
                  num_classes: int | None = None,

@@ -313,3 +313,30 @@ def test_a_built_model_over_the_queue_s_limit_fails_before_training(
     assert job.status == "failed"
     assert "refused before training" in job.error and "SPARTAN_MAX_JOB_PARAMS" in job.error
     assert job.progress.get("step", 0) == 0
+
+
+def test_statistics_summed_in_place_equal_the_per_step_rows() -> None:
+    """A single-process loop adds each batch's statistics to its device-side sums in place;
+    the sums (and so every metrics record) are exactly those of the per-batch rows the
+    multi-rank loop all-reduces, the empty share of a last global batch included."""
+    gen = torch.Generator().manual_seed(0)
+    cases = {
+        "classification": lambda n: (torch.randn(n, 5, generator=gen),
+                                     torch.randint(0, 5, (n,), generator=gen)),
+        "regression": lambda n: (torch.randn(n, 1, generator=gen), torch.randn(n, generator=gen)),
+        "causal_lm": lambda n: (torch.randn(n, 6, 7, generator=gen),
+                                torch.randint(0, 7, (n, 6), generator=gen)),
+    }
+    for name, batch in cases.items():
+        task = objectives.make_task(name)
+        loop = training.Loop.__new__(training.Loop)
+        loop.task, loop._sums = task, None
+        expected = None
+        for n in (8, 3, 0, 5):
+            out, target = batch(n)
+            loss = task.loss(out, target) if n else out.sum() * 0.0
+            loop.accumulate(out, target, loss)
+            row = loop.row(out, target, loss)
+            expected = row if expected is None else expected + row
+        assert loop._sums is not None and expected is not None
+        assert torch.equal(loop._sums, expected), name

@@ -130,20 +130,51 @@ def test_npy_regression_and_named_validation_split(tmp_path: Path) -> None:
     assert y.dtype == torch.float32 and abs(float(y.mean())) < 1e-5
 
 
-def test_memory_stays_flat_while_streaming_a_mapped_file(tmp_path: Path) -> None:
-    """Pages read through the map are released every RELEASE_EVERY bytes."""
+def test_files_beyond_the_map_budget_are_read_without_mapping(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are mapped while they fit the process's MAP_BUDGET together; the rows of one that
+    does not are read with pread: the same values, nothing of the file resident, and scattered
+    reads leave the worker's memory flat. The budget comes back when an array is dropped."""
     rows, dim = 4096, 2048  # 32 MB of float32
-    np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (rows, dim))[:] = 1.0
-    array = NpyArray(tmp_path / "x.npy")
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (rows, dim))
+    x[:] = np.arange(rows, dtype=np.float32)[:, None]
+    del x
+    np.save(tmp_path / "small.npy", np.arange(12, dtype=np.int16).reshape(6, 2))
+    monkeypatch.setattr(loaders, "MAP_BUDGET", 16 << 20)
+    big, small = NpyArray(tmp_path / "x.npy"), NpyArray(tmp_path / "small.npy")
+    assert big.mapped is None
+    small.take(np.array([0]))
+    assert small.mapped is True
     before = loaders.worker_rss_mb()
-    old = loaders.RELEASE_EVERY
-    loaders.RELEASE_EVERY = 4 << 20
-    try:
-        for start in range(0, rows, 256):
-            array.take(np.arange(start, start + 256))
-    finally:
-        loaders.RELEASE_EVERY = old
-    assert loaders.worker_rss_mb() - before < 16  # of 32 MB read
+    rng = np.random.default_rng(0)
+    for _ in range(32):  # 256 scattered rows a batch, 64 MB in all
+        index = np.sort(rng.choice(rows, 256, replace=False))
+        batch = big.take(index)
+        assert batch.shape == (256, dim) and np.array_equal(batch[:, 0], index)
+    assert big.mapped is False
+    assert loaders.worker_rss_mb() - before < 8  # the batches themselves, 2 MB each
+    # Runs of consecutive rows, repeats, negative indices, an empty index: as numpy's.
+    index = np.array([0, 1, 2, 7, 7, 8, rows - 1, -2])
+    assert np.array_equal(big.take(index)[:, 0], np.arange(rows)[index])
+    assert big.take(np.array([], np.int64)).shape == (0, dim)
+    with pytest.raises(IndexError, match="x.npy"):
+        big.take(np.array([rows]))
+    assert np.array_equal(small.take(np.array([5, 1])), [[10, 11], [2, 3]])
+    held = loaders._mapped[0]
+    del small
+    assert loaders._mapped[0] == held - (tmp_path / "small.npy").stat().st_size
+
+
+def test_a_file_cut_short_while_read_fails_with_its_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    np.save(tmp_path / "x.npy", np.ones((100, 8), np.float32))
+    monkeypatch.setattr(loaders, "MAP_BUDGET", 0)
+    array = NpyArray(tmp_path / "x.npy")
+    with open(tmp_path / "x.npy", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 64)
+    assert array.take(np.array([0, 50])).shape == (2, 8)
+    with pytest.raises(ValueError, match="x.npy is shorter than its header says"):
+        array.take(np.array([99]))
 
 
 def test_fashion_mnist_from_the_debian_package() -> None:
