@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spartan.attention_layout import ROLES, head_size, projection
+
 
 # -- attention modules --------------------------------------------------------------------
 def attention_heads(module: nn.Module) -> tuple[int, int] | None:
@@ -21,15 +23,12 @@ def attention_heads(module: nn.Module) -> tuple[int, int] | None:
         if module.kdim != module.embed_dim or module.vdim != module.embed_dim:
             return None
         return module.num_heads, module.head_dim
-    projections = [getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj")]
-    out = getattr(module, "o_proj", None) or getattr(module, "out_proj", None)
-    head_dim = getattr(module, "head_dim", None)
-    if not all(isinstance(p, nn.Linear) for p in [*projections, out]):
+    head_dim = head_size(module)  # None unless a layout of spartan.attention_layout
+    if head_dim is None:
         return None
-    if not isinstance(head_dim, int) or head_dim <= 0:
-        return None
-    q, k, v = (p.out_features for p in projections)  # type: ignore[union-attr]
-    if k != v or q % head_dim or k % head_dim or out.in_features != q:  # type: ignore[union-attr]
+    q, k, v = (projection(module, r).out_features for r in ROLES[:3])
+    out_in = projection(module, "o").in_features
+    if k != v or q % head_dim or k % head_dim or out_in != q:
         return None
     if (q // head_dim) % (k // head_dim):
         return None
@@ -41,8 +40,7 @@ def kv_groups(module: nn.Module) -> int:
     reads k / v head h // groups, as Hugging Face's repeat_kv lays them out)."""
     if isinstance(module, nn.MultiheadAttention):
         return 1
-    q, k = module.q_proj, module.k_proj
-    return int(q.out_features) // int(k.out_features)  # type: ignore[union-attr, arg-type]
+    return projection(module, "q").out_features // projection(module, "k").out_features
 
 
 def head_items(uf: UnionFind, module: nn.Module, heads: int) -> list[int]:
@@ -113,7 +111,7 @@ def layer_weight(module: nn.Module) -> Tensor:
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d,
                            nn.ConvTranspose2d)):
         return module.weight
-    return module.q_proj.weight  # type: ignore[union-attr, return-value]
+    return projection(module, "q").weight
 
 
 # -- union-find over channels -------------------------------------------------------------
@@ -179,7 +177,7 @@ def resolve(model: nn.Module, uf: UnionFind, found: Found) -> ChannelGraph:
         mod: Any = model.get_submodule(name)
         if d["kind"] == "attention":
             n_in = mod.embed_dim if isinstance(mod, nn.MultiheadAttention) else \
-                mod.q_proj.in_features  # type: ignore[union-attr]
+                projection(mod, "q").in_features
         else:
             n_in = mod.in_features if isinstance(mod, nn.Linear) else \
                 mod.in_channels  # type: ignore[union-attr]

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from spartan.attention_layout import projection
 from spartan.channel_budget import ItemBudget
 from spartan.channel_costs import (
     LayerCost,
@@ -117,7 +118,7 @@ class ChannelSparsifier(Sparsifier):
                                                      _HeadColumns(self, lay.name), unsafe=True)
                 self._parametrized.append(mod.out_proj)
             else:
-                out = getattr(mod, "o_proj", None) or mod.out_proj
+                out = projection(mod, "o")
                 self._hooks.append(out.register_forward_pre_hook(
                     lambda m, args, name=lay.name: (self._scale_heads(name, args[0], -1),
                                                     *args[1:])))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from spartan.attention_layout import projection, projection_path
 from spartan.channel_graph import kv_groups
 from spartan.channels import ChannelGraph, Layer
 
@@ -58,8 +59,7 @@ def item_values(graph: ChannelGraph, device: torch.device) -> Tensor:
 
 
 def out_proj_weight(mod: Any) -> Tensor:
-    out = mod.out_proj if isinstance(mod, nn.MultiheadAttention) else \
-        (getattr(mod, "o_proj", None) or mod.out_proj)
+    out = mod.out_proj if isinstance(mod, nn.MultiheadAttention) else projection(mod, "o")
     if parametrize.is_parametrized(out, "weight"):
         return out.parametrizations.weight.original  # type: ignore[union-attr, return-value]
     return out.weight  # type: ignore[return-value]
@@ -76,7 +76,7 @@ def _qkv(mod: nn.Module) -> list[tuple[Tensor, Tensor | None]]:
                     for i in range(3)]
         ws = [mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight]
         return [(w, None if b is None else b[i * d:(i + 1) * d]) for i, w in enumerate(ws)]
-    return [(p.weight, p.bias) for p in (mod.q_proj, mod.k_proj, mod.v_proj)]  # type: ignore
+    return [(p.weight, p.bias) for p in (projection(mod, r) for r in "qkv")]
 
 
 def row_col_sq(lay: Layer) -> tuple[Tensor, Tensor | None]:
@@ -164,8 +164,8 @@ def weight_masks(lay: Layer, keep: Tensor, n: int) -> dict[str, Tensor]:
     if lay.kind == "attention":
         rows = k_out.repeat_interleave(lay.head_dim)
         pre = lay.name + "." if lay.name else ""
-        out_name = pre + ("out_proj.weight" if isinstance(mod, nn.MultiheadAttention)
-                          or not hasattr(mod, "o_proj") else "o_proj.weight")
+        out_name = pre + ("out_proj" if isinstance(mod, nn.MultiheadAttention)
+                          else projection_path(mod, "o")) + ".weight"
         out_w = out_proj_weight(mod)
         masks = {out_name: rows.view(1, -1).expand(out_w.shape).clone()}
         if isinstance(mod, nn.MultiheadAttention) and mod._qkv_same_embed_dim:

@@ -19,7 +19,8 @@ statistics mix channels; a softmax; an op not listed above; a parameter or const
 along the channels; the model's inputs and outputs) are *pinned*, and so is everything joined
 to them: those channels are never removed. Attention modules (nn.MultiheadAttention, and
 modules with q_proj / k_proj / v_proj / o_proj Linear layers and a head_dim, as in Hugging Face
-models) are leaves whose heads are items; their embedding inputs and outputs are pinned.
+models, and BERT's query / key / value with output.dense: spartan.attention_layout) are leaves
+whose heads are items; their embedding inputs and outputs are pinned.
 
 Where tracing fails (data-dependent control flow; Hugging Face layers, whose wrappers take
 *args / **kwargs), each child module is traced on its own (logged as a warning naming the

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spartan.attention_layout import head_owner, head_size, projection, set_projection
 from spartan.channel_graph import kv_groups
 from spartan.channel_weights import out_in, out_proj_weight, row_col_sq
 from spartan.channels import ChannelGraph, trace_channels
@@ -246,21 +247,23 @@ def _additive(attn_mask: Tensor | None, padding: Tensor | None, dtype: torch.dty
 def _shrink_attention(mod: nn.Module, heads: list[int]) -> nn.Module:
     if isinstance(mod, nn.MultiheadAttention):
         return _shrink_mha(mod, heads)
-    if isinstance(mod, ShrunkAttention) or hasattr(mod, "q_proj"):
-        d, rep = int(mod.head_dim), kv_groups(mod)  # type: ignore[arg-type]
-        old = mod.q_proj.out_features // d  # type: ignore[union-attr, operator]
+    d = head_size(mod)
+    if d is not None:  # separate projections (spartan.attention_layout)
+        rep = kv_groups(mod)
+        old = projection(mod, "q").out_features // d
         kv = sorted({h // rep for h in heads})  # whole groups: len(heads) == rep x len(kv)
         rows, kv_rows = _head_rows(heads, d), _head_rows(kv, d)
-        mod.q_proj = _shrink_linear(mod.q_proj, None, rows.tolist())  # type: ignore[arg-type]
-        for p in ("k_proj", "v_proj"):
-            setattr(mod, p, _shrink_linear(getattr(mod, p), None, kv_rows.tolist()))
-        o = "o_proj" if hasattr(mod, "o_proj") else "out_proj"
-        setattr(mod, o, _shrink_linear(getattr(mod, o), rows.tolist(), None))
+        for role, kept in (("q", rows), ("k", kv_rows), ("v", kv_rows)):
+            set_projection(mod, role, _shrink_linear(projection(mod, role), None,
+                                                     kept.tolist()))
+        set_projection(mod, "o", _shrink_linear(projection(mod, "o"), rows.tolist(), None))
+        owner = head_owner(mod)
         for attr, before, now in (("num_heads", old, len(heads)),
                                   ("num_attention_heads", old, len(heads)),
-                                  ("num_key_value_heads", old // rep, len(kv))):
-            if getattr(mod, attr, None) == before:
-                setattr(mod, attr, now)
+                                  ("num_key_value_heads", old // rep, len(kv)),
+                                  ("all_head_size", old * d, len(heads) * d)):
+            if getattr(owner, attr, None) == before:
+                setattr(owner, attr, now)
         return mod
     raise ValueError(f"cannot remove heads of a {type(mod).__name__}")
 

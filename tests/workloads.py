@@ -65,7 +65,7 @@ def tiny_bert(folder: Path, num_labels: int = 2, with_tokenizer: bool = True) ->
 
     folder.mkdir(parents=True, exist_ok=True)
     config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
                         pad_token_id=0)
     config.num_labels = num_labels
     BertForSequenceClassification(config).save_pretrained(folder)

@@ -113,11 +113,12 @@ def _hf_causal_lm(kind: str) -> nn.Module:
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_hugging_face_models_lose_units_and_heads_exactly(kind: str) -> None:
     """Real transformers layers (untraceable whole): Llama loses MLP units and whole GQA head
-    groups, BERT its MLP units (its heads, split over two modules, stay); shrink is exact."""
+    groups, BERT MLP units and heads (q / k / v in `self`, the output projection beside it);
+    shrink is exact."""
     model, ids = _hf_causal_lm(kind), torch.randint(0, 64, (2, 7))
     s = train(model, ids, cfg(budget=0.5, min_keep=0.25), 6)
     kinds = {lay.kind for lay in s.graph.layers.values()}
-    assert kinds == ({"attention", "linear"} if kind == "llama" else {"linear"})
+    assert kinds == {"attention", "linear"}
     s.finalize()
     model.eval()
     small = shrink(model, ids).eval()
@@ -125,5 +126,9 @@ def test_hugging_face_models_lose_units_and_heads_exactly(kind: str) -> None:
     if kind == "llama":
         attn = small.inner.model.layers[0].self_attn
         assert attn.q_proj.out_features == 2 * attn.k_proj.out_features  # whole groups
+    else:
+        heads = [layer.attention for layer in small.inner.bert.encoder.layer]
+        assert min(a.self.query.out_features for a in heads) < 32
+        assert all(a.output.dense.in_features == a.self.value.out_features for a in heads)
     with torch.no_grad():
         torch.testing.assert_close(small(ids), model(ids), rtol=1e-5, atol=1e-6)
