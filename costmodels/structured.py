@@ -103,7 +103,7 @@ def _grid(lay: Any, fractions: tuple[float, ...]) -> list[tuple[int, int]]:
 
 
 def _module_at(lay: Any, kin: int, kout: int, like: Tensor) -> nn.Module:
-    from spartan.attention_layout import projection
+    from spartan.attention_layout import has_bias
     from spartan.shrink import ShrunkAttention, conv_like
 
     mod = lay.module
@@ -115,7 +115,7 @@ def _module_at(lay: Any, kin: int, kout: int, like: Tensor) -> nn.Module:
         return conv_like(mod, kin, kout, groups, **kw)
     batch_first = getattr(mod, "batch_first", True)
     bias = mod.in_proj_bias is not None if isinstance(mod, nn.MultiheadAttention) else \
-        projection(mod, "q").bias is not None
+        has_bias(mod)
     from spartan.channel_graph import kv_groups
 
     heads = kout // lay.head_dim  # grouped-query attention: whole groups (_grid), fewer k / v

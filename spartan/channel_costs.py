@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spartan.attention_layout import projection
+from spartan.attention_layout import has_bias
 from spartan.channels import ChannelGraph, Layer
 
 _TINY = 1e-9  # relative floor of an item's cost: the solver needs costs > 0
@@ -175,7 +175,7 @@ def builtin_costs(graph: ChannelGraph, kind: str) -> dict[str, LayerCost]:
 def _attention_bias(mod: nn.Module) -> bool:
     if isinstance(mod, nn.MultiheadAttention):
         return mod.in_proj_bias is not None
-    return projection(mod, "q").bias is not None
+    return has_bias(mod)
 
 
 def cost_model_file(graph: ChannelGraph, kind: str) -> dict[str, Any]:

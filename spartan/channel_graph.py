@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spartan.attention_layout import ROLES, head_size, projection
+from spartan.attention_layout import embed_in, head_size, projection, qkv, qkv_out
 
 
 # -- attention modules --------------------------------------------------------------------
@@ -26,7 +26,7 @@ def attention_heads(module: nn.Module) -> tuple[int, int] | None:
     head_dim = head_size(module)  # None unless a layout of spartan.attention_layout
     if head_dim is None:
         return None
-    q, k, v = (projection(module, r).out_features for r in ROLES[:3])
+    q, k, v = qkv_out(module)
     out_in = projection(module, "o").in_features
     if k != v or q % head_dim or k % head_dim or out_in != q:
         return None
@@ -40,7 +40,8 @@ def kv_groups(module: nn.Module) -> int:
     reads k / v head h // groups, as Hugging Face's repeat_kv lays them out)."""
     if isinstance(module, nn.MultiheadAttention):
         return 1
-    return projection(module, "q").out_features // projection(module, "k").out_features
+    q, k, _ = qkv_out(module)
+    return q // k
 
 
 def head_items(uf: UnionFind, module: nn.Module, heads: int) -> list[int]:
@@ -111,7 +112,7 @@ def layer_weight(module: nn.Module) -> Tensor:
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d,
                            nn.ConvTranspose2d)):
         return module.weight
-    return projection(module, "q").weight
+    return qkv(module)[0][0]
 
 
 # -- union-find over channels -------------------------------------------------------------
@@ -177,7 +178,7 @@ def resolve(model: nn.Module, uf: UnionFind, found: Found) -> ChannelGraph:
         mod: Any = model.get_submodule(name)
         if d["kind"] == "attention":
             n_in = mod.embed_dim if isinstance(mod, nn.MultiheadAttention) else \
-                projection(mod, "q").in_features
+                embed_in(mod)
         else:
             n_in = mod.in_features if isinstance(mod, nn.Linear) else \
                 mod.in_channels  # type: ignore[union-attr]

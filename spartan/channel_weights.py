@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from spartan.attention_layout import projection, projection_path
+from spartan.attention_layout import projection, projection_path, qkv
 from spartan.channel_graph import kv_groups
 from spartan.channels import ChannelGraph, Layer
 
@@ -76,7 +76,7 @@ def _qkv(mod: nn.Module) -> list[tuple[Tensor, Tensor | None]]:
                     for i in range(3)]
         ws = [mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight]
         return [(w, None if b is None else b[i * d:(i + 1) * d]) for i, w in enumerate(ws)]
-    return [(p.weight, p.bias) for p in (projection(mod, r) for r in "qkv")]
+    return qkv(mod)
 
 
 def row_col_sq(lay: Layer) -> tuple[Tensor, Tensor | None]:

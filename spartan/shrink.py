@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spartan.attention_layout import head_owner, head_size, projection, set_projection
+from spartan.attention_layout import (
+    head_owner,
+    head_size,
+    projection,
+    projection_path,
+    qkv_out,
+    set_path,
+    shrink_qkv,
+)
 from spartan.channel_graph import kv_groups
 from spartan.channel_weights import out_in, out_proj_weight, row_col_sq
 from spartan.channels import ChannelGraph, trace_channels
@@ -250,14 +258,13 @@ def _shrink_attention(mod: nn.Module, heads: list[int]) -> nn.Module:
     d = head_size(mod)
     if d is not None:  # separate projections (spartan.attention_layout)
         rep = kv_groups(mod)
-        old = projection(mod, "q").out_features // d
+        old = qkv_out(mod)[0] // d
         kv = sorted({h // rep for h in heads})  # whole groups: len(heads) == rep x len(kv)
         rows, kv_rows = _head_rows(heads, d), _head_rows(kv, d)
-        for role, kept in (("q", rows), ("k", kv_rows), ("v", kv_rows)):
-            set_projection(mod, role, _shrink_linear(projection(mod, role), None,
-                                                     kept.tolist()))
-        set_projection(mod, "o", _shrink_linear(projection(mod, "o"), rows.tolist(), None))
-        owner = head_owner(mod)
+        # everything read first: mid-way, a fused layout's widths disagree
+        owner, o_path, o = head_owner(mod), projection_path(mod, "o"), projection(mod, "o")
+        shrink_qkv(mod, rows, kv_rows, _shrink_linear)
+        set_path(mod, o_path, _shrink_linear(o, rows.tolist(), None))
         for attr, before, now in (("num_heads", old, len(heads)),
                                   ("num_attention_heads", old, len(heads)),
                                   ("num_key_value_heads", old // rep, len(kv)),

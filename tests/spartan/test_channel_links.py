@@ -93,6 +93,10 @@ def _hf_causal_lm(kind: str) -> nn.Module:
                                           num_hidden_layers=2, num_attention_heads=4,
                                           num_key_value_heads=2, max_position_embeddings=32)
         model = transformers.LlamaForCausalLM(config)
+    elif kind == "gpt2":  # one fused q / k / v projection
+        config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2,
+                                         n_head=4)
+        model = transformers.GPT2LMHeadModel(config)
     else:
         config = transformers.BertConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
                                          num_hidden_layers=2, num_attention_heads=4)
@@ -110,11 +114,11 @@ def _hf_causal_lm(kind: str) -> nn.Module:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["llama", "bert"])
+@pytest.mark.parametrize("kind", ["llama", "bert", "gpt2"])
 def test_hugging_face_models_lose_units_and_heads_exactly(kind: str) -> None:
     """Real transformers layers (untraceable whole): Llama loses MLP units and whole GQA head
-    groups, BERT MLP units and heads (q / k / v in `self`, the output projection beside it);
-    shrink is exact."""
+    groups, BERT MLP units and heads (q / k / v in `self`, the output projection beside it),
+    GPT-2 MLP units and heads (one fused q / k / v projection); shrink is exact."""
     model, ids = _hf_causal_lm(kind), torch.randint(0, 64, (2, 7))
     s = train(model, ids, cfg(budget=0.5, min_keep=0.25), 6)
     kinds = {lay.kind for lay in s.graph.layers.values()}
@@ -126,6 +130,11 @@ def test_hugging_face_models_lose_units_and_heads_exactly(kind: str) -> None:
     if kind == "llama":
         attn = small.inner.model.layers[0].self_attn
         assert attn.q_proj.out_features == 2 * attn.k_proj.out_features  # whole groups
+    elif kind == "gpt2":
+        attns = [block.attn for block in small.inner.transformer.h]
+        assert min(a.split_size for a in attns) < 32
+        assert all(a.c_attn.out_features == 3 * a.c_proj.in_features == 3 * a.split_size
+                   for a in attns)
     else:
         heads = [layer.attention for layer in small.inner.bert.encoder.layer]
         assert min(a.self.query.out_features for a in heads) < 32
