@@ -165,6 +165,28 @@ def test_files_beyond_the_map_budget_are_read_without_mapping(
     assert loaders._mapped[0] == held - (tmp_path / "small.npy").stat().st_size
 
 
+def test_a_dataset_read_with_pread_gives_the_mapped_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the map budget, the statistics, training batches and validation of an .npy pair
+    are the ones read through the map."""
+    x_path, y_path = workloads.npy_pair(tmp_path, n=203, dim=6, classes=4)
+    kwargs = {"x": str(x_path), "y": str(y_path)}
+
+    def batches(mapped: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        data = open_storage("npy", kwargs, "classification", 0.2, 0, [tmp_path])
+        b = data.batches(16, seed=1, device=CPU)
+        out = list(b.epoch(0)) + list(b.validation())
+        assert data.train.x.mapped is mapped  # type: ignore[attr-defined]
+        return out
+
+    mapped = batches(True)
+    monkeypatch.setattr(loaders, "MAP_BUDGET", 0)
+    read = batches(False)
+    assert len(read) == len(mapped) > 10
+    for (xa, ya), (xb, yb) in zip(mapped, read, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_a_file_cut_short_while_read_fails_with_its_name(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     np.save(tmp_path / "x.npy", np.ones((100, 8), np.float32))
