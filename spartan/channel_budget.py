@@ -95,6 +95,20 @@ class ItemBudget:
             softs.append(state)
         return h, softs
 
+    def floor_fraction(self, v: Tensor, min_keep: float | None = None) -> float:
+        """Fraction of the dense (variable) cost that the floors alone keep, at `min_keep`
+        (default: the config's): a budget below it cannot be met."""
+        floors = self.floor
+        if min_keep is not None:
+            floors = {int(i): max(1, math.ceil(min_keep * len(grp)))
+                      for i, grp in enumerate(self.graph.groups)}
+        keep = torch.zeros(self.graph.n_items, dtype=torch.bool, device=v.device)
+        for gi, members in enumerate(self.graph.groups):
+            members = members.to(v.device)
+            top = torch.topk(v[members].float(), min(floors[gi], members.numel())).indices
+            keep[members[top]] = True
+        return total_cost(self.graph, self.costs, keep) / self.dense_total
+
     def forced(self, v: Tensor, idx: Tensor) -> Tensor:
         """The floor of each layer group inside `idx`: its items of largest value."""
         out = []

@@ -306,6 +306,12 @@ class ChannelSparsifier(Sparsifier):
                     scale_columns(lay, soft[idx])
 
     # -- results ----------------------------------------------------------------------------
+    def floor_fraction(self, min_keep: float | None = None) -> float:
+        """Fraction of the dense cost the per-layer floors alone keep (spartan.channel_budget);
+        above config.budget the budget cannot be met."""
+        with torch.no_grad():
+            return self._budget.floor_fraction(self.values().detach(), min_keep)
+
     def item_mask(self) -> Tensor:
         """Hard mask over items (bool)."""
         return self._h.clone()

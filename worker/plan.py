@@ -113,8 +113,24 @@ def make_sparsifier(spec: JobSpec, model: nn.Module, costs: CostPlan, total_step
         prefixes=_prefixes(spec, costs), structure=s.structure,
         min_keep=s.min_keep)
     if s.structure == "channels":
-        return Sparsifier(model, config, total_steps, costs.costs, example_inputs=example)
+        sparsifier = Sparsifier(model, config, total_steps, costs.costs, example_inputs=example)
+        check_floors(sparsifier, config)
+        return sparsifier
     return Sparsifier(model, config, total_steps, costs.costs)
+
+
+def check_floors(sparsifier: Any, config: SparsifierConfig) -> None:
+    """Fail before training when min_keep's per-layer floors alone cost more than the budget
+    (the job could only end over its promise), naming the largest min_keep that fits."""
+    kept = sparsifier.floor_fraction()
+    if kept <= config.budget * (1 + 1e-9):
+        return
+    fits = [mk / 100 for mk in range(int(config.min_keep * 100) - 1, -1, -1)
+            if sparsifier.floor_fraction(mk / 100) <= config.budget]
+    hint = f"; min_keep {fits[0]:g} fits" if fits else ""
+    raise ValueError(f"sparsity.min_keep {config.min_keep:g}: the per-layer floors alone keep "
+                     f"{kept:.1%} of the masked layers' cost, above the budget's "
+                     f"{config.budget:.1%}{hint}")
 
 
 def _prefixes(spec: JobSpec, costs: CostPlan) -> tuple[str, ...] | None:

@@ -283,3 +283,12 @@ def test_flops_of_a_transposed_conv_count_input_positions() -> None:
     flops = builtin_costs(g, "flops")
     assert g.layers["2"].positions == 16 and g.layers["4"].positions == 64
     assert flops["2"].slope == pytest.approx(2 * 2 * 2 * 16)  # per (in, out) pair: 2 x k x k x 16
+
+
+def test_floor_fraction_is_the_cost_the_floors_keep() -> None:
+    model, x = mlp(), torch.randn(2, 12)
+    s = Sparsifier(model, cfg(min_keep=0.5), 4, example_inputs=x)
+    assert s.floor_fraction(1.0) == pytest.approx(1.0)
+    half = s.floor_fraction()
+    assert 0.2 < half < 0.6  # about half of each width: a quarter to a half of the cost
+    assert s.floor_fraction(0.0) < half  # one item per layer group

@@ -94,3 +94,15 @@ def test_latency_promise_is_reported(submit: Submit, store: JobStore,
     else:  # said plainly, by how much and why, in the report's warnings too
         assert "over the promised" in lat["note"] and "because" in lat["note"]
         assert lat["note"] in report["warnings"]
+
+
+def test_floors_above_the_budget_fail_before_training(submit: Submit, store: JobStore,
+                                                      artifacts: ArtifactStore,
+                                                      settings: Settings) -> None:
+    job_id = submit(SPEC, sparsity={**SPEC["sparsity"], "budget": 0.2, "min_keep": 0.8})
+    run_job(job_id, store, artifacts, settings)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error is not None and "sparsity.min_keep 0.8" in job.error
+    assert "above the budget's 20.0%" in job.error and "fits" in job.error
+    assert not job.progress.get("step")  # refused at planning, nothing trained
