@@ -112,10 +112,5 @@ def channel_cost_model(model: nn.Module, example_input: Tensor, kind: str = "par
     from spartan.channel_costs import cost_model_file
     from spartan.channels import trace_channels
 
-    if graph is None:
-        was_training = model.training
-        try:
-            graph = trace_channels(model, example_input)
-        finally:
-            model.train(was_training)
-    return cost_model_file(graph, kind)
+    return cost_model_file(graph if graph is not None else trace_channels(model, example_input),
+                           kind)

@@ -104,6 +104,7 @@ def _grid(lay: Any, fractions: tuple[float, ...]) -> list[tuple[int, int]]:
 
 def _module_at(lay: Any, kin: int, kout: int, like: Tensor) -> nn.Module:
     from spartan.attention_layout import has_bias
+    from spartan.channel_graph import kv_groups
     from spartan.shrink import ShrunkAttention, conv_like
 
     mod = lay.module
@@ -116,8 +117,6 @@ def _module_at(lay: Any, kin: int, kout: int, like: Tensor) -> nn.Module:
     batch_first = getattr(mod, "batch_first", True)
     bias = mod.in_proj_bias is not None if isinstance(mod, nn.MultiheadAttention) else \
         has_bias(mod)
-    from spartan.channel_graph import kv_groups
-
     heads = kout // lay.head_dim  # grouped-query attention: whole groups (_grid), fewer k / v
     rep = kv_groups(mod)
     return ShrunkAttention(kin, heads, lay.head_dim, bias=bias, out_bias=bias,

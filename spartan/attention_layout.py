@@ -111,10 +111,7 @@ def shrink_qkv(module: nn.Module, rows: Tensor, kv_rows: Tensor,
 
 def projection(module: nn.Module, role: str) -> nn.Linear:
     """The nn.Linear of `role` (q, k, v or o; qkv of a fused layout)."""
-    paths = layout(module)
-    if paths is None:
-        raise ValueError(f"{type(module).__name__} has no separate q / k / v / o projections")
-    out = _get(module, paths[role])
+    out = _get(module, projection_path(module, role))
     assert isinstance(out, nn.Linear)
     return out
 
@@ -122,7 +119,7 @@ def projection(module: nn.Module, role: str) -> nn.Linear:
 def projection_path(module: nn.Module, role: str) -> str:
     paths = layout(module)
     if paths is None:
-        raise ValueError(f"{type(module).__name__} has no separate q / k / v / o projections")
+        raise ValueError(f"{type(module).__name__} has no q / k / v / o projections we know")
     return paths[role]
 
 

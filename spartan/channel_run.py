@@ -97,7 +97,7 @@ def positional(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
     return list(bound.arguments.values())
 
 
-def reader(run: Run, producer: str, parent: str, siblings: set[str]) -> str | None:
+def reader(run: Run, producer: str, siblings: set[str]) -> str | None:
     """The sibling that alone reads `producer`'s output (module doc), or None."""
     out = run.outputs.get(producer)
     if not isinstance(out, Tensor) or any(out is t for t in _tensors(run.outputs.get(""))):

@@ -39,9 +39,8 @@ from spartan.channel_costs import (
     LayerCost,
     check_costs,
     item_costs,
-    variable_cost,
-    widths,
 )
+from spartan.channel_report import layer_reports
 from spartan.channel_weights import (
     ScaleItems,
     item_values,
@@ -52,7 +51,7 @@ from spartan.channel_weights import (
 )
 from spartan.channels import ChannelGraph, Layer, require_items, trace_channels
 from spartan.config import SparsifierConfig
-from spartan.report import LayerReport, SparsityReport
+from spartan.report import SparsityReport
 from spartan.sparsifier import Sparsifier
 from spartan.topk import soft_mask_from_tau
 
@@ -330,25 +329,9 @@ class ChannelSparsifier(Sparsifier):
     def report(self) -> SparsityReport:
         """Kept widths and exact cost of each layer (hard masks of this step)."""
         self._check_live()
-        keep = self._h
-        budget_cost = self.config.budget * self._dense_total
-        rows = []
-        full = torch.ones_like(keep)
-        for name, lay in self.graph.layers.items():
-            kin, kout = widths(lay, keep)
-            din, dout = widths(lay, full)
-            cost = float(variable_cost(lay, self.costs[name], din, dout))
-            kept_cost = float(variable_cost(lay, self.costs[name], kin, kout))
-            w = lay.weight
-            per = w.numel() / max(1.0, din * dout)
-            rows.append(LayerReport(
-                name=lay.name, shape=tuple(w.shape), block=(1, 1),
-                blocks=int(lay.out_items.numel()),
-                kept_blocks=int(round(kout / lay.head_dim)), weights=w.numel(),
-                kept_weights=int(round(per * kin * kout)), cost=cost, kept_cost=kept_cost,
-                budget_share=kept_cost / budget_cost if budget_cost > 0 else 0.0))
         c = self.config
-        return SparsityReport(c.method, c.allocation, c.budget, self._step, tuple(rows))
+        return SparsityReport(c.method, c.allocation, c.budget, self._step, layer_reports(
+            self.graph, self.costs, self._h, c.budget * self._dense_total))
 
     def finalize(self) -> SparsityReport:
         """Plain modules with exact zeros over every weight of each removed item."""

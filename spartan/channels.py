@@ -140,13 +140,13 @@ def _trace_children(module: nn.Module, prefix: str, run: Run, uf: UnionFind,
 def _link_output(run: Run, name: str, track: Track) -> bool:
     """Hand the traced output of module `name` to the sibling that alone reads it (True), or
     leave it to be pinned (False)."""
-    parent = name.rsplit(".", 1)[0] if "." in name else ""
     if not name:
         return False  # the model's own output
-    mod_prefix = f"{parent}." if parent else ""
-    siblings = {n for n in run.inputs if n.startswith(mod_prefix) and n != parent
-                and "." not in n[len(mod_prefix):]}
-    owner = reader(run, name, parent, siblings)
+    parent = name.rpartition(".")[0]
+    prefix = f"{parent}." if parent else ""
+    siblings = {n for n in run.inputs if n.startswith(prefix) and n != parent
+                and "." not in n[len(prefix):]}
+    owner = reader(run, name, siblings)
     if owner is None:
         return False
     run.pending[id(run.outputs[name])] = (track, owner)

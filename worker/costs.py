@@ -185,11 +185,9 @@ def _channel_costs(spec: JobSpec, model: nn.Module, example: Tensor, store: JobS
     source: dict[str, Any] | None = None
     points: list[dict[str, Any]] = []
     warnings: list[str] = []
-    was_training = model.training
-    try:  # first: a model with nothing to remove fails here, saying why
-        graph = require_items(trace_channels(model, example))
-    finally:
-        model.train(was_training)
+    # first: a model with nothing to remove fails here, saying why (tracing restores the
+    # model's train / eval mode)
+    graph = require_items(trace_channels(model, example))
     if kind == "params" and spec.cost_model.budget_ms is None:
         cost_model: Any = builtin.channel_cost_model(model, example, "params", graph)
     elif kind == "flops":

@@ -125,9 +125,15 @@ def check_floors(sparsifier: Any, config: SparsifierConfig) -> None:
     kept = sparsifier.floor_fraction()
     if kept <= config.budget * (1 + 1e-9):
         return
-    fits = [mk / 100 for mk in range(int(config.min_keep * 100) - 1, -1, -1)
-            if sparsifier.floor_fraction(mk / 100) <= config.budget]
-    hint = f"; min_keep {fits[0]:g} fits" if fits else ""
+    lo, hi = 0, round(config.min_keep * 100)  # in hundredths; the floors grow with min_keep
+    if sparsifier.floor_fraction(0.0) > config.budget:
+        hint = ""  # one item per layer group is already too much
+    else:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if sparsifier.floor_fraction(mid / 100) <= config.budget \
+                else (lo, mid)
+        hint = f"; min_keep {lo / 100:g} fits"
     raise ValueError(f"sparsity.min_keep {config.min_keep:g}: the per-layer floors alone keep "
                      f"{kept:.1%} of the masked layers' cost, above the budget's "
                      f"{config.budget:.1%}{hint}")

@@ -104,5 +104,11 @@ def test_floors_above_the_budget_fail_before_training(submit: Submit, store: Job
     job = store.get_job(job_id)
     assert job is not None and job.status == "failed"
     assert job.error is not None and "sparsity.min_keep 0.8" in job.error
-    assert "above the budget's 20.0%" in job.error and "fits" in job.error
+    assert "above the budget's 20.0%" in job.error
     assert not job.progress.get("step")  # refused at planning, nothing trained
+    hinted = float(job.error.rsplit("min_keep ", 1)[1].split()[0])
+    assert 0 < hinted < 0.8
+    # the value it names does fit: that job trains and meets the budget
+    _, report = _run(submit, store, artifacts, settings,
+                     sparsity={**SPEC["sparsity"], "budget": 0.2, "min_keep": hinted})
+    assert report["sparsity"]["kept_cost"] <= 0.2 * report["sparsity"]["cost"] * (1 + 1e-9)
